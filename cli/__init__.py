@@ -1,0 +1,5 @@
+"""The ``servetune`` command line."""
+
+from servetune.cli._main import cli, main
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,79 @@
+"""The ``servetune`` command group: global options, error handling, sub-command registry.
+
+Each sub-command lives in its own module ``servetune.cli._<name>`` exposing ``command`` (a
+``click.Command``); the modules are imported only when the group is built, so ``import
+servetune`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+
+import click
+
+from servetune import ServetuneError
+from servetune.data import Workspace
+
+__all__ = ["cli", "main", "Context", "emit_json"]
+
+# Sub-command modules, in the order ``servetune --help`` lists them.
+_COMMAND_MODULES = (
+    "_ingest",
+    "_data",
+)
+
+
+class Context:
+    """What every sub-command receives: the workspace and output preferences."""
+
+    def __init__(self, workspace: Workspace, verbose: int) -> None:
+        self.workspace = workspace
+        self.verbose = verbose
+
+
+def emit_json(payload: object) -> None:
+    """Print one JSON document on stdout (the ``--json`` contract of every command)."""
+    click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workspace", type=click.Path(file_okay=False), default=None,
+              help="Workspace directory (default: $SERVETUNE_WORKSPACE, else the current one).")
+@click.option("-v", "--verbose", count=True, help="More diagnostics on stderr (-vv for debug).")
+@click.version_option(package_name="servetune")
+@click.pass_context
+def cli(ctx: click.Context, workspace: str | None, verbose: int) -> None:
+    """servetune: tune LLM serving engines with learned simulators and real verification."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    ctx.obj = Context(Workspace.resolve(workspace), verbose)
+
+
+for _module in _COMMAND_MODULES:
+    cli.add_command(importlib.import_module(f"servetune.cli.{_module}").command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    try:
+        cli.main(args=argv, prog_name="servetune", standalone_mode=False)
+    except ServetuneError as exc:
+        click.echo(f"servetune: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("servetune: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

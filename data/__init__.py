@@ -1,0 +1,38 @@
+"""Trace schemas, the Parquet store, the workspace, ingestion adapters, collectors, workloads."""
+
+from servetune.data._atomic import atomic_write_bytes, atomic_write_text
+from servetune.data._schemas import (
+    KINDS,
+    PARTITION_COLUMNS,
+    REQUESTS_SCHEMA,
+    RUNS_SCHEMA,
+    SOURCES,
+    STEPS_SCHEMA,
+    conform,
+    file_schema_for,
+    partition_value,
+    schema_for,
+)
+from servetune.data._store import IngestResult, TraceStore
+from servetune.data._workload import Workload
+from servetune.data._workspace import WORKSPACE_ENV, Workspace
+
+__all__ = [
+    "KINDS",
+    "PARTITION_COLUMNS",
+    "REQUESTS_SCHEMA",
+    "RUNS_SCHEMA",
+    "SOURCES",
+    "STEPS_SCHEMA",
+    "IngestResult",
+    "TraceStore",
+    "WORKSPACE_ENV",
+    "Workload",
+    "Workspace",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "conform",
+    "file_schema_for",
+    "partition_value",
+    "schema_for",
+]

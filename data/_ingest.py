@@ -1,0 +1,52 @@
+"""Ingest source files into the store: detect the format, parse everything, then write."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from servetune import InputError
+from servetune.data._store import IngestResult, TraceStore
+from servetune.data.adapters import AdapterRegistry, file_sha256
+
+__all__ = ["ingest_paths", "sample_paths", "SAMPLES_DIR"]
+
+log = logging.getLogger(__name__)
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+
+
+def sample_paths() -> list[Path]:
+    """The real traces bundled with servetune (``data/samples/*.parquet``)."""
+    return sorted(SAMPLES_DIR.glob("*.parquet"))
+
+
+def ingest_paths(store: TraceStore, paths: Iterable[str | Path], registry: AdapterRegistry, *,
+                 format: str | None = None, progress: bool | None = None) -> list[IngestResult]:
+    """Ingest each path; every file is parsed before anything is written.
+
+    A file whose content is already in the store is skipped without being parsed. If any file is
+    bad, an :class:`~servetune.InputError` is raised and the store is left untouched.
+    """
+    parsed = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise InputError("no such file", path=str(path))
+        sha256 = file_sha256(path)
+        adapter = registry.get(format) if format else registry.detect(path)
+        if store.is_ingested(sha256):
+            parsed.append((path, sha256, adapter.name, None))
+            continue
+        log.info("reading %s as %s", path, adapter.name)
+        parsed.append((path, sha256, adapter.name, adapter.read(path, sha256=sha256)))
+    results = []
+    for path, sha256, name, batch in parsed:
+        if batch is None:
+            results.append(IngestResult(source=str(path), sha256=sha256, format=name,
+                                        skipped=True))
+            continue
+        results.append(store.ingest(batch, source=str(path), sha256=sha256, format=name,
+                                    progress=progress))
+    return results

@@ -1,0 +1,289 @@
+"""The three trace kinds (``steps``, ``requests``, ``runs``) as pyarrow schemas.
+
+Every adapter, collector and simulator emits exactly these columns; anything engine-specific goes
+into the JSON ``extra`` column. ``engine``, ``model`` and ``hardware`` are the hive partition keys
+of the store: they live in the directory names (``engine=…/model=…/hardware=…``), not inside the
+Parquet files, and their values are path-safe tokens made by :func:`partition_value`.
+
+Example:
+    >>> from servetune.data import schema_for
+    >>> "duration_ms" in schema_for("steps").names
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from servetune import InputError
+
+__all__ = [
+    "KINDS",
+    "PARTITION_COLUMNS",
+    "STEPS_SCHEMA",
+    "REQUESTS_SCHEMA",
+    "RUNS_SCHEMA",
+    "SOURCES",
+    "schema_for",
+    "file_schema_for",
+    "partition_value",
+    "conform",
+]
+
+PARTITION_COLUMNS: tuple[str, ...] = ("engine", "model", "hardware")
+SOURCES: tuple[str, ...] = ("measured", "simulated")
+
+_IDENTITY = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("engine", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("hardware", pa.string(), nullable=False),
+    pa.field("engine_version", pa.string()),
+    pa.field("source", pa.string(), nullable=False),  # "measured" | "simulated"
+]
+
+STEPS_SCHEMA = pa.schema(
+    _IDENTITY
+    + [
+        pa.field("gpu_count", pa.int32()),
+        pa.field("tp_size", pa.int32()),
+        pa.field("pp_size", pa.int32()),
+        pa.field("dp_rank", pa.int32()),
+        pa.field("step_index", pa.int64(), nullable=False),
+        pa.field("start_s", pa.float64()),  # seconds since the run started
+        pa.field("duration_ms", pa.float64(), nullable=False),  # the prediction target
+        pa.field("num_seqs", pa.int32(), nullable=False),
+        pa.field("num_prefill_seqs", pa.int32(), nullable=False),
+        pa.field("num_decode_seqs", pa.int32(), nullable=False),
+        pa.field("prefill_tokens", pa.int64(), nullable=False),
+        pa.field("decode_tokens", pa.int64(), nullable=False),
+        pa.field("kv_tokens_sum", pa.int64()),  # KV tokens read by attention, all sequences
+        pa.field("kv_tokens_max", pa.int64()),  # longest context in the batch
+        pa.field("prefill_attn_work", pa.int64()),  # sum over prefill chunks of chunk * context
+        pa.field("block_size", pa.int32()),
+        pa.field("extra", pa.string()),  # JSON object
+    ],
+    metadata={"servetune.kind": "steps", "servetune.schema_version": "1"},
+)
+
+REQUESTS_SCHEMA = pa.schema(
+    _IDENTITY
+    + [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("arrival_s", pa.float64()),  # seconds since the run started
+        pa.field("input_tokens", pa.int64()),
+        pa.field("output_tokens", pa.int64()),
+        pa.field("queue_ms", pa.float64()),
+        pa.field("ttft_ms", pa.float64()),
+        pa.field("tpot_ms", pa.float64()),
+        pa.field("e2e_ms", pa.float64()),
+        pa.field("itl_ms", pa.list_(pa.float64())),
+        pa.field("preemptions", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # "ok" | "error"
+        pa.field("error", pa.string()),
+        pa.field("extra", pa.string()),
+    ],
+    metadata={"servetune.kind": "requests", "servetune.schema_version": "1"},
+)
+
+_PERCENTILE_METRICS = [
+    pa.field(f"{metric}_{stat}_ms", pa.float64())
+    for metric in ("ttft", "tpot", "itl", "e2e")
+    for stat in ("mean", "p50", "p90", "p99")
+]
+
+RUNS_SCHEMA = pa.schema(
+    _IDENTITY
+    + [
+        # hardware and topology
+        pa.field("gpu_name", pa.string()),
+        pa.field("gpu_count", pa.int32()),
+        pa.field("tp_size", pa.int32()),
+        pa.field("pp_size", pa.int32()),
+        pa.field("dp_size", pa.int32()),
+        # configuration: the full JSON plus the knobs every engine has in some form
+        pa.field("config", pa.string()),
+        pa.field("scheduler", pa.string()),
+        pa.field("max_batch_tokens", pa.int64()),
+        pa.field("max_num_seqs", pa.int64()),
+        pa.field("block_size", pa.int32()),
+        pa.field("num_blocks", pa.int64()),
+        pa.field("chunked_prefill", pa.bool_()),
+        pa.field("async_batching", pa.bool_()),
+        pa.field("cuda_graph", pa.bool_()),
+        pa.field("gpu_memory_utilization", pa.float64()),
+        # workload
+        pa.field("workload", pa.string()),  # JSON descriptor
+        pa.field("num_requests", pa.int64()),
+        pa.field("duration_s", pa.float64()),
+        # aggregate metrics
+        pa.field("completed", pa.int64()),
+        pa.field("failed", pa.int64()),
+        pa.field("success_rate", pa.float64()),
+        pa.field("request_throughput_rps", pa.float64()),
+        pa.field("output_throughput_tok_s", pa.float64()),
+        pa.field("total_token_throughput_tok_s", pa.float64()),
+        pa.field("goodput_rps", pa.float64()),
+        pa.field("preemptions", pa.int64()),
+    ]
+    + _PERCENTILE_METRICS
+    + [
+        # provenance
+        pa.field("started_at", pa.timestamp("us", tz="UTC")),
+        pa.field("host", pa.string()),
+        pa.field("command", pa.string()),
+        pa.field("provenance", pa.string()),  # JSON: versions, driver, GPU UUID, CPU model, ...
+        pa.field("source_file", pa.string()),
+        pa.field("source_sha256", pa.string()),
+        pa.field("extra", pa.string()),
+    ],
+    metadata={"servetune.kind": "runs", "servetune.schema_version": "1"},
+)
+
+_SCHEMAS = {"steps": STEPS_SCHEMA, "requests": REQUESTS_SCHEMA, "runs": RUNS_SCHEMA}
+KINDS: tuple[str, ...] = tuple(_SCHEMAS)
+
+# Latency-like columns that must be finite and >= 0 wherever they are present.
+_NON_NEGATIVE = {
+    "steps": ("duration_ms", "num_seqs", "num_prefill_seqs", "num_decode_seqs", "prefill_tokens",
+              "decode_tokens", "kv_tokens_sum", "kv_tokens_max", "prefill_attn_work", "start_s"),
+    "requests": ("arrival_s", "input_tokens", "output_tokens", "queue_ms", "ttft_ms", "tpot_ms",
+                 "e2e_ms"),
+    "runs": ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
+             *(f.name for f in _PERCENTILE_METRICS)),
+}
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def schema_for(kind: str) -> pa.Schema:
+    """The full logical schema of a trace kind, partition columns included."""
+    try:
+        return _SCHEMAS[kind]
+    except KeyError:
+        raise InputError(f"unknown trace kind {kind!r}; expected one of {', '.join(KINDS)}") from None
+
+
+def file_schema_for(kind: str) -> pa.Schema:
+    """The schema of the Parquet files in the store: the logical one without partition keys."""
+    schema = schema_for(kind)
+    for name in PARTITION_COLUMNS:
+        schema = schema.remove(schema.get_field_index(name))
+    return schema
+
+
+def partition_value(value: str) -> str:
+    """A path-safe token for a partition key: ``"NVIDIA H200"`` becomes ``"NVIDIA-H200"``."""
+    token = _UNSAFE.sub("-", str(value).strip()).strip("-")
+    if not token or token in {".", ".."}:
+        raise InputError(f"cannot use {value!r} as a partition value; expected a non-empty name")
+    return token
+
+
+def conform(columns: pd.DataFrame | pa.Table | Mapping[str, Sequence], kind: str, *,
+            path: str | None = None) -> pa.Table:
+    """Cast columns to ``kind``'s schema and check them, or raise :class:`InputError`.
+
+    ``columns`` is a DataFrame (where NaN means missing), a pyarrow Table, or a mapping of column
+    name to a list of values (where only ``None`` means missing, so a NaN latency read from a file
+    is refused rather than silently dropped). Missing nullable columns are filled with nulls;
+    missing required columns, values of the wrong type, and negative or non-finite latencies are
+    refused with the file, the 1-based row and the field named. Partition columns are normalised
+    with :func:`partition_value`.
+    """
+    schema = schema_for(kind)
+    nan_is_null = isinstance(columns, pd.DataFrame)
+    if isinstance(columns, (pd.DataFrame, pa.Table)):
+        names = list(columns.column_names if isinstance(columns, pa.Table) else columns.columns)
+        data = {name: _column_values(columns, name) for name in names}
+    else:
+        data = {name: list(values) for name, values in columns.items()}
+    missing = [f.name for f in schema if not f.nullable and f.name not in data]
+    if missing:
+        raise InputError(f"missing required column(s) {', '.join(missing)} for {kind} traces",
+                         path=path, field=missing[0])
+    num_rows = len(data[schema[0].name])
+    for name in PARTITION_COLUMNS:
+        data[name] = [partition_value(v) for v in data[name]]
+    arrays = []
+    for field in schema:
+        if field.name not in data:
+            arrays.append(pa.nulls(num_rows, field.type))
+            continue
+        arrays.append(_cast_column(data[field.name], field, path, nan_is_null))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    _check_values(table, kind, path)
+    return table
+
+
+def _column_values(columns: pd.DataFrame | pa.Table, name: str) -> list:
+    if isinstance(columns, pa.Table):
+        return columns.column(name).to_pylist()
+    return columns[name].tolist()
+
+
+def _cast_column(values: list, field: pa.Field, path: str | None, nan_is_null: bool) -> pa.Array:
+    try:
+        array = pa.array(values, type=field.type, from_pandas=nan_is_null)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        row = _first_bad_row(values, field.type)
+        raise InputError(
+            f"expected {_describe(field.type)}, got {values[row - 1]!r}", path=path, row=row,
+            field=field.name) from None
+    if not field.nullable and array.null_count:
+        row = next(i for i, v in enumerate(array.is_null().to_pylist(), start=1) if v)
+        raise InputError("expected a value, found an empty one", path=path, row=row,
+                         field=field.name)
+    return array
+
+
+def _first_bad_row(values: list, dtype: pa.DataType) -> int:
+    for i, value in enumerate(values, start=1):
+        if isinstance(value, bool) and not pa.types.is_boolean(dtype):
+            return i
+        try:
+            pa.array([value], type=dtype, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            return i
+    return 1
+
+
+def _describe(dtype: pa.DataType) -> str:
+    if pa.types.is_integer(dtype):
+        return "an integer"
+    if pa.types.is_floating(dtype):
+        return "a number"
+    if pa.types.is_boolean(dtype):
+        return "true or false"
+    if pa.types.is_list(dtype):
+        return "a list of numbers"
+    if pa.types.is_timestamp(dtype):
+        return "a timestamp"
+    return "a string"
+
+
+def _check_values(table: pa.Table, kind: str, path: str | None) -> None:
+    for name in _NON_NEGATIVE[kind]:
+        column = table.column(name)
+        if column.null_count == len(column):
+            continue
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values < 0)
+        bad &= ~column.is_null().to_numpy(zero_copy_only=False)
+        if bad.any():
+            row = int(np.argmax(bad)) + 1
+            value = values[row - 1]
+            what = "a finite number" if not math.isfinite(value) else "a number >= 0"
+            raise InputError(f"expected {what}, got {float(value)}", path=path, row=row, field=name)
+    source = table.column("source").to_pylist()
+    for i, value in enumerate(source, start=1):
+        if value not in SOURCES:
+            raise InputError(f"expected one of {', '.join(SOURCES)}, got {value!r}", path=path,
+                             row=i, field="source")
