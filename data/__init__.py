@@ -14,6 +14,13 @@ from servetune.data._schemas import (
     schema_for,
 )
 from servetune.data._store import IngestResult, TraceStore
+from servetune.data._synthetic import (
+    LengthDistribution,
+    SyntheticSpec,
+    parse_workload_spec,
+    resolve_workload,
+    synthetic_workload,
+)
 from servetune.data._workload import Workload
 from servetune.data._workspace import WORKSPACE_ENV, Workspace
 
@@ -25,6 +32,8 @@ __all__ = [
     "SOURCES",
     "STEPS_SCHEMA",
     "IngestResult",
+    "LengthDistribution",
+    "SyntheticSpec",
     "TraceStore",
     "WORKSPACE_ENV",
     "Workload",
@@ -33,6 +42,9 @@ __all__ = [
     "atomic_write_text",
     "conform",
     "file_schema_for",
+    "parse_workload_spec",
     "partition_value",
+    "resolve_workload",
     "schema_for",
+    "synthetic_workload",
 ]
