@@ -1,0 +1,104 @@
+"""The raw inputs of a step's features: batch composition columns and per-run engine knobs.
+
+Example:
+    >>> from servetune.features import RAW_COLUMNS, knob_vector
+    >>> RAW_COLUMNS[0]
+    'num_seqs'
+    >>> knob_vector({"block_size": 32, "async_batching": True}).tolist()[:2]
+    [32.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from servetune import InputError
+
+__all__ = ["RAW_COLUMNS", "KNOB_COLUMNS", "knob_vector", "knobs_from_runs", "join_knobs",
+           "column_matrix"]
+
+# A step's batch composition: exactly the ``steps`` schema columns of these names, in this order.
+RAW_COLUMNS: tuple[str, ...] = (
+    "num_seqs", "num_prefill_seqs", "num_decode_seqs", "prefill_tokens", "decode_tokens",
+    "kv_tokens_sum", "kv_tokens_max", "prefill_attn_work",
+)
+
+# Per-run engine knobs that change the cost of a step of a given composition. Taken from the
+# ``runs`` table (joined on run_id) for training, constant for one simulation. Booleans are 0/1;
+# a knob an engine does not report is NaN (XGBoost's missing value).
+KNOB_COLUMNS: tuple[str, ...] = ("block_size", "async_batching", "cuda_graph", "tp_size")
+
+
+def column_matrix(df: pd.DataFrame, columns: tuple[str, ...], *, what: str) -> np.ndarray:
+    """``df[columns]`` as a C-contiguous float64 matrix, missing values as NaN.
+
+    Raises:
+        InputError: a column is absent or not numeric/boolean.
+    """
+    out = np.empty((len(df), len(columns)), dtype=np.float64)
+    for j, name in enumerate(columns):
+        if name not in df.columns:
+            raise InputError(f"missing {what} column; expected all of {', '.join(columns)}",
+                             field=name)
+        try:
+            out[:, j] = pd.to_numeric(df[name], errors="raise").to_numpy(
+                dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"expected numbers or booleans ({exc})", field=name) from None
+    return out
+
+
+def knob_vector(config: Mapping[str, object]) -> np.ndarray:
+    """The float64 knob vector (``KNOB_COLUMNS`` order) of one engine configuration.
+
+    Knobs absent from ``config`` (or ``None``) are NaN. Unknown keys are ignored, so a whole
+    engine configuration can be passed.
+    """
+    out = np.full(len(KNOB_COLUMNS), np.nan, dtype=np.float64)
+    for j, name in enumerate(KNOB_COLUMNS):
+        value = config.get(name)
+        if value is None:
+            continue
+        try:
+            out[j] = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"expected a number or a boolean, got {value!r}",
+                             field=name) from None
+    return out
+
+
+def knobs_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: ``run_id`` plus the ``KNOB_COLUMNS`` as float64 (NaN when unknown)."""
+    if "run_id" not in runs.columns:
+        raise InputError("runs table has no run_id column", field="run_id")
+    out = pd.DataFrame({"run_id": runs["run_id"].astype(str).to_numpy()})
+    for name in KNOB_COLUMNS:
+        if name in runs.columns:
+            out[name] = pd.to_numeric(runs[name]).to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            out[name] = np.nan
+    duplicated = out["run_id"].duplicated()
+    if duplicated.any():
+        run = out.loc[duplicated, "run_id"].iloc[0]
+        raise InputError(f"run {run!r} appears more than once in the runs table", field="run_id")
+    return out
+
+
+def join_knobs(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``steps`` with the run knobs joined on ``run_id`` (step-level values fill run gaps).
+
+    A knob the runs table lacks for a run but the steps carry themselves (``block_size``,
+    ``tp_size`` are also ``steps`` columns) is taken from the steps.
+    """
+    knobs = knobs_from_runs(runs)
+    base = steps.drop(columns=[c for c in KNOB_COLUMNS if c in steps.columns])
+    merged = base.merge(knobs, on="run_id", how="left", validate="many_to_one")
+    merged.index = steps.index
+    for name in KNOB_COLUMNS:
+        if name in steps.columns:
+            own = pd.to_numeric(steps[name]).to_numpy(dtype=np.float64, na_value=np.nan)
+            merged[name] = np.where(np.isnan(merged[name].to_numpy()), own, merged[name])
+    return merged

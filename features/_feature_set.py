@@ -1,0 +1,137 @@
+"""Named, versioned feature sets: one definition, a vectorised form and a numba per-step kernel.
+
+A feature set is defined ONCE, as a plain function ``formulas(r, k)`` that returns a tuple of
+float64 expressions built from ``r[RAW_INDEX]`` (batch composition) and ``k[KNOB_INDEX]`` (engine
+knobs) with arithmetic and ``np.maximum``/``np.minimum`` only. The same function serves both forms:
+
+* ``FeatureSet.frame(df)`` calls it with ``r`` = the (8, n) raw matrix and ``k`` = the (K, n) knob
+  matrix, so every expression is a numpy column operation over all steps at once;
+* ``FeatureSet.kernel(raw, knobs, out)`` is ``numba.njit`` of it called with one step's vectors,
+  so each expression is the same IEEE arithmetic on scalars.
+
+Both round the float64 result to float32 at the end (XGBoost's input precision), so they agree
+bit for bit; ``tests/test_features_feature_set.py`` proves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numba
+import numpy as np
+import pandas as pd
+
+from servetune import ConfigError, InputError
+from servetune.features._columns import KNOB_COLUMNS, RAW_COLUMNS, column_matrix
+
+__all__ = ["FeatureSet", "make_feature_set", "FeatureSetRegistry"]
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A named, versioned step feature definition.
+
+    Attributes:
+        name: registry name, logged with every model (e.g. ``"step_v1"``).
+        version: bumped whenever a formula changes; a model records the version it was trained on.
+        feature_names: one name per output column.
+        monotone: XGBoost monotone constraint per feature (+1: latency cannot fall as it grows).
+        formulas: the single definition (see the module docstring).
+        kernel: ``numba.njit`` per-step form ``kernel(raw f8[8], knobs f8[K], out f4[F]) -> None``.
+    """
+
+    name: str
+    version: int
+    feature_names: tuple[str, ...]
+    monotone: tuple[int, ...]
+    formulas: Callable = field(repr=False, compare=False)
+    kernel: Callable = field(repr=False, compare=False)
+
+    @property
+    def n_features(self) -> int:
+        """Number of features ``F``."""
+        return len(self.feature_names)
+
+    @property
+    def qualified_name(self) -> str:
+        """``name@vN``, e.g. ``step_v1@v1``."""
+        return f"{self.name}@v{self.version}"
+
+    def matrix(self, raw: np.ndarray, knobs: np.ndarray) -> np.ndarray:
+        """Features of ``raw`` (n, 8) steps with ``knobs`` (n, K) or one (K,) vector, float32 (n, F)."""
+        raw = np.asarray(raw, dtype=np.float64)
+        knobs = np.asarray(knobs, dtype=np.float64)
+        if raw.ndim != 2 or raw.shape[1] != len(RAW_COLUMNS):
+            raise InputError(f"expected raw steps of shape (n, {len(RAW_COLUMNS)}), got "
+                             f"{raw.shape}")
+        if knobs.ndim == 1:
+            knobs = np.broadcast_to(knobs, (raw.shape[0], knobs.shape[0]))
+        if knobs.shape != (raw.shape[0], len(KNOB_COLUMNS)):
+            raise InputError(f"expected knobs of shape ({raw.shape[0]}, {len(KNOB_COLUMNS)}) "
+                             f"or ({len(KNOB_COLUMNS)},), got {knobs.shape}")
+        columns = self.formulas(raw.T, knobs.T)
+        out = np.empty((raw.shape[0], self.n_features), dtype=np.float32)
+        for j, column in enumerate(columns):
+            out[:, j] = column  # float64 -> float32, round to nearest, as the kernel does
+        return out
+
+    def frame(self, df: pd.DataFrame) -> np.ndarray:
+        """Vectorised features of every row of ``df`` (RAW_COLUMNS + KNOB_COLUMNS), float32 (n, F).
+
+        Raises:
+            InputError: a required column is missing or not numeric.
+        """
+        raw = column_matrix(df, RAW_COLUMNS, what="step composition")
+        knobs = column_matrix(df, KNOB_COLUMNS, what="engine knob")
+        return self.matrix(raw, knobs)
+
+    def dataframe(self, df: pd.DataFrame) -> pd.DataFrame:
+        """:meth:`frame` as a DataFrame with ``feature_names`` columns (for model signatures)."""
+        return pd.DataFrame(self.frame(df), columns=list(self.feature_names), index=df.index)
+
+
+def make_feature_set(name: str, version: int, features: Mapping[str, int],
+                     formulas: Callable) -> FeatureSet:
+    """Build a :class:`FeatureSet` from its formulas; ``features`` maps name -> monotone sign."""
+    jitted = numba.njit(error_model="numpy", cache=False)(formulas)
+    n_features = len(features)
+
+    def kernel(raw, knobs, out):
+        values = jitted(raw, knobs)
+        for j in range(n_features):
+            out[j] = np.float32(values[j])
+
+    return FeatureSet(name=name, version=version, feature_names=tuple(features),
+                      monotone=tuple(int(v) for v in features.values()), formulas=formulas,
+                      kernel=numba.njit(error_model="numpy")(kernel))
+
+
+class FeatureSetRegistry:
+    """Feature sets by name; duplicate names are refused, unknown ones list the valid names."""
+
+    def __init__(self, feature_sets: tuple[FeatureSet, ...] = ()) -> None:
+        entries: dict[str, FeatureSet] = {}
+        for feature_set in feature_sets:
+            if feature_set.name in entries:
+                raise ConfigError(f"feature set {feature_set.name!r} is defined twice")
+            entries[feature_set.name] = feature_set
+        self._entries = MappingProxyType(entries)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Registered names, sorted."""
+        return tuple(sorted(self._entries))
+
+    def get(self, name: str) -> FeatureSet:
+        """The feature set called ``name``.
+
+        Raises:
+            ConfigError: no such feature set (the message lists the valid names).
+        """
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ConfigError(f"unknown feature set {name!r}; expected one of "
+                              f"{', '.join(self.names)}") from None

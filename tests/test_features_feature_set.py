@@ -1,0 +1,108 @@
+"""Feature sets: the vectorised frame and the numba per-step kernel agree bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from servetune import ConfigError, InputError
+from servetune.features import (
+    DEFAULT_FEATURE_SET,
+    KNOB_COLUMNS,
+    RAW_COLUMNS,
+    FeatureSetRegistry,
+    default_feature_registry,
+    get_feature_set,
+    join_knobs,
+    knob_vector,
+)
+from _helpers_models import synthetic_traces
+
+
+def _kernel_rows(fs, frame: pd.DataFrame) -> np.ndarray:
+    raw = frame[list(RAW_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+    knobs = frame[list(KNOB_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+    out = np.empty((len(frame), fs.n_features), dtype=np.float32)
+    for i in range(len(frame)):
+        fs.kernel(raw[i], knobs[i], out[i])
+    return out
+
+
+@pytest.mark.parametrize("name", default_feature_registry().names)
+def test_frame_and_kernel_agree_exactly(name):
+    fs = get_feature_set(name)
+    steps, runs = synthetic_traces(n_runs=6, steps_per_run=200, seed=3)
+    frame = join_knobs(steps, runs)
+    # Edge rows: empty batch, huge values, missing KV columns and knobs (NaN).
+    edge = frame.iloc[:4].copy()
+    edge.loc[edge.index[0], list(RAW_COLUMNS)] = 0
+    edge.loc[edge.index[1], "prefill_attn_work"] = 3 * 10**12
+    edge.loc[edge.index[2], ["kv_tokens_sum", "kv_tokens_max"]] = np.nan
+    edge.loc[edge.index[3], ["block_size", "cuda_graph"]] = np.nan
+    frame = pd.concat([frame, edge], ignore_index=True)
+    vectorised = fs.frame(frame)
+    per_step = _kernel_rows(fs, frame)
+    assert vectorised.dtype == np.float32 and vectorised.shape == (len(frame), fs.n_features)
+    # Bit-for-bit equality, NaN in the same places.
+    assert np.array_equal(vectorised.view(np.uint32), per_step.view(np.uint32))
+    assert np.isnan(vectorised[-2]).any()  # missing KV columns stay missing
+    assert np.isfinite(vectorised[-4]).all()  # an empty batch is not a division by zero
+
+
+def test_default_feature_set_has_documented_shape():
+    fs = get_feature_set()
+    assert fs.name == DEFAULT_FEATURE_SET
+    assert len(fs.feature_names) == len(fs.monotone) == fs.n_features
+    assert set(fs.monotone) <= {-1, 0, 1}
+    assert fs.qualified_name == f"{fs.name}@v{fs.version}"
+
+
+def test_matrix_accepts_one_knob_vector_for_all_steps():
+    fs = get_feature_set()
+    steps, runs = synthetic_traces(n_runs=1, steps_per_run=50, seed=1)
+    frame = join_knobs(steps, runs)
+    raw = frame[list(RAW_COLUMNS)].to_numpy(dtype=np.float64)
+    knobs = knob_vector(runs.iloc[0].to_dict())
+    assert np.array_equal(fs.matrix(raw, knobs), fs.frame(frame))
+
+
+def test_unknown_feature_set_lists_valid_names():
+    with pytest.raises(ConfigError, match="step_v1"):
+        get_feature_set("nope")
+
+
+def test_registry_refuses_duplicates():
+    fs = get_feature_set()
+    with pytest.raises(ConfigError, match="twice"):
+        FeatureSetRegistry((fs, fs))
+
+
+def test_missing_column_names_the_field():
+    steps, runs = synthetic_traces(n_runs=1, steps_per_run=5)
+    frame = join_knobs(steps, runs).drop(columns=["kv_tokens_max"])
+    with pytest.raises(InputError) as err:
+        get_feature_set().frame(frame)
+    assert err.value.field == "kv_tokens_max"
+
+
+def test_join_knobs_takes_run_values_and_fills_from_steps():
+    steps, runs = synthetic_traces(n_runs=2, steps_per_run=5)
+    runs.loc[0, "block_size"] = None
+    joined = join_knobs(steps, runs)
+    first = joined[joined.run_id == runs.run_id[0]]
+    second = joined[joined.run_id == runs.run_id[1]]
+    # run 0's block size is missing in runs: taken from the steps' own column
+    assert (first.block_size == steps[steps.run_id == runs.run_id[0]].block_size).all()
+    assert (second.async_batching == float(runs.async_batching[1])).all()
+    assert len(joined) == len(steps) and (joined.index == steps.index).all()
+
+
+def test_knob_vector_orders_and_refuses_bad_values():
+    v = knob_vector({"cuda_graph": False, "block_size": 16, "unrelated": "x"})
+    assert v[KNOB_COLUMNS.index("block_size")] == 16.0
+    assert v[KNOB_COLUMNS.index("cuda_graph")] == 0.0
+    assert np.isnan(v[KNOB_COLUMNS.index("async_batching")])
+    with pytest.raises(InputError) as err:
+        knob_vector({"block_size": "big"})
+    assert err.value.field == "block_size"
