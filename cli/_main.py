@@ -23,6 +23,7 @@ __all__ = ["cli", "main", "Context", "emit_json"]
 _COMMAND_MODULES = (
     "_ingest",
     "_data",
+    "_collect",
 )
 
 
