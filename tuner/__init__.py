@@ -1,1 +1,78 @@
-"""(package under construction)"""
+"""Tuning: search spaces, SLO objectives, ask/tell optimisers, checkpointed studies.
+
+The optimisers (:class:`PSO`, :class:`RandomSearch`, :class:`GridSearch`) never call an
+objective: a :class:`Study` asks them for points, decodes them through a :class:`SearchSpace`,
+has an evaluator (the simulator, the hardware dispatcher, any ``config -> metrics`` callable)
+measure them through a ``concurrent.futures.Executor``, scores the metrics with an
+:class:`Objective` and tells the optimiser.
+
+Example:
+    >>> from servetune.tuner import SearchSpace, parse_objective
+    >>> SearchSpace.builtin("vllm").engine
+    'vllm'
+    >>> parse_objective("goodput:ttft_ms=500").slo.ttft_ms
+    500.0
+"""
+
+from servetune.tuner._base import Evaluator, Optimizer
+from servetune.tuner._baselines import GridSearch, RandomSearch
+from servetune.tuner._expr import Expression
+from servetune.tuner._importers import (
+    IMPORT_FORMATS,
+    import_auto_tuning_vllm,
+    import_llmservingtuner,
+    import_space,
+)
+from servetune.tuner._objective import (
+    METRIC_KEYS,
+    OBJECTIVES,
+    SLO,
+    FitnessObjective,
+    GoodputObjective,
+    Objective,
+    ThroughputObjective,
+    parse_objective,
+)
+from servetune.tuner._pso import PSO, PSOConfig
+from servetune.tuner._space import Constraint, Param, Point, SearchSpace, builtin_spaces
+from servetune.tuner._study import (
+    OPTIMIZERS,
+    Evaluation,
+    Study,
+    StudySpec,
+    config_key,
+    make_optimizer,
+)
+
+__all__ = [
+    "Constraint",
+    "Evaluation",
+    "Evaluator",
+    "Expression",
+    "FitnessObjective",
+    "GoodputObjective",
+    "GridSearch",
+    "IMPORT_FORMATS",
+    "METRIC_KEYS",
+    "OBJECTIVES",
+    "OPTIMIZERS",
+    "Objective",
+    "Optimizer",
+    "PSO",
+    "PSOConfig",
+    "Param",
+    "Point",
+    "RandomSearch",
+    "SLO",
+    "SearchSpace",
+    "Study",
+    "StudySpec",
+    "ThroughputObjective",
+    "builtin_spaces",
+    "config_key",
+    "import_auto_tuning_vllm",
+    "import_llmservingtuner",
+    "import_space",
+    "make_optimizer",
+    "parse_objective",
+]

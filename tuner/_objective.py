@@ -1,0 +1,190 @@
+"""Objectives: turn one evaluation's raw metrics into a score to maximise.
+
+Every evaluator returns a flat dict of metrics (see :data:`METRIC_KEYS`); an objective reads it
+and returns one float, higher is better. The study always stores the raw metrics beside the
+score.
+
+- ``goodput`` (default): requests per second that met both the TTFT and TPOT SLO
+  (``goodput_rps``, computed per request by the evaluator from :attr:`Objective.slo`).
+- ``throughput``: output tokens/s when the SLO percentile holds (e.g. p90 TTFT <= SLO and p90
+  TPOT <= SLO); otherwise a negative score equal to the relative SLO overshoot, so any
+  compliant configuration beats every violating one and violators still rank by how close
+  they are.
+- ``fitness``: the weighted fitness of LLMServingTuner-style tuners,
+  ``w_speed * speed/speed_target + w_ttft * exp(-p_ttft * over(ttft)) + w_tpot * exp(-p_tpot *
+  over(tpot)) + w_success * exp(-p_success * (1 - success_rate))`` with
+  ``over(x) = max(0, x / slo - 1)``.
+
+Spec strings select and parametrise one: ``goodput``, ``throughput:percentile=p99``,
+``fitness:ttft_ms=500,w_speed=0.5``; ``ttft_ms``/``tpot_ms`` set the SLOs of any objective.
+
+Example:
+    >>> obj = parse_objective("goodput:ttft_ms=500,tpot_ms=50")
+    >>> obj.score({"goodput_rps": 3.5})
+    3.5
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+from servetune import ConfigError
+
+__all__ = ["SLO", "Objective", "GoodputObjective", "ThroughputObjective", "FitnessObjective",
+           "parse_objective", "OBJECTIVES", "METRIC_KEYS"]
+
+# What an evaluator returns (all floats): the objective reads a subset.
+METRIC_KEYS = (
+    "requests", "completed", "success_rate", "duration_s",
+    "request_throughput_rps", "output_throughput_tok_s", "goodput_rps", "slo_attainment",
+    "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99",
+    "tpot_ms_mean", "tpot_ms_p50", "tpot_ms_p90", "tpot_ms_p99",
+    "e2e_ms_mean", "e2e_ms_p50", "e2e_ms_p90", "e2e_ms_p99",
+)
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Latency targets of one request: time to first token and time per output token (ms)."""
+
+    ttft_ms: float = 2000.0
+    tpot_ms: float = 100.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ConfigError(f"SLO {f.name} must be > 0 ms; got {getattr(self, f.name)}")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Base class: ``score(metrics) -> float`` (higher is better), named, with SLOs."""
+
+    slo: SLO = SLO()
+    name = "objective"
+
+    def score(self, metrics: dict) -> float:  # pragma: no cover - abstract
+        """The score of one evaluation's metrics."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """Plain data: ``{"name": ..., <params>...}`` (what studies and MLflow record)."""
+        data = asdict(self)
+        slo = data.pop("slo")
+        return {"name": self.name, **slo, **data}
+
+    def spec(self) -> str:
+        """The spec string that rebuilds this objective with :func:`parse_objective`."""
+        params = {k: v for k, v in self.to_dict().items() if k != "name"}
+        return f"{self.name}:" + ",".join(f"{k}={v}" for k, v in params.items())
+
+
+@dataclass(frozen=True)
+class GoodputObjective(Objective):
+    """Requests per second meeting both SLOs (``goodput_rps``)."""
+
+    name = "goodput"
+
+    def score(self, metrics: dict) -> float:
+        return float(_need(metrics, "goodput_rps"))
+
+
+@dataclass(frozen=True)
+class ThroughputObjective(Objective):
+    """Output tokens/s when the ``percentile`` TTFT and TPOT meet the SLO, else -overshoot."""
+
+    percentile: str = "p90"
+    name = "throughput"
+
+    def __post_init__(self) -> None:
+        if self.percentile not in ("mean", "p50", "p90", "p99"):
+            raise ConfigError(f"throughput objective: percentile must be mean, p50, p90 or "
+                              f"p99; got {self.percentile!r}")
+
+    def score(self, metrics: dict) -> float:
+        ttft = _need(metrics, f"ttft_ms_{self.percentile}")
+        tpot = _need(metrics, f"tpot_ms_{self.percentile}")
+        over = max(0.0, ttft / self.slo.ttft_ms - 1) + max(0.0, tpot / self.slo.tpot_ms - 1)
+        if over > 0 or not math.isfinite(over):
+            return -over if math.isfinite(over) else -1e9
+        return float(_need(metrics, "output_throughput_tok_s"))
+
+
+@dataclass(frozen=True)
+class FitnessObjective(Objective):
+    """Weighted fitness with exponential SLO penalties (LLMServingTuner's form)."""
+
+    w_speed: float = 0.4
+    w_ttft: float = 0.2
+    w_tpot: float = 0.3
+    w_success: float = 0.1
+    ttft_penalty: float = 3.0
+    tpot_penalty: float = 3.0
+    success_penalty: float = 5.0
+    speed_target: float = 1000.0
+    name = "fitness"
+
+    def __post_init__(self) -> None:
+        if not self.speed_target > 0:
+            raise ConfigError(f"fitness objective: speed_target must be > 0; got "
+                              f"{self.speed_target}")
+
+    def score(self, metrics: dict) -> float:
+        speed = _need(metrics, "output_throughput_tok_s")
+        ttft = _need(metrics, "ttft_ms_mean")
+        tpot = _need(metrics, "tpot_ms_mean")
+        success = _need(metrics, "success_rate")
+        over_ttft = max(0.0, ttft / self.slo.ttft_ms - 1)
+        over_tpot = max(0.0, tpot / self.slo.tpot_ms - 1)
+        return float(self.w_speed * speed / self.speed_target
+                     + self.w_ttft * math.exp(-self.ttft_penalty * over_ttft)
+                     + self.w_tpot * math.exp(-self.tpot_penalty * over_tpot)
+                     + self.w_success * math.exp(-self.success_penalty * (1 - success)))
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "goodput": GoodputObjective,
+    "throughput": ThroughputObjective,
+    "fitness": FitnessObjective,
+}
+
+
+def parse_objective(spec: str | None) -> Objective:
+    """An objective from ``NAME[:key=value,...]`` (default ``goodput``)."""
+    spec = (spec or "goodput").strip()
+    name, _, rest = spec.partition(":")
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}",)
+    cls = OBJECTIVES[name]
+    own = {f.name: f for f in fields(cls) if f.name != "slo"}
+    slo_fields = {f.name for f in fields(SLO)}
+    kwargs: dict = {}
+    slo_kwargs: dict = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"objective {spec!r}: expected key=value, got {item!r}")
+        if key in slo_fields:
+            slo_kwargs[key] = _float(value, key, spec)
+        elif key in own:
+            kwargs[key] = value if own[key].type in ("str", str) else _float(value, key, spec)
+        else:
+            raise ConfigError(f"objective {name!r} has no parameter {key!r}; valid: "
+                              f"{', '.join(sorted(slo_fields | set(own)))}")
+    objective = cls(**kwargs)
+    return replace(objective, slo=SLO(**slo_kwargs)) if slo_kwargs else objective
+
+
+def _float(text: str, key: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"objective {spec!r}: {key} must be a number; got {text!r}") from None
+
+
+def _need(metrics: dict, key: str) -> float:
+    if key not in metrics or metrics[key] is None:
+        raise ConfigError(f"the evaluator returned no {key!r}; it returned "
+                          f"{', '.join(sorted(metrics))}")
+    return float(metrics[key])

@@ -1,0 +1,332 @@
+"""A tuning study: one folder, an ask/tell loop, a checkpoint after every iteration.
+
+``<workspace>/studies/NAME/``::
+
+    study.json        what the study is (space, objective, optimiser, seed, evaluator
+                      descriptor); written once, atomically
+    checkpoint.json   the optimiser state (its generator included) and every evaluation so far;
+                      replaced atomically after every iteration
+    candidates.json   top-K configurations + the engine default, with launch arguments
+    candidates.md     the same as a table
+    plots/            convergence.png, pareto.png
+
+Because the optimiser state is saved after ``tell`` and evaluators are deterministic, a study
+killed at any moment (``kill -9`` included) and resumed with :meth:`Study.load` then
+:meth:`Study.run` ends with exactly the evaluations and best configuration of an uninterrupted
+run with the same seed: at most the iteration in flight is recomputed.
+
+Example:
+    >>> study = Study.create(tmp / "s", space=SearchSpace.builtin("transformers-cb"),
+    ...                      optimizer={"name": "random", "budget": 8}, seed=1)  # doctest: +SKIP
+    >>> result = study.run(my_evaluator)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from servetune import ConfigError, ServetuneError
+from servetune.data import atomic_write_text
+from servetune.tuner._base import Evaluator, Optimizer
+from servetune.tuner._baselines import GridSearch, RandomSearch
+from servetune.tuner._objective import Objective, parse_objective
+from servetune.tuner._pso import PSO, PSOConfig
+from servetune.tuner._space import SearchSpace
+
+__all__ = ["Study", "StudySpec", "Evaluation", "make_optimizer", "config_key", "STUDY_FILE",
+           "CHECKPOINT_FILE", "OPTIMIZERS"]
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "study.json"
+CHECKPOINT_FILE = "checkpoint.json"
+OPTIMIZERS = ("pso", "random", "grid")
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What a study is; everything needed to rebuild it on resume."""
+
+    name: str
+    space: dict
+    objective: str
+    optimizer: dict
+    seed: int
+    evaluator: dict = field(default_factory=dict)
+    uid: str = ""
+    created: str = ""
+
+
+@dataclass
+class Evaluation:
+    """One proposed point: its configuration, status, score and raw metrics.
+
+    ``status`` is ``ok`` (evaluated, or ``cached`` from an identical earlier configuration),
+    ``infeasible`` (violates a constraint that could not be repaired; never evaluated) or
+    ``failed`` (the evaluator raised; ``error`` says why). Only ``ok`` points have a score.
+    """
+
+    index: int
+    iteration: int
+    config: dict
+    status: str
+    score: float | None = None
+    metrics: dict = field(default_factory=dict)
+    cached: bool = False
+    repaired: bool = False
+    error: str | None = None
+
+    @property
+    def value(self) -> float:
+        """The score as the optimiser sees it (``-inf`` unless ``ok``)."""
+        return self.score if self.status == "ok" and self.score is not None else -math.inf
+
+
+def config_key(config: dict) -> str:
+    """Canonical text of a configuration (cache key, de-duplication)."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def make_optimizer(spec: dict, space: SearchSpace, seed: int) -> Optimizer:
+    """An optimiser from its spec: ``{"name": "pso"|"random"|"grid", ...settings}``."""
+    spec = dict(spec)
+    name = spec.pop("name", "pso")
+    if name == "pso":
+        known = set(PSOConfig.__dataclass_fields__)
+        unknown = set(spec) - known
+        if unknown:
+            raise ConfigError(f"unknown PSO settings {sorted(unknown)}; valid: {sorted(known)}")
+        return PSO(space.dim, PSOConfig(**spec), seed=seed)
+    if name == "random":
+        return RandomSearch(space.dim, budget=int(spec.get("budget", 600)),
+                            batch_size=int(spec.get("batch_size", 30)), seed=seed)
+    if name == "grid":
+        points = np.array([space.encode(t) for t in space.grid(int(spec.get("levels", 5)))])
+        return GridSearch(points, batch_size=int(spec.get("batch_size", 30)))
+    raise ConfigError(f"unknown optimiser {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+class Study:
+    """An ask/tell loop over a search space, checkpointed in its own folder.
+
+    Build with :meth:`create` (new) or :meth:`load` (resume); the constructor does no I/O.
+    """
+
+    def __init__(self, directory: Path, spec: StudySpec) -> None:
+        self.directory = Path(directory)
+        self.spec = spec
+        self.space = SearchSpace.from_dict(spec.space, source=f"{directory}/{STUDY_FILE}")
+        self.objective: Objective = parse_objective(spec.objective)
+        self.optimizer = make_optimizer(spec.optimizer, self.space, spec.seed)
+        self.records: list[Evaluation] = []
+        self.iteration = 0
+        self.status = "new"
+        self.tracking_run_id: str | None = None
+
+    # -- persistence ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: str | Path, *, space: SearchSpace, objective: str | Objective =
+               "goodput", optimizer: dict | None = None, seed: int = 0,
+               evaluator: dict | None = None, name: str | None = None) -> "Study":
+        """Start a new study in ``directory`` (which must not hold one already)."""
+        directory = Path(directory)
+        if (directory / STUDY_FILE).exists():
+            raise ConfigError(f"{directory} already holds a study; resume it with --resume "
+                              f"{directory.name} or choose another --study name")
+        objective_spec = objective.spec() if isinstance(objective, Objective) else objective
+        spec = StudySpec(name=name or directory.name, space=space.to_dict(),
+                         objective=parse_objective(objective_spec).spec(),
+                         optimizer=dict(optimizer or {"name": "pso"}), seed=int(seed),
+                         evaluator=dict(evaluator or {}), uid=uuid.uuid4().hex,
+                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        study = cls(directory, spec)  # validates everything before anything is written
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / STUDY_FILE, json.dumps(asdict(spec), indent=1))
+        return study
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Study":
+        """Reopen a study and its last checkpoint."""
+        directory = Path(directory)
+        try:
+            spec = StudySpec(**json.loads((directory / STUDY_FILE).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"no study in {directory} ({STUDY_FILE} missing)") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ConfigError(f"{directory / STUDY_FILE}: unreadable study file: {exc}") from None
+        study = cls(directory, spec)
+        path = directory / CHECKPOINT_FILE
+        if path.exists():
+            try:
+                state = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: unreadable checkpoint: {exc}") from None
+            if state.get("format") != _FORMAT or state.get("uid") != spec.uid:
+                raise ConfigError(f"{path}: checkpoint does not belong to this study")
+            study.optimizer.load_state_dict(state["optimizer"])
+            study.records = [Evaluation(**r) for r in state["records"]]
+            study.iteration = int(state["iteration"])
+            study.status = state["status"]
+            study.tracking_run_id = state.get("tracking_run_id")
+        return study
+
+    def checkpoint(self) -> None:
+        """Write the whole state atomically (old or new checkpoint, never half)."""
+        state = {"format": _FORMAT, "uid": self.spec.uid, "iteration": self.iteration,
+                 "status": self.status, "tracking_run_id": self.tracking_run_id,
+                 "optimizer": self.optimizer.state_dict(),
+                 "records": [asdict(r) for r in self.records]}
+        atomic_write_text(self.directory / CHECKPOINT_FILE, json.dumps(state))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, evaluator: Evaluator, *, executor: Executor | None = None,
+            on_iteration: Callable[["Study", list[Evaluation]], None] | None = None,
+            max_iterations: int | None = None) -> "Study":
+        """Iterate until the optimiser is done (or ``max_iterations`` more iterations).
+
+        Args:
+            evaluator: config dict -> metrics dict (picklable when an executor is given).
+            executor: where evaluations run (a process pool, a Dask executor); inline if None.
+            on_iteration: called after each checkpoint with the iteration's evaluations
+                (progress bars, MLflow logging).
+            max_iterations: stop after this many iterations of this call (tests, budgets).
+        """
+        done_here = 0
+        while not self.optimizer.done:
+            if max_iterations is not None and done_here >= max_iterations:
+                return self
+            points = self.optimizer.ask()
+            batch = self._evaluate(points, evaluator, executor)
+            self.optimizer.tell(points, np.array([r.value for r in batch]))
+            self.records.extend(batch)
+            self.iteration += 1
+            done_here += 1
+            if self.optimizer.done:
+                self.status = "finished"
+            else:
+                self.status = "running"
+            self.checkpoint()
+            if not any(r.status == "ok" for r in self.records) and any(
+                    r.status == "failed" for r in batch):
+                first = next(r for r in batch if r.status == "failed")
+                raise ServetuneError(f"every evaluation so far failed; first error: "
+                                     f"{first.error}")
+            if on_iteration is not None:
+                on_iteration(self, batch)
+        if self.status != "finished":
+            self.status = "finished"
+            self.checkpoint()
+        return self
+
+    def _evaluate(self, points: np.ndarray, evaluator: Evaluator,
+                  executor: Executor | None) -> list[Evaluation]:
+        known = {config_key(r.config): r for r in self.records
+                 if r.status in ("ok", "failed") and not r.cached}
+        batch: list[Evaluation] = []
+        to_run: dict[str, list[Evaluation]] = {}
+        for offset, u in enumerate(points):
+            point = self.space.resolve(self.space.decode(u))
+            record = Evaluation(index=len(self.records) + offset, iteration=self.iteration,
+                                config=point.config, status="pending", repaired=point.repaired)
+            batch.append(record)
+            if not point.feasible:
+                record.status = "infeasible"
+                record.error = "violates " + "; ".join(point.violations)
+                continue
+            key = config_key(point.config)
+            if key in known:
+                _copy_result(record, known[key])
+            elif key in to_run:
+                to_run[key].append(record)
+            else:
+                to_run[key] = [record]
+        configs = [records[0].config for records in to_run.values()]
+        results = _run_all(evaluator, configs, executor)
+        for records, (metrics, error) in zip(to_run.values(), results):
+            first = records[0]
+            if error is None:
+                first.metrics = metrics
+                try:
+                    first.score = float(self.objective.score(metrics))
+                    first.status = "ok"
+                except ServetuneError as exc:
+                    first.status, first.error = "failed", str(exc)
+            else:
+                first.status, first.error = "failed", error
+            for twin in records[1:]:
+                _copy_result(twin, first)
+        return batch
+
+    # -- results ----------------------------------------------------------------------------
+    @property
+    def evaluated(self) -> list[Evaluation]:
+        """Evaluations with a score."""
+        return [r for r in self.records if r.status == "ok"]
+
+    def best(self) -> Evaluation | None:
+        """The highest-scoring evaluation (earliest wins ties)."""
+        scored = self.evaluated
+        return max(scored, key=lambda r: (r.score, -r.index)) if scored else None
+
+    def top(self, k: int) -> list[Evaluation]:
+        """The ``k`` best distinct configurations."""
+        seen: set[str] = set()
+        out = []
+        for r in sorted(self.evaluated, key=lambda r: (-r.score, r.index)):
+            key = config_key(r.config)
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+            if len(out) == k:
+                break
+        return out
+
+    def history(self) -> list[float]:
+        """Best score after each iteration (``nan`` while nothing is feasible)."""
+        out, best = [], -math.inf
+        for it in range(self.iteration):
+            scores = [r.score for r in self.records if r.iteration == it and r.status == "ok"]
+            if scores:
+                best = max(best, max(scores))
+            out.append(best if math.isfinite(best) else float("nan"))
+        return out
+
+
+def _copy_result(record: Evaluation, source: Evaluation) -> None:
+    record.status, record.score, record.error = source.status, source.score, source.error
+    record.metrics = dict(source.metrics)
+    record.cached = True
+
+
+def _run_all(evaluator: Evaluator, configs: list[dict],
+             executor: Executor | None) -> list[tuple[dict, str | None]]:
+    """Evaluate in order; an exception becomes that config's error, never the whole batch's."""
+    if executor is None:
+        return [_guarded(evaluator, c) for c in configs]
+    futures = [executor.submit(_guarded, evaluator, c) for c in configs]
+    return [f.result() for f in futures]
+
+
+def _guarded(evaluator: Evaluator, config: dict) -> tuple[dict, str | None]:
+    try:
+        metrics = evaluator(config)
+    except Exception as exc:  # noqa: BLE001 - recorded with its reason, never silently scored
+        return {}, f"{type(exc).__name__}: {exc}"
+    return {k: _plain(v) for k, v in metrics.items()}, None
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
