@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from servetune import InputError
 
@@ -154,7 +155,7 @@ _NON_NEGATIVE = {
     "steps": ("duration_ms", "num_seqs", "num_prefill_seqs", "num_decode_seqs", "prefill_tokens",
               "decode_tokens", "kv_tokens_sum", "kv_tokens_max", "prefill_attn_work", "start_s"),
     "requests": ("arrival_s", "input_tokens", "output_tokens", "queue_ms", "ttft_ms", "tpot_ms",
-                 "e2e_ms"),
+                 "e2e_ms", "itl_ms"),
     "runs": ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
              *(f.name for f in _PERCENTILE_METRICS)),
 }
@@ -198,8 +199,10 @@ def conform(columns: pd.DataFrame | pa.Table | Mapping[str, Sequence], kind: str
     with :func:`partition_value`.
     """
     schema = schema_for(kind)
+    if isinstance(columns, pa.Table):
+        return _conform_arrow(columns, kind, schema, path)
     nan_is_null = isinstance(columns, pd.DataFrame)
-    if isinstance(columns, (pd.DataFrame, pa.Table)):
+    if isinstance(columns, pd.DataFrame):
         names = list(columns.column_names if isinstance(columns, pa.Table) else columns.columns)
         data = {name: _column_values(columns, name) for name in names}
     else:
@@ -220,6 +223,49 @@ def conform(columns: pd.DataFrame | pa.Table | Mapping[str, Sequence], kind: str
     table = pa.Table.from_arrays(arrays, schema=schema)
     _check_values(table, kind, path)
     return table
+
+
+def _conform_arrow(table: pa.Table, kind: str, schema: pa.Schema, path: str | None) -> pa.Table:
+    """:func:`conform` for a pyarrow Table: vectorised casts, Python lists only to locate errors."""
+    missing = [f.name for f in schema if not f.nullable and f.name not in table.column_names]
+    if missing:
+        raise InputError(f"missing required column(s) {', '.join(missing)} for {kind} traces",
+                         path=path, field=missing[0])
+    arrays = []
+    for field in schema:
+        if field.name not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        if field.name in PARTITION_COLUMNS:
+            column = _partition_column(column)
+        try:
+            if _is_text(column.type) != _is_text(field.type) and column.null_count < len(column):
+                raise pa.ArrowTypeError("no implicit conversion between text and numbers")
+            column = column.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            column = _cast_column(column.to_pylist(), field, path, nan_is_null=False)
+        if not field.nullable and column.null_count:
+            row = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False))) + 1
+            raise InputError("expected a value, found an empty one", path=path, row=row,
+                             field=field.name)
+        arrays.append(column)
+    result = pa.Table.from_arrays(arrays, schema=schema)
+    _check_values(result, kind, path)
+    return result
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+
+
+def _partition_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    values = pc.unique(column.cast(pa.string())).to_pylist()
+    safe = [None if v is None else partition_value(v) for v in values]
+    if safe == values:
+        return column
+    return pc.take(pa.array(safe, pa.string()), pc.index_in(column.cast(pa.string()),
+                                                             pa.array(values, pa.string())))
 
 
 def _column_values(columns: pd.DataFrame | pa.Table, name: str) -> list:
@@ -273,6 +319,12 @@ def _check_values(table: pa.Table, kind: str, path: str | None) -> None:
         column = table.column(name)
         if column.null_count == len(column):
             continue
+        if pa.types.is_list(column.type):  # check every element; report the row holding it
+            column = column.combine_chunks()
+            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            column = pc.list_flatten(column)
+        else:
+            parents = None
         values = column.to_numpy(zero_copy_only=False).astype(np.float64)
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(values) | (values < 0)
@@ -280,6 +332,8 @@ def _check_values(table: pa.Table, kind: str, path: str | None) -> None:
         if bad.any():
             row = int(np.argmax(bad)) + 1
             value = values[row - 1]
+            if parents is not None:
+                row = int(parents[row - 1]) + 1
             what = "a finite number" if not math.isfinite(value) else "a number >= 0"
             raise InputError(f"expected {what}, got {float(value)}", path=path, row=row, field=name)
     source = table.column("source").to_pylist()

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from servetune import StoreError
 from servetune.data._atomic import atomic_write_text, fsync_file
 from servetune.data._schemas import KINDS, PARTITION_COLUMNS, conform, file_schema_for, schema_for
 
-__all__ = ["TraceStore", "IngestResult"]
+__all__ = ["TraceStore", "IngestResult", "TableStream"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,19 @@ class IngestResult:
         return {"source": self.source, "sha256": self.sha256, "format": self.format,
                 "skipped": self.skipped, "rows": self.rows, "runs": self.runs,
                 "ingest_id": self.ingest_id}
+
+
+@dataclass
+class TableStream:
+    """Rows of one kind delivered in chunks, for sources too large to hold in memory at once.
+
+    The store conforms and writes each chunk as it arrives (one Parquet file per partition,
+    written row group by row group). An error raised while iterating aborts the ingest and
+    removes everything it wrote, exactly like a failure of an in-memory batch.
+    """
+
+    chunks: Iterable[pa.Table | pd.DataFrame]
+    num_rows: int | None = None  # for the progress bar, if known
 
 
 class TraceStore:
@@ -102,19 +115,21 @@ class TraceStore:
         return any(entry["sha256"] == sha256 for entry in self.manifest()["ingests"])
 
     # ----------------------------------------------------------------------------- writing
-    def ingest(self, batch: Mapping[str, pa.Table | pd.DataFrame], *, source: str, sha256: str,
-               format: str, progress: bool | None = None) -> IngestResult:
+    def ingest(self, batch: Mapping[str, pa.Table | pd.DataFrame | TableStream], *, source: str,
+               sha256: str, format: str, progress: bool | None = None) -> IngestResult:
         """Append one source's traces atomically; a source already ingested is skipped.
 
         Args:
-            batch: trace kind -> rows in that kind's schema (see :func:`conform`).
+            batch: trace kind -> rows in that kind's schema (see :func:`conform`), or a
+                :class:`TableStream` of such rows.
             source: where the rows came from (a path), recorded in the manifest.
             sha256: content hash of the source; the deduplication key.
             format: the adapter that read it.
             progress: show a progress bar (``None``: only on a terminal, after a second).
         """
-        tables = {kind: _as_table(rows, kind, source) for kind, rows in batch.items()
-                  if rows is not None and len(rows)}
+        tables = {kind: rows if isinstance(rows, TableStream) else _as_table(rows, kind, source)
+                  for kind, rows in batch.items()
+                  if rows is not None and (isinstance(rows, TableStream) or len(rows))}
         result = IngestResult(source=str(source), sha256=sha256, format=format, skipped=True)
         with self._locked():
             manifest = self.manifest()
@@ -126,11 +141,13 @@ class TraceStore:
             written: list[tuple[Path, Path]] = []
             created_dirs: list[Path] = []
             try:
-                files = self._write_pending(tables, ingest_id, written, created_dirs, progress)
+                files = self._write_pending(tables, str(source), ingest_id, written,
+                                           created_dirs, progress)
                 entry = {
                     "id": ingest_id, "sha256": sha256, "source": str(source), "format": format,
                     "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "rows": {kind: t.num_rows for kind, t in tables.items()},
+                    "rows": {kind: sum(f["rows"] for f in files if f["kind"] == kind)
+                             for kind in tables},
                     "files": files,
                 }
                 manifest["ingests"].append(entry)
@@ -150,33 +167,58 @@ class TraceStore:
         result.runs = sorted({run for f in files for run in f["runs"]})
         return result
 
-    def _write_pending(self, tables: dict[str, pa.Table], ingest_id: str,
+    def _write_pending(self, tables: dict[str, pa.Table | TableStream], source: str,
+                       ingest_id: str,
                        written: list[tuple[Path, Path]], created_dirs: list[Path],
                        progress: bool | None) -> list[dict]:
-        files: list[dict] = []
-        groups = [(kind, key, part) for kind, table in tables.items()
-                  for key, part in _split_partitions(table)]
-        total = sum(part.num_rows for _, _, part in groups)
+        total: int | None = 0
+        for rows in tables.values():  # Table and TableStream both have num_rows
+            total = None if rows.num_rows is None or total is None else total + rows.num_rows
         bar = tqdm(total=total, unit="row", desc="writing traces", delay=1.0,
                    disable=None if progress is None else not progress)
-        with bar:
-            for n, (kind, key, part) in enumerate(groups):
-                directory = self.root / kind
-                for name, value in zip(PARTITION_COLUMNS, key):
-                    directory = directory / f"{name}={value}"
-                _make_dirs(directory, created_dirs)
-                pending = directory / f"{_PENDING}{ingest_id}-{n}.parquet"
-                final = directory / f"part-{ingest_id}-{n}.parquet"
-                written.append((pending, final))
-                body = part.drop_columns(list(PARTITION_COLUMNS)).cast(file_schema_for(kind))
-                pq.write_table(body, pending, row_group_size=_ROW_GROUP, compression="zstd")
-                fsync_file(pending)
-                runs = sorted(set(part.column("run_id").unique().to_pylist()))
-                files.append({"kind": kind, "path": str(final.relative_to(self.root)),
-                              "rows": part.num_rows, "runs": runs,
-                              **dict(zip(PARTITION_COLUMNS, key))})
-                bar.update(part.num_rows)
+        writers: dict[tuple[str, tuple[str, ...]], dict] = {}
+        try:
+            with bar:
+                for kind, rows in tables.items():
+                    if isinstance(rows, TableStream):
+                        chunks = (_as_table(chunk, kind, source) for chunk in rows.chunks)
+                    else:
+                        chunks = iter([rows])
+                    for chunk in chunks:
+                        for key, part in _split_partitions(chunk):
+                            state = writers.get((kind, key))
+                            if state is None:
+                                state = self._open_pending(kind, key, len(writers), ingest_id,
+                                                           written, created_dirs)
+                                writers[(kind, key)] = state
+                            body = part.drop_columns(list(PARTITION_COLUMNS)).cast(
+                                file_schema_for(kind))
+                            state["writer"].write_table(body, row_group_size=_ROW_GROUP)
+                            state["rows"] += part.num_rows
+                            state["runs"].update(part.column("run_id").unique().to_pylist())
+                            bar.update(part.num_rows)
+        finally:
+            for state in writers.values():
+                state["writer"].close()
+        files: list[dict] = []
+        for (kind, key), state in writers.items():
+            fsync_file(state["pending"])
+            files.append({"kind": kind, "path": str(state["final"].relative_to(self.root)),
+                          "rows": state["rows"], "runs": sorted(state["runs"]),
+                          **dict(zip(PARTITION_COLUMNS, key))})
         return files
+
+    def _open_pending(self, kind: str, key: tuple[str, ...], n: int, ingest_id: str,
+                      written: list[tuple[Path, Path]], created_dirs: list[Path]) -> dict:
+        directory = self.root / kind
+        for name, value in zip(PARTITION_COLUMNS, key):
+            directory = directory / f"{name}={value}"
+        _make_dirs(directory, created_dirs)
+        pending = directory / f"{_PENDING}{ingest_id}-{n}.parquet"
+        final = directory / f"part-{ingest_id}-{n}.parquet"
+        written.append((pending, final))
+        writer = pq.ParquetWriter(pending, file_schema_for(kind), compression="zstd")
+        return {"writer": writer, "pending": pending, "final": final, "rows": 0, "runs": set()}
 
     def _recover(self, manifest: dict) -> None:
         """Finish or undo what a killed writer left: roll committed files forward, drop the rest."""
@@ -301,6 +343,10 @@ def _as_table(rows: pa.Table | pd.DataFrame, kind: str, source: str) -> pa.Table
 
 def _split_partitions(table: pa.Table) -> Iterator[tuple[tuple[str, ...], pa.Table]]:
     keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
+    if keys.num_rows == 1:  # the common case: no filtering, no copy
+        key = keys.to_pylist()[0]
+        yield tuple(key[name] for name in PARTITION_COLUMNS), table
+        return
     for key in keys.to_pylist():
         mask = None
         for name in PARTITION_COLUMNS:
