@@ -48,3 +48,25 @@ class BowlEvaluator:
             for stat, factor in (("mean", 1.0), ("p50", 0.9), ("p90", 1.5), ("p99", 2.0)):
                 metrics[f"{name}_{stat}"] = base * factor
         return metrics
+
+
+def run_bowl_study(directory: str, delay_s: float = 0.0) -> None:
+    """Create (or resume) a small PSO study over the transformers-cb space and run it."""
+    from pathlib import Path
+
+    from servetune.tuner import Study
+
+    space = SearchSpace.builtin("transformers-cb")
+    path = Path(directory)
+    if (path / "study.json").exists():
+        study = Study.load(path)
+    else:
+        study = Study.create(path, space=space, seed=7,
+                             optimizer={"name": "pso", "particles": 8, "iterations": 12})
+    study.run(BowlEvaluator(space.to_dict(), delay_s=delay_s))
+
+
+if __name__ == "__main__":  # used by the kill -9 test as a real subprocess
+    import sys
+
+    run_bowl_study(sys.argv[1], delay_s=float(sys.argv[2]))

@@ -102,7 +102,8 @@ def import_llmservingtuner(path: str | Path, *, engine: str | None = None,
                                   "{target_name = ..., product = ...}")
             cast = "float" if param_arg.get("dtype") == "float" else "int"
             derived[fname] = f"{cast}({param_arg['product']} / {param_arg['target_name']})"
-    engine_name = engine or _lst_engine(data) or "unknown"
+    section = source_key.split(".")[0] if source_key.endswith(".target_field") else None
+    engine_name = engine or section or _lst_engine(data) or "unknown"
     space = {"name": name or path.stem, "engine": engine_name, "params": params,
              "fixed": fixed, "derived": derived, "targets": targets,
              "description": f"imported from LLMServingTuner config {path.name}"}

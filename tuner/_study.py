@@ -166,6 +166,8 @@ class Study:
         except (json.JSONDecodeError, TypeError) as exc:
             raise ConfigError(f"{directory / STUDY_FILE}: unreadable study file: {exc}") from None
         study = cls(directory, spec)
+        for stale in directory.glob(f"{CHECKPOINT_FILE}.tmp-*"):  # a write cut by a kill
+            stale.unlink(missing_ok=True)
         path = directory / CHECKPOINT_FILE
         if path.exists():
             try:
