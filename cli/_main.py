@@ -24,6 +24,9 @@ _COMMAND_MODULES = (
     "_ingest",
     "_data",
     "_collect",
+    "_train",
+    "_models",
+    "_simulate",
 )
 
 

@@ -1,0 +1,94 @@
+"""``servetune simulate``: one engine configuration replayed against a workload, in simulation."""
+
+from __future__ import annotations
+
+import click
+
+from servetune import ConfigError
+from servetune.cli._main import Context, emit_json
+
+__all__ = ["command"]
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict:
+    config: dict = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key = key.strip()
+        if key in config:
+            raise ConfigError(f"--set gives {key!r} twice")
+        config[key] = None if value.strip().lower() in ("none", "null", "") else value.strip()
+    return config
+
+
+def _step_model(ctx: Context, model_uri: str | None):
+    from servetune.models import StepTimeModel, ensure_champion
+
+    if model_uri is None:
+        model_uri = ensure_champion(ctx.workspace)
+    model = StepTimeModel.load(model_uri, tracking_uri=ctx.workspace.tracking_uri)
+    return model_uri, model.compile()
+
+
+@click.command("simulate")
+@click.option("--engine", required=True, help="Engine policy: transformers, vllm or static.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A configuration key (repeatable); unknown keys are refused with the list.")
+@click.option("--workload", required=True, metavar="FILE|SPEC",
+              help="A trace file, or a synthetic spec such as 'poisson:rate=5,n=500'.")
+@click.option("--qps", type=float, default=None, help="Rescale the arrivals to this mean rate.")
+@click.option("--limit", type=int, default=None, help="Use only the first N requests.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the synthetic workload and of step-time noise.")
+@click.option("--model-uri", default=None,
+              help="Step-time model (models:/NAME@champion); default: the workspace champion, "
+                   "trained from the bundled samples when there is none.")
+@click.option("--slo-ttft-ms", type=float, default=None, help="TTFT SLO for goodput.")
+@click.option("--slo-tpot-ms", type=float, default=None, help="TPOT SLO for goodput.")
+@click.option("--json", "as_json", is_flag=True, help="Print config, seed and metrics as JSON.")
+@click.pass_obj
+def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps: float | None,
+            limit: int | None, seed: int, model_uri: str | None, slo_ttft_ms: float | None,
+            slo_tpot_ms: float | None, as_json: bool) -> None:
+    """Simulate one engine configuration serving a workload with the learned step-time model."""
+    from servetune.data import resolve_workload
+    from servetune.tuner.simulator import SLO, Simulator
+
+    config = _parse_sets(sets)
+    slo = SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms)
+    # validate the configuration before any (possibly long) model training
+    Simulator(engine, config, _ConfigOnly(), slo=slo)
+    trace = resolve_workload(workload, seed=seed, qps=qps, limit=limit)
+    uri, step_model = _step_model(ctx, model_uri)
+    simulator = Simulator(engine, config, step_model, slo=slo, labels={"model_uri": uri})
+    result = simulator.run(trace, seed)
+    payload = {"engine": simulator.engine, "config": result.config, "seed": seed,
+               "workload": trace.descriptor, "model_uri": uri, "metrics": result.metrics}
+    if as_json:
+        emit_json(payload)
+        return
+    m = result.metrics
+
+    def fmt(summary: dict) -> str:
+        if summary["mean"] is None:
+            return "-"
+        return (f"mean {summary['mean']:.1f}  p50 {summary['p50']:.1f}  p90 {summary['p90']:.1f}"
+                f"  p99 {summary['p99']:.1f}")
+
+    click.echo(f"engine {simulator.engine}  workload {trace.name} ({len(trace)} requests)  "
+               f"model {uri}")
+    click.echo(f"completed {m['completed']}/{m['num_requests']}  steps {m['steps']}  "
+               f"preemptions {m['preemptions']}  duration {m['duration_s'] or 0:.1f} s")
+    click.echo(f"throughput {m['request_throughput_rps'] or 0:.2f} req/s  "
+               f"{m['output_throughput_tok_s'] or 0:.0f} output tok/s  goodput "
+               f"{m['goodput_rps'] or 0:.2f} req/s")
+    for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_ms"):
+        click.echo(f"{name:9s} {fmt(m[name])}")
+
+
+class _ConfigOnly:
+    """Stands in for a step model while only the configuration is checked (nothing runs)."""
+
+    kernel = arrays = n_features = log_target = None

@@ -1,0 +1,125 @@
+"""The evaluator entry point: one engine configuration replayed against one workload.
+
+Example:
+    >>> from servetune.data import synthetic_workload
+    >>> from servetune.tuner.simulator import simulate
+    >>> workload = synthetic_workload("poisson:rate=5,n=50", seed=0)
+    >>> result = simulate("vllm", {"max_num_seqs": 64}, workload, step_model, seed=0)  # doctest: +SKIP
+    >>> result.metrics["completed"]  # doctest: +SKIP
+    50
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from servetune import ConfigError
+from servetune.data import Workload
+from servetune.features import KNOB_COLUMNS
+from servetune.models import forest_predict_row
+from servetune.tuner.simulator import _kernel as K
+from servetune.tuner.simulator._policies import EnginePolicy, get_policy
+from servetune.tuner.simulator._result import SLO, SimulationResult
+
+__all__ = ["Simulator", "simulate", "model_knobs"]
+
+log = logging.getLogger(__name__)
+
+_STORE_ENGINE = {"transformers": "transformers-cb"}
+_ROUTERS = {"round_robin": K.ROUTER_ROUND_ROBIN, "least_pending_tokens": K.ROUTER_LEAST_PENDING}
+
+
+def model_knobs(policy: EnginePolicy, resolved: Mapping[str, object]) -> np.ndarray:
+    """The step-time model's knob vector (``KNOB_COLUMNS`` order) for a resolved configuration;
+    knobs the engine has no value for are NaN (the model's missing value)."""
+    out = np.full(len(KNOB_COLUMNS), np.nan, dtype=np.float64)
+    for j, name in enumerate(KNOB_COLUMNS):
+        getter = policy.model_knobs.get(name)
+        if getter is not None:
+            out[j] = float(getter(resolved))
+    return out
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """One engine configuration with a compiled step-time model; :meth:`run` replays a workload.
+
+    Construction only validates the configuration (no I/O, no compilation), so it is cheap and
+    picklable: a study can build thousands and ship them to worker processes.
+
+    Attributes:
+        engine: a registered engine policy (``transformers``, ``vllm``, ``static``).
+        config: configuration keys of that engine (missing keys take defaults).
+        step_model: a :class:`servetune.models.CompiledStepTime`.
+        slo: latency objectives for goodput.
+        labels: ``model``, ``hardware``, ``model_uri``, ... recorded in the output rows.
+    """
+
+    engine: str
+    config: Mapping[str, object]
+    step_model: object
+    slo: SLO | dict | None = None
+    labels: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        policy = get_policy(self.engine)
+        object.__setattr__(self, "engine", policy.name)
+        resolved = policy.resolve(self.config)
+        policy.params(resolved)  # checks derived values (e.g. vLLM's block count) early
+        object.__setattr__(self, "config", resolved)
+        object.__setattr__(self, "slo", SLO.coerce(self.slo))
+        object.__setattr__(self, "labels", dict(self.labels))
+        for name in ("kernel", "arrays", "n_features", "log_target"):
+            if not hasattr(self.step_model, name):
+                raise ConfigError(f"step_model must be a CompiledStepTime (has no {name!r}); "
+                                  "get one with StepTimeModel.compile()")
+
+    def run(self, workload: Workload, seed: int = 0, *, record_steps: bool = False
+            ) -> SimulationResult:
+        """Simulate ``workload``; the same workload, configuration and seed give identical output."""
+        if not isinstance(workload, Workload):
+            raise ConfigError(f"workload must be a servetune.data.Workload, got "
+                              f"{type(workload).__name__}")
+        policy = get_policy(self.engine)
+        c = self.config
+        params = policy.params(c)
+        knobs = model_knobs(policy, c)
+        sm = self.step_model
+        arrays = sm.arrays
+        (req, first_sched, first_tok, finish, token_s, token_offset, steps, n_steps,
+         total_steps) = K.run_kernel(
+            policy.code, _ROUTERS[c["router"]], int(c["dp_size"]), params,
+            np.ascontiguousarray(workload.arrival_s, dtype=np.float64),
+            np.ascontiguousarray(workload.input_tokens, dtype=np.int64),
+            np.ascontiguousarray(workload.output_tokens, dtype=np.int64),
+            knobs, sm.kernel, int(sm.n_features), *arrays[:7], float(arrays[7]),
+            bool(sm.log_target), forest_predict_row, float(c["step_noise_cv"]),
+            int(seed) & 0x7FFFFFFFFFFFFFFF, bool(record_steps))
+        failed = int((req[:, 1] != K._DONE).sum())
+        if failed:
+            log.warning("%d of %d requests could not be served (larger than the KV cache of "
+                        "%g blocks)", failed, len(workload), params[1])
+        return SimulationResult(
+            engine=self.engine, store_engine=_STORE_ENGINE.get(self.engine, self.engine),
+            config=dict(c), seed=int(seed), workload=workload, slo=self.slo,
+            replica=req[:, 0], status=req[:, 1], preemptions=req[:, 2], generated=req[:, 3],
+            first_scheduled_s=first_sched, first_token_s=first_tok, finish_s=finish,
+            token_s=token_s, token_offset=token_offset, num_steps=int(total_steps),
+            steps=steps if record_steps else None, labels=dict(self.labels))
+
+
+def simulate(engine: str, config: Mapping[str, object] | None, workload: Workload,
+             step_model: object, seed: int = 0, *, slo: SLO | dict | None = None,
+             labels: Mapping[str, object] | None = None,
+             record_steps: bool = False) -> SimulationResult:
+    """Simulate ``engine`` with ``config`` serving ``workload``; see :class:`Simulator`.
+
+    Raises:
+        ConfigError: an unknown engine, an unknown configuration key or a bad value.
+    """
+    simulator = Simulator(engine, dict(config or {}), step_model, slo=slo, labels=labels or {})
+    return simulator.run(workload, seed, record_steps=record_steps)
