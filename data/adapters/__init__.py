@@ -1,20 +1,32 @@
 """Ingestion adapters: real benchmark formats into the three trace kinds."""
 
+from collections.abc import Mapping
+
 from servetune.data.adapters._base import Adapter, AdapterRegistry, file_sha256, read_head
+from servetune.data.adapters._common import OVERRIDABLE
 from servetune.data.adapters._parquet import ServetuneParquetAdapter
+from servetune.data.adapters._vllm import VllmBenchAdapter
 
 __all__ = [
     "Adapter",
     "AdapterRegistry",
+    "OVERRIDABLE",
     "ServetuneParquetAdapter",
+    "VllmBenchAdapter",
     "default_registry",
     "file_sha256",
     "read_head",
 ]
 
 
-def default_registry() -> AdapterRegistry:
-    """A fresh registry of the built-in adapters, in detection order."""
+def default_registry(overrides: Mapping[str, str] | None = None) -> AdapterRegistry:
+    """A fresh registry of the built-in adapters, in detection order.
+
+    Args:
+        overrides: identity values (see :data:`OVERRIDABLE`) that the adapters of foreign
+            formats set on every row they read, e.g. ``{"hardware": "H200"}``.
+    """
     return AdapterRegistry([
         ServetuneParquetAdapter(),
+        VllmBenchAdapter(overrides),
     ])
