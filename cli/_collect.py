@@ -41,6 +41,8 @@ def command() -> None:
 @click.option("--workload", "workload_texts", multiple=True, metavar="FILE|SPEC",
               help="A trace file or a synthetic spec such as "
                    "'poisson:rate=4,n=200,input=lognormal:512:0.6,output=uniform:16:256'.")
+@click.option("--only-workload", "only_workloads", multiple=True, metavar="NAME",
+              help="Run only these workloads of the sweep (repeatable), e.g. to split a sweep.")
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1),
               help="Measurements per configuration and workload (for --config/--set runs).")
 @click.option("--seed", default=0, show_default=True, type=int,
@@ -58,7 +60,8 @@ def command() -> None:
 @click.pass_obj
 def transformers_cb(ctx: Context, model: str, dtype: str, attn_implementation: str, device: str,
                     set_items: tuple[str, ...], config_items: tuple[str, ...],
-                    sweep_file: str | None, workload_texts: tuple[str, ...], repeat: int, seed: int,
+                    sweep_file: str | None, workload_texts: tuple[str, ...],
+                    only_workloads: tuple[str, ...], repeat: int, seed: int,
                     warmup_requests: int, slo_ttft_ms: float | None, slo_tpot_ms: float | None,
                     run_timeout_s: float, label: str, out_dir: str, as_json: bool) -> None:
     """Drive transformers continuous batching online and record its real traces.
@@ -71,6 +74,8 @@ def transformers_cb(ctx: Context, model: str, dtype: str, attn_implementation: s
     from servetune.data.collect._runner import CollectorOptions
 
     plan = build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed)
+    if only_workloads:
+        plan = plan.only_workloads(only_workloads)
     options = CollectorOptions(model=model, dtype=dtype, attn_implementation=attn_implementation,
                                device=device, seed=seed, warmup_requests=warmup_requests,
                                run_timeout_s=run_timeout_s, slo_ttft_ms=slo_ttft_ms,

@@ -22,10 +22,12 @@ class CollectSummary:
 
     out_dir: str
     runs: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"out_dir": self.out_dir, "runs": self.runs, "files": self.files,
+        return {"out_dir": self.out_dir, "runs": self.runs, "failed": self.failed,
+                "files": self.files,
                 "steps": sum(r["steps"] for r in self.runs),
                 "requests": sum(r["requests"] for r in self.runs)}
 
@@ -55,8 +57,16 @@ def collect_sweep(plan: SweepPlan, options: CollectorOptions, out_dir: str | Pat
     try:
         for item in runs:
             bar.set_postfix_str(f"{item.config.name} on {item.workload.name} #{item.repeat}")
-            result = collector.run(item.config, workloads[item.workload.name],
-                                   workload_name=item.workload.name, repeat=item.repeat)
+            try:
+                result = collector.run(item.config, workloads[item.workload.name],
+                                       workload_name=item.workload.name, repeat=item.repeat)
+            except RuntimeError as exc:  # the engine failed this run; keep the others
+                log.error("run %s on %s #%d failed: %s", item.config.name, item.workload.name,
+                          item.repeat, exc)
+                summary.failed.append({"config": item.config.name, "workload": item.workload.name,
+                                       "repeat": item.repeat, "error": str(exc)})
+                bar.update(1)
+                continue
             writer.add({"steps": result.steps, "requests": result.requests,
                         "runs": result.runs})
             run = result.runs

@@ -122,6 +122,15 @@ class SweepPlan:
                 for workload in self.workloads
                 for config in self.configs if rep < config.repeat]
 
+    def only_workloads(self, names) -> "SweepPlan":
+        """The same plan restricted to the named workloads (an unknown name is an error)."""
+        known = {w.name for w in self.workloads}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise InputError(f"no workload named {', '.join(unknown)}; the plan has "
+                             f"{', '.join(sorted(known))}", field="--only-workload")
+        return SweepPlan(self.configs, tuple(w for w in self.workloads if w.name in set(names)))
+
     def check(self, valid_knobs: tuple[str, ...]) -> "SweepPlan":
         """Raise :class:`ConfigError` on unknown knobs or duplicate names; return ``self``."""
         seen: set[str] = set()

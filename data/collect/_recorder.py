@@ -42,6 +42,7 @@ class StepRecord:
     waiting: int
     active: int
     decode_fast_path: bool
+    graph_captured: bool = False
 
 
 @dataclass
@@ -62,6 +63,7 @@ class StepRecorder:
     _t0: float = 0.0
     _recording: bool = False
     _pending: tuple | None = None
+    _captured: bool = False
     _manager: object | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -77,6 +79,7 @@ class StepRecorder:
             started = perf_counter()
             before = manager.current_batch
             self._pending = None
+            self._captured = False
             keep_going = original_body(batch_processor, bootstrapping)
             if manager.current_batch != before and self._recording and self._pending is not None:
                 ended = perf_counter()
@@ -87,6 +90,7 @@ class StepRecorder:
             processor = original_create()
             self._wrap_scheduler(processor.scheduler)
             self._wrap_offloading(processor.offloading_manager)
+            self._wrap_set_graph(processor.inputs_and_outputs)
             return processor
 
         manager._generation_loop_body = loop_body
@@ -103,6 +107,7 @@ class StepRecorder:
         if processor is not None:
             processor.scheduler.__dict__.pop("schedule_batch", None)
             processor.offloading_manager.__dict__.pop("offload_requests", None)
+            processor.inputs_and_outputs.__dict__.pop("set_graph", None)
 
     def begin(self) -> float:
         """Forget what was recorded so far (e.g. warm-up) and start the clock; returns ``t0``."""
@@ -151,6 +156,17 @@ class StepRecorder:
 
         offloading_manager.offload_requests = offload_requests
 
+    def _wrap_set_graph(self, inputs_and_outputs) -> None:
+        if "set_graph" in vars(inputs_and_outputs):
+            return
+        original = inputs_and_outputs.set_graph
+
+        def set_graph(graph):
+            self._captured = True  # this step captured a new CUDA graph (a one-off, slower step)
+            return original(graph)
+
+        inputs_and_outputs.set_graph = set_graph
+
     def _composition(self, future_states, decode_fast_path, scheduler) -> tuple:
         prefill_seqs = prefill_tokens = decode_tokens = 0
         kv_sum = kv_max = attn_work = 0
@@ -179,4 +195,5 @@ class StepRecorder:
     def _append(self, started: float, ended: float) -> None:
         p = self._pending
         self.steps.append(StepRecord(started - self._t0, (ended - started) * 1e3, p[0], p[1], p[2],
-                                     p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]))
+                                     p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
+                                     self._captured))

@@ -72,6 +72,8 @@ class RunResult:
     steps: dict
     requests: dict
     runs: dict
+    #: forward passes the engine counted itself (``manager.current_batch``) after the warm-up
+    engine_steps: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -120,8 +122,12 @@ class TransformersCBCollector:
     # -- one run -------------------------------------------------------------------------------
 
     def run(self, config: EngineConfig, workload: Workload, *, workload_name: str | None = None,
-            repeat: int = 0, progress=None) -> RunResult:
-        """Measure ``config`` on ``workload`` once; returns the rows of the three trace kinds."""
+            repeat: int = 0, progress=None, instrument: bool = True) -> RunResult:
+        """Measure ``config`` on ``workload`` once; returns the rows of the three trace kinds.
+
+        ``instrument=False`` runs the same thing without the step recorder (no step rows): the
+        baseline of the collector's overhead benchmark.
+        """
         import torch
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
@@ -145,27 +151,33 @@ class TransformersCBCollector:
         recorder = StepRecorder()
         manager = self._model.init_continuous_batching(
             generation_config=generation_config, continuous_batching_config=cb_config)
-        recorder.install(manager)
+        if instrument:
+            recorder.install(manager)
         submit = np.full(len(workload), np.nan)
         results: dict[str, object] = {}
+        steps_before = 0
         try:
             manager.warmup()
             manager.start()
             self._warm_up(manager, rng)
+            steps_before = manager.current_batch
             t0 = recorder.begin()
             started_at = dt.datetime.now(dt.timezone.utc)
             self._submit_and_collect(manager, workload, prompts, outputs, t0, submit, results,
                                      progress)
         finally:
             recorder.end()
+            engine_steps = getattr(manager, "current_batch", 0) - steps_before
             resolved = _config_to_dict(manager.continuous_batching_config)
             manager.stop(block=True, timeout=120)
             manager.destroy()
             recorder.uninstall()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        return self._rows(run_id, config, workload, workload_name, repeat, resolved, recorder,
-                          submit, results, outputs, started_at)
+        result = self._rows(run_id, config, workload, workload_name, repeat, resolved, recorder,
+                            submit, results, outputs, started_at)
+        result.engine_steps = engine_steps
+        return result
 
     def _warm_up(self, manager, rng: np.random.Generator) -> None:
         n = self.options.warmup_requests
@@ -243,7 +255,8 @@ class TransformersCBCollector:
                      "prefill_attn_work"):
             rows[name] = [getattr(r, name) for r in records]
         rows["extra"] = [json.dumps({"waiting": r.waiting, "active": r.active,
-                                     "decode_fast_path": r.decode_fast_path},
+                                     "decode_fast_path": r.decode_fast_path,
+                                     **({"graph_captured": True} if r.graph_captured else {})},
                                     separators=(",", ":")) for r in records]
         return rows
 
