@@ -13,7 +13,7 @@ from servetune.data._schemas import (
     partition_value,
     schema_for,
 )
-from servetune.data._store import IngestResult, TraceStore
+from servetune.data._store import IngestResult, TableStream, TraceStore
 from servetune.data._synthetic import (
     LengthDistribution,
     SyntheticSpec,
@@ -22,6 +22,12 @@ from servetune.data._synthetic import (
     synthetic_workload,
 )
 from servetune.data._workload import Workload
+from servetune.data._workload_formats import (
+    WORKLOAD_FORMATS,
+    WorkloadFormat,
+    detect_workload_format,
+    load_workload,
+)
 from servetune.data._workspace import WORKSPACE_ENV, Workspace
 
 __all__ = [
@@ -34,14 +40,19 @@ __all__ = [
     "IngestResult",
     "LengthDistribution",
     "SyntheticSpec",
+    "TableStream",
     "TraceStore",
     "WORKSPACE_ENV",
+    "WORKLOAD_FORMATS",
     "Workload",
+    "WorkloadFormat",
     "Workspace",
     "atomic_write_bytes",
     "atomic_write_text",
     "conform",
+    "detect_workload_format",
     "file_schema_for",
+    "load_workload",
     "parse_workload_spec",
     "partition_value",
     "resolve_workload",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from servetune import InputError
 from servetune.data._store import IngestResult, TraceStore
+from servetune.data._workload_formats import detect_workload_format
 from servetune.data.adapters import AdapterRegistry, file_sha256
 
 __all__ = ["ingest_paths", "sample_paths", "SAMPLES_DIR"]
@@ -35,7 +36,7 @@ def ingest_paths(store: TraceStore, paths: Iterable[str | Path], registry: Adapt
         if not path.is_file():
             raise InputError("no such file", path=str(path))
         sha256 = file_sha256(path)
-        adapter = registry.get(format) if format else registry.detect(path)
+        adapter = registry.get(format) if format else _detect(registry, path)
         if store.is_ingested(sha256):
             parsed.append((path, sha256, adapter.name, None))
             continue
@@ -50,3 +51,17 @@ def ingest_paths(store: TraceStore, paths: Iterable[str | Path], registry: Adapt
         results.append(store.ingest(batch, source=str(path), sha256=sha256, format=name,
                                     progress=progress))
     return results
+
+
+def _detect(registry: AdapterRegistry, path: Path):
+    """The adapter for ``path``; a request-arrival workload gets a message saying what to do."""
+    try:
+        return registry.detect(path)
+    except InputError:
+        workload_format = detect_workload_format(path)
+        if workload_format is None:
+            raise
+        raise InputError(
+            f"this is a request-arrival workload ({workload_format} format: arrival times and "
+            "lengths, no measurements), not a trace to ingest; use it as a workload instead, "
+            f"e.g. `servetune simulate --workload {path}`", path=str(path)) from None

@@ -4,12 +4,15 @@ from collections.abc import Mapping
 
 from servetune.data.adapters._base import Adapter, AdapterRegistry, file_sha256, read_head
 from servetune.data.adapters._common import OVERRIDABLE
+from servetune.data.adapters._generic import GENERIC_FORMATS, GenericTraceAdapter
 from servetune.data.adapters._parquet import ServetuneParquetAdapter
 from servetune.data.adapters._vllm import VllmBenchAdapter
 
 __all__ = [
     "Adapter",
     "AdapterRegistry",
+    "GENERIC_FORMATS",
+    "GenericTraceAdapter",
     "OVERRIDABLE",
     "ServetuneParquetAdapter",
     "VllmBenchAdapter",
@@ -29,4 +32,6 @@ def default_registry(overrides: Mapping[str, str] | None = None) -> AdapterRegis
     return AdapterRegistry([
         ServetuneParquetAdapter(),
         VllmBenchAdapter(overrides),
+        *(GenericTraceAdapter(kind, syntax, overrides)
+          for kind in ("steps", "requests") for syntax in ("csv", "jsonl")),
     ])
