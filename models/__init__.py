@@ -1,7 +1,15 @@
 """Step-time models: XGBoost training with honest evaluation, MLflow registry, compiled form.
 
-``import servetune.models`` stays light (no MLflow import); the training and registry functions
-import MLflow when called.
+``import servetune.models`` stays light: MLflow is imported only inside the functions that
+train, log or load.
+
+Example:
+    >>> from servetune.data import Workspace
+    >>> from servetune.models import StepTimeModel, ensure_champion
+    >>> ws = Workspace.resolve("/tmp/ws")
+    >>> uri = ensure_champion(ws)                       # trains once if needed  # doctest: +SKIP
+    >>> model = StepTimeModel.load(uri, tracking_uri=ws.tracking_uri)          # doctest: +SKIP
+    >>> compiled = model.compile()     # numba-evaluable tree arrays + feature kernel  # doctest: +SKIP
 """
 
 from servetune.models._compiled import (
@@ -11,11 +19,54 @@ from servetune.models._compiled import (
     forest_predict_row,
     step_time_batch,
 )
+from servetune.models._estimator import StepTimeRegressor
+from servetune.models._evaluation import (
+    extrapolation_split,
+    grouped_oof_predict,
+    held_out_runs,
+    per_run_errors,
+    regression_metrics,
+)
+from servetune.models._registry import (
+    CHAMPION,
+    EXPERIMENT_NAME,
+    list_registered,
+    registered_model_name,
+)
+from servetune.models._search import SEARCH_SPACE, search_hyperparameters
+from servetune.models._step_time_model import StepTimeModel
+from servetune.models._training import (
+    TrainConfig,
+    TrainResult,
+    ensure_champion,
+    load_training_frame,
+    parse_where,
+    train_step_time_model,
+)
 
 __all__ = [
+    "CHAMPION",
+    "EXPERIMENT_NAME",
+    "SEARCH_SPACE",
     "CompiledForest",
     "CompiledStepTime",
+    "StepTimeModel",
+    "StepTimeRegressor",
+    "TrainConfig",
+    "TrainResult",
+    "ensure_champion",
+    "extrapolation_split",
     "forest_predict_matrix",
     "forest_predict_row",
+    "grouped_oof_predict",
+    "held_out_runs",
+    "list_registered",
+    "load_training_frame",
+    "parse_where",
+    "per_run_errors",
+    "registered_model_name",
+    "regression_metrics",
+    "search_hyperparameters",
     "step_time_batch",
+    "train_step_time_model",
 ]

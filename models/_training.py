@@ -1,0 +1,455 @@
+"""Train a step-time model from the trace store, evaluate it honestly, log and register it.
+
+One call of :func:`train_step_time_model` is one MLflow run:
+
+1. load measured steps (with the run knobs joined) matching the filters; hash them (lineage);
+2. hold out test runs by a salted hash of their run id (stable across trainings);
+3. search a few hyperparameter settings by grouped CV on the training runs only;
+4. fit on the training runs (early stopping on held-out training runs, then refit);
+5. score on the test runs (MAPE, p50/p90/p99 APE, R², per-run errors) and run the extrapolation
+   check (train on steps up to the 80th token percentile, test above it);
+6. log params, lineage, metrics, plots and the model (signature + input example), register a
+   version, and move ``champion`` only if the new model beats the current champion on the same
+   test runs.
+
+Example:
+    >>> from servetune.data import Workspace
+    >>> result = train_step_time_model(Workspace.resolve("/tmp/ws"))   # doctest: +SKIP
+    >>> result.model_uri, result.champion, round(result.metrics["mape"], 2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from tqdm.auto import tqdm
+
+from servetune import InputError, ModelError
+from servetune.data import TraceStore, schema_for
+from servetune.data._schemas import PARTITION_COLUMNS
+from servetune.features import (
+    DEFAULT_FEATURE_SET,
+    KNOB_COLUMNS,
+    RAW_COLUMNS,
+    get_feature_set,
+    join_knobs,
+)
+from servetune.models._estimator import StepTimeRegressor
+from servetune.models._evaluation import (
+    extrapolation_split,
+    held_out_runs,
+    per_run_errors,
+    regression_metrics,
+)
+from servetune.models._registry import (
+    CHAMPION,
+    champion_version,
+    ensure_experiment,
+    registered_model_name,
+    workspace_client,
+)
+from servetune.models._search import search_hyperparameters
+from servetune.models._step_time_model import MODEL_ARTIFACT, StepTimeModel, model_metadata
+
+__all__ = ["TrainConfig", "TrainResult", "load_training_frame", "train_step_time_model",
+           "ensure_champion", "parse_where"]
+
+log = logging.getLogger(__name__)
+
+_STEP_COLUMNS = ["run_id", *PARTITION_COLUMNS, "source", "step_index", "duration_ms",
+                 *RAW_COLUMNS, "block_size", "tp_size"]
+_RUN_COLUMNS = ["run_id", *PARTITION_COLUMNS, *KNOB_COLUMNS]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one training runs (all logged as MLflow params).
+
+    Attributes:
+        feature_set: registered feature set name.
+        test_fraction: share of runs held out for testing (by a salted hash of the run id).
+        holdout_salt: salt of that hash; models are comparable only under the same salt.
+        n_trials: hyperparameter settings tried (1: the defaults only, no search).
+        cv_splits: GroupKFold splits over the training runs for the search.
+        search_budget_s: stop the search after this many seconds.
+        extrapolation_quantile: token percentile of the extrapolation check.
+        source: which steps to train on (``measured``; never the simulator's own output).
+        n_jobs: XGBoost threads.
+        seed: seeds every random choice.
+        estimator_params: StepTimeRegressor parameters to start from (the search may override
+            max_depth, learning_rate, min_child_weight, subsample).
+    """
+
+    feature_set: str = DEFAULT_FEATURE_SET
+    test_fraction: float = 0.2
+    holdout_salt: str = "servetune-holdout-v1"
+    n_trials: int = 4
+    cv_splits: int = 3
+    search_budget_s: float = 60.0
+    extrapolation_quantile: float = 0.8
+    source: str = "measured"
+    n_jobs: int = 2
+    seed: int = 0
+    estimator_params: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What one training produced (the CLI prints it as JSON)."""
+
+    run_id: str
+    model_uri: str
+    registered_model: str
+    version: int
+    champion: bool
+    metrics: dict[str, float]
+    champion_before: dict | None
+    lineage: dict
+    params: dict
+    seconds: float
+    per_run: pd.DataFrame = field(repr=False, default=None)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary."""
+        out = {k: v for k, v in asdict(self).items() if k != "per_run"}
+        out["champion_uri"] = f"models:/{self.registered_model}@{CHAMPION}"
+        return out
+
+
+def parse_where(items) -> dict[str, object]:
+    """``["engine=x", "async_batching=true"]`` -> typed filters (steps or runs columns)."""
+    steps, runs = schema_for("steps"), schema_for("runs")
+    out: dict[str, object] = {}
+    for item in items or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"expected key=value, got {item!r}", field="--where")
+        schema = steps if key in steps.names else runs if key in runs.names else None
+        if schema is None:
+            raise InputError(f"unknown filter column {key!r}; expected a steps or runs column "
+                             f"such as engine, model, hardware, run_id, block_size",
+                             field="--where")
+        out[key] = _coerce(text.strip(), schema.field(key).type, key)
+    return out
+
+
+def _coerce(text: str, dtype, key: str):
+    import pyarrow as pa
+
+    try:
+        if pa.types.is_boolean(dtype):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if pa.types.is_integer(dtype):
+            return int(text)
+        if pa.types.is_floating(dtype):
+            return float(text)
+    except ValueError:
+        raise InputError(f"expected a value of type {dtype}, got {text!r}",
+                         field=f"--where {key}") from None
+    return text
+
+
+def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = None, *,
+                        source: str = "measured") -> tuple[pd.DataFrame, dict]:
+    """Steps joined with their run knobs, sorted by (run, step), and their lineage record.
+
+    ``where`` filters on partition keys, ``run_id``, steps columns, or runs columns (a runs
+    filter keeps the steps of the matching runs).
+    """
+    where = dict(where or {})
+    part = {k: str(where.pop(k)) for k in list(where) if k in PARTITION_COLUMNS}
+    run_ids = where.pop("run_id", None)
+    step_names = set(schema_for("steps").names)
+    step_where = {k: v for k, v in where.items() if k in step_names}
+    run_where = {k: v for k, v in where.items() if k not in step_names}
+    runs = store.query("runs", columns=_RUN_COLUMNS, **part)
+    if run_where:
+        selected = store.query("runs", columns=["run_id"], where=run_where, **part)
+        run_ids = sorted(set(selected.run_id) & ({run_ids} if run_ids else set(selected.run_id)))
+        if not run_ids:
+            raise InputError(f"no runs match {run_where}", field="--where")
+    steps = store.query("steps", columns=_STEP_COLUMNS, run_id=run_ids,
+                        where={**step_where, "source": source}, **part)
+    filters = {**part, **({"run_id": run_ids} if run_ids else {}), **step_where, **run_where,
+               "source": source}
+    if steps.empty:
+        raise ModelError(f"no {source} step traces match {filters or 'the store'}; ingest "
+                         "some with `servetune ingest` (or `servetune ingest --samples`)")
+    runs = runs.drop_duplicates("run_id")
+    frame = join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]])
+    bad = ~(frame["duration_ms"] > 0)
+    if bad.any():
+        log.warning("dropping %d steps with a zero duration", int(bad.sum()))
+        frame = frame[~bad]
+    frame = frame.sort_values(["run_id", "step_index"], kind="stable").reset_index(drop=True)
+    hashed = pd.util.hash_pandas_object(frame[["run_id", "step_index", "duration_ms",
+                                               *RAW_COLUMNS, *KNOB_COLUMNS]], index=False)
+    lineage = {
+        "filters": filters,
+        "rows": int(len(frame)),
+        "dropped_zero_duration": int(bad.sum()),
+        "runs": int(frame.run_id.nunique()),
+        "engines": sorted(frame.engine.unique()),
+        "models": sorted(frame.model.unique()),
+        "hardware": sorted(frame.hardware.unique()),
+        "content_sha256": hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest(),
+    }
+    return frame, lineage
+
+
+def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
+                          config: TrainConfig = TrainConfig(), *,
+                          progress: bool | None = None) -> TrainResult:
+    """Train, evaluate, log and register one step-time model from the workspace's store."""
+    started = time.perf_counter()
+    stages = tqdm(total=6, desc="train", unit="stage", disable=None if progress is None
+                  else not progress, delay=0.5)
+    with stages:
+        stages.set_postfix_str("loading steps")
+        frame, lineage = load_training_frame(TraceStore.for_workspace(workspace), where,
+                                             source=config.source)
+        y = frame["duration_ms"].to_numpy(dtype=np.float64)
+        groups = frame["run_id"].to_numpy()
+        test_runs = held_out_runs(groups, config.test_fraction, config.holdout_salt)
+        test = np.isin(groups, test_runs)
+        train, X_test = frame[~test], frame[test]
+        stages.update(1)
+
+        stages.set_postfix_str(f"search ({config.n_trials} trials)")
+        base = StepTimeRegressor(**{"feature_set": config.feature_set, "n_jobs": config.n_jobs,
+                                    "random_state": config.seed, **config.estimator_params})
+        trials = None
+        n_train_runs = int(np.unique(groups[~test]).size)
+        if config.n_trials > 1 and n_train_runs >= max(config.cv_splits, 2):
+            search = search_hyperparameters(
+                base, train, y[~test], groups[~test], n_trials=config.n_trials,
+                n_splits=config.cv_splits, seed=config.seed, time_budget_s=config.search_budget_s)
+            base.set_params(**search.best_params)
+            trials = search.trials
+        stages.update(1)
+
+        stages.set_postfix_str("fitting")
+        fit_started = time.perf_counter()
+        model = clone(base).fit(train, y[~test], groups=groups[~test])
+        fit_seconds = time.perf_counter() - fit_started
+        stages.update(1)
+
+        stages.set_postfix_str("evaluating held-out runs")
+        pred = model.predict(X_test)
+        metrics = regression_metrics(y[test], pred)
+        per_run = per_run_errors(groups[test], y[test], pred)
+        extrap = _extrapolation(base, frame, y, groups, test, config.extrapolation_quantile)
+        metrics.update({f"extrap_{k}": v for k, v in extrap.items()})
+        if trials is not None:
+            best = trials.loc[trials.cv_mape.idxmin()]
+            metrics["cv_mape"] = float(best.cv_mape)
+            metrics["cv_p90_ape"] = float(best.cv_p90_ape)
+        metrics.update({"fit_seconds": fit_seconds, "n_trees": float(model.n_estimators_),
+                        "train_steps": float((~test).sum()),
+                        "test_runs": float(len(test_runs)),
+                        "train_runs": float(n_train_runs)})
+        stages.update(2)
+
+        stages.set_postfix_str("logging to MLflow")
+        result = _log_and_register(workspace, config, model, frame, test, pred, metrics,
+                                   per_run, lineage, test_runs, trials, started)
+        stages.update(1)
+    return result
+
+
+def _extrapolation(estimator, frame: pd.DataFrame, y: np.ndarray, groups: np.ndarray,
+                   test: np.ndarray, quantile: float) -> dict[str, float]:
+    """Train on training-run steps up to the token quantile; test on test-run steps above it."""
+    above, cut = extrapolation_split(frame, quantile)
+    train_mask, test_mask = ~test & ~above, test & above
+    if not test_mask.any() or np.unique(groups[train_mask]).size < 1:
+        log.warning("extrapolation check skipped: no held-out steps above %g tokens", cut)
+        return {}
+    model = clone(estimator).fit(frame[train_mask], y[train_mask], groups=groups[train_mask])
+    m = regression_metrics(y[test_mask], model.predict(frame[test_mask]))
+    return {"mape": m["mape"], "p90_ape": m["p90_ape"], "r2": m["r2"],
+            "token_cut": cut, "n_steps": m["n_steps"]}
+
+
+def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
+                      frame: pd.DataFrame, test: np.ndarray, pred: np.ndarray,
+                      metrics: dict, per_run: pd.DataFrame, lineage: dict, test_runs: list[str],
+                      trials: pd.DataFrame | None, started: float) -> TrainResult:
+    import mlflow
+    import xgboost as xgb
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.models import infer_signature
+
+    from servetune.models._plots import (
+        error_by_batch_size,
+        feature_importance_plot,
+        predicted_vs_measured,
+    )
+
+    fs = get_feature_set(config.feature_set)
+    client = workspace_client(workspace)
+    experiment_id = ensure_experiment(client, workspace.artifact_root)
+    name = registered_model_name(lineage["engines"], lineage["models"], lineage["hardware"])
+    run = client.create_run(experiment_id, run_name=f"train-{name}",
+                            tags={"servetune.kind": "step-time-training"})
+    run_id = run.info.run_id
+    try:
+        params = {**model.get_params(), **{f"train.{k}": v for k, v in asdict(config).items()}}
+        tags = {"feature_set": fs.name, "feature_set_version": str(fs.version),
+                "feature_names": ",".join(fs.feature_names),
+                "data.content_sha256": lineage["content_sha256"],
+                "data.filters": json.dumps(lineage["filters"], sort_keys=True, default=str),
+                "data.rows": str(lineage["rows"]), "data.runs": str(lineage["runs"]),
+                "registered_model": name}
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                     if v is not None and np.isfinite(v)],
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()])
+        client.log_dict(run_id, {**lineage, "test_runs": test_runs,
+                                 "train_runs": sorted(set(frame.run_id[~test]))},
+                        "lineage.json")
+        client.log_text(run_id, per_run.to_csv(index=False), "per_run_errors.csv")
+        if trials is not None:
+            client.log_text(run_id, trials.to_csv(index=False), "search_trials.csv")
+        y_test = frame["duration_ms"].to_numpy()[test]
+        client.log_figure(run_id, predicted_vs_measured(
+            y_test, pred, f"held-out runs: MAPE {metrics['mape']:.2f}%"),
+            "plots/predicted_vs_measured.png")
+        client.log_figure(run_id, error_by_batch_size(
+            frame["num_seqs"].to_numpy()[test], y_test, pred), "plots/error_by_batch_size.png")
+        client.log_figure(run_id, feature_importance_plot(model.feature_importance()),
+                          "plots/feature_importance.png")
+
+        example = fs.dataframe(frame[test].head(5))
+        signature = infer_signature(example, model.predict_margin(frame[test].head(5)))
+        with tempfile.TemporaryDirectory(prefix="servetune-log-") as tmp:
+            path = Path(tmp) / MODEL_ARTIFACT
+            mlflow.xgboost.save_model(
+                model.booster_, str(path), signature=signature, input_example=example,
+                pip_requirements=[f"xgboost=={xgb.__version__}"],
+                metadata=model_metadata(fs, model.log_target))
+            client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
+
+        version = _register(client, name, run_id, fs, metrics, lineage)
+        champion, before = _maybe_promote(client, workspace, name, version, frame[test],
+                                          metrics, config)
+        client.set_tag(run_id, "champion", str(champion).lower())
+        if before is not None:
+            client.log_metric(run_id, "champion_before_mape", before["mape"])
+        client.log_metric(run_id, "total_seconds", time.perf_counter() - started)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return TrainResult(run_id=run_id, model_uri=f"models:/{name}/{version}",
+                       registered_model=name, version=int(version), champion=champion,
+                       metrics=metrics, champion_before=before, lineage=lineage,
+                       params={k: v for k, v in model.get_params().items()},
+                       seconds=time.perf_counter() - started, per_run=per_run)
+
+
+def _register(client, name: str, run_id: str, fs, metrics: dict, lineage: dict) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(
+            name, description="servetune step-time model: log(duration_ms) from step features")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {"feature_set": fs.name, "feature_set_version": str(fs.version),
+            "data.content_sha256": lineage["content_sha256"]}
+    tags.update({f"metric.{k}": f"{metrics[k]:.6g}" for k in
+                 ("mape", "p50_ape", "p90_ape", "r2", "extrap_mape", "cv_mape")
+                 if k in metrics})
+    mv = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}",
+                                     run_id=run_id, tags=tags)
+    return str(mv.version)
+
+
+def _maybe_promote(client, workspace, name: str, version: str, test_frame: pd.DataFrame,
+                   metrics: dict, config: TrainConfig) -> tuple[bool, dict | None]:
+    """Move ``champion`` to ``version`` unless the current champion is at least as good on the
+    same held-out steps."""
+    current = champion_version(client, name)
+    if current is None:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return True, None
+    salt = client.get_run(current.run_id).data.params.get("train.holdout_salt")
+    try:
+        champ = StepTimeModel.load(f"models:/{name}/{current.version}",
+                                   tracking_uri=workspace.tracking_uri)
+        champ_metrics = regression_metrics(test_frame["duration_ms"].to_numpy(),
+                                           champ.predict(test_frame))
+    except ModelError as exc:
+        log.warning("current champion v%s cannot be evaluated (%s); promoting v%s",
+                    current.version, exc, version)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return True, {"version": int(current.version), "error": str(exc)}
+    if salt != config.holdout_salt:
+        log.warning("champion v%s used another hold-out salt (%s); it may have trained on some "
+                    "of these test runs", current.version, salt)
+    before = {"version": int(current.version), "mape": champ_metrics["mape"],
+              "p90_ape": champ_metrics["p90_ape"], "r2": champ_metrics["r2"]}
+    if metrics["mape"] < champ_metrics["mape"]:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        log.info("v%s beats champion v%s on the held-out runs (MAPE %.3f%% < %.3f%%)", version,
+                 current.version, metrics["mape"], champ_metrics["mape"])
+        return True, before
+    log.info("champion v%s stays (MAPE %.3f%% <= %.3f%%)", current.version,
+             champ_metrics["mape"], metrics["mape"])
+    return False, before
+
+
+def ensure_champion(workspace, where: Mapping[str, object] | None = None, *,
+                    config: TrainConfig = TrainConfig(), progress: bool | None = None) -> str:
+    """The URI ``models:/NAME@champion`` of the store's data, training one if none exists.
+
+    Ingests the bundled samples first when the store has no step traces.
+    """
+    store = TraceStore.for_workspace(workspace)
+    ingest_samples_if_empty(store)
+    frame_summary = store.summary()["steps"]
+    part = {k: v for k, v in (where or {}).items() if k in PARTITION_COLUMNS}
+    name = registered_model_name(
+        [part["engine"]] if "engine" in part else frame_summary["engines"],
+        [part["model"]] if "model" in part else frame_summary["models"],
+        [part["hardware"]] if "hardware" in part else frame_summary["hardware"])
+    client = workspace_client(workspace)
+    if champion_version(client, name) is not None:
+        return f"models:/{name}@{CHAMPION}"
+    result = train_step_time_model(workspace, where, config, progress=progress)
+    return f"models:/{result.registered_model}@{CHAMPION}"
+
+
+def ingest_samples_if_empty(store: TraceStore) -> bool:
+    """Ingest the bundled samples when the store has no step traces; True if it did."""
+    if store.summary()["steps"]["rows"]:
+        return False
+    from servetune.data._ingest import ingest_paths, sample_paths
+    from servetune.data.adapters import default_registry
+
+    paths = sample_paths()
+    if not paths:
+        raise ModelError("the trace store has no step traces and no bundled samples were "
+                         "found; ingest traces with `servetune ingest PATH`")
+    log.warning("the trace store has no step traces: ingesting the bundled samples (%s)",
+                ", ".join(p.name for p in paths))
+    ingest_paths(store, paths, default_registry())
+    return True
