@@ -413,7 +413,7 @@ def _xorshift(state):
     return (x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit
+@numba.njit(cache=True)
 def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_kernel, n_features,
                feature, threshold, left, right, default_left, value, roots, base_margin,
                log_target, predict_row, step_noise_cv, seed, record_steps):
@@ -467,6 +467,10 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     total_steps = 0
     rr_next = 0
     nxt = 0
+    kick = np.zeros(n_rep, dtype=np.int64)
+    kicked = np.zeros(n_rep, dtype=np.int64)
+    n_kicked = 0
+    t_now = 0.0
     min_step_s = p[_MINSTEP] / 1e3
     overhead_ms = p[_OVERHEAD]
     sigma = np.sqrt(np.log(1.0 + step_noise_cv * step_noise_cv)) if step_noise_cv > 0 else 0.0
@@ -496,8 +500,12 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             st[i, _STATE] = _WAITING
             rs[r, _PENDTOK] += inp[i] + 1
             _push_back(wq, rs, r, i)
-            if rs[r, _BUSY] == 1:
-                continue
+            if rs[r, _BUSY] == 0 and kick[r] == 0:
+                kick[r] = 1
+                kicked[n_kicked] = r
+                n_kicked += 1
+            if n_kicked == 0 or (nxt < n and arrival[nxt] <= now):
+                continue  # route every arrival of this instant before scheduling
             t_now = now
         elif r_min >= 0:
             # finish replica r_min's step
@@ -538,99 +546,104 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                         rs[r, _PENDTOK] += 1
             _compact_running(run, rs, r, st)
             rs[r, _BUSY] = 0
+            kicked[0] = r
+            n_kicked = 1
         else:
             break
 
-        # schedule replica r at t_now
-        while True:
-            if policy == POLICY_TRANSFORMERS:
-                got = _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand)
-            elif policy == POLICY_VLLM:
-                got = _schedule_vllm(r, p, st, rs, run, wq, bq, bl)
-            else:
-                got = _schedule_static(r, p, st, rs, run, wq, bq, bl)
-            if got > 0:
-                break
-            # nothing schedulable although requests wait: a request larger than the whole cache
-            # (the engine would raise or stall forever); fail it and try again
-            if rs[r, _RUNCNT] > 0:
-                victim = run[r, 0]
-            elif rs[r, _WHEAD] < rs[r, _WTAIL]:
-                victim = wq[r, rs[r, _WHEAD]]
-            else:
-                got = 0
-                break
-            if st[victim, _STATE] != _WAITING:
-                _release(st, rs, victim)
-            rs[r, _PENDTOK] -= st[victim, _KNOWN] - st[victim, _COMP] + 1
-            st[victim, _STATE] = _FAILED
-            finish[victim] = t_now
-            _compact_running(run, rs, r, st)
-            _compact_waiting(wq, rs, r, st)
-        if got <= 0:
-            continue
+        for q in range(n_kicked):
+            r = kicked[q]
+            kick[r] = 0
+            while True:
+                if policy == POLICY_TRANSFORMERS:
+                    got = _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand)
+                elif policy == POLICY_VLLM:
+                    got = _schedule_vllm(r, p, st, rs, run, wq, bq, bl)
+                else:
+                    got = _schedule_static(r, p, st, rs, run, wq, bq, bl)
+                if got > 0:
+                    break
+                # nothing schedulable although requests wait: a request larger than the whole cache
+                # (the engine would raise or stall forever); fail it and try again
+                if rs[r, _RUNCNT] > 0:
+                    victim = run[r, 0]
+                elif rs[r, _WHEAD] < rs[r, _WTAIL]:
+                    victim = wq[r, rs[r, _WHEAD]]
+                else:
+                    got = 0
+                    break
+                if st[victim, _STATE] != _WAITING:
+                    _release(st, rs, victim)
+                rs[r, _PENDTOK] -= st[victim, _KNOWN] - st[victim, _COMP] + 1
+                st[victim, _STATE] = _FAILED
+                finish[victim] = t_now
+                _compact_running(run, rs, r, st)
+                _compact_waiting(wq, rs, r, st)
+            if got <= 0:
+                continue
 
-        # composition of the step and its predicted duration
-        n_pf = 0
-        pf_tok = 0
-        dc_tok = 0
-        kv_sum = 0
-        kv_max = 0
-        attn = 0
-        for k in range(rs[r, _BATCHCNT]):
-            i = bq[r, k]
-            length = bl[r, k]
-            past = st[i, _COMP]
-            ctx = past + length
-            kv_sum += ctx
-            if ctx > kv_max:
-                kv_max = ctx
-            if past < st[i, _PTGT]:
-                n_pf += 1
-                pf_tok += length
-                attn += length * ctx
-            else:
-                dc_tok += length
-            if np.isnan(first_sched[i]):
-                first_sched[i] = t_now
-        n_seq = rs[r, _BATCHCNT]
-        raw[0] = n_seq
-        raw[1] = n_pf
-        raw[2] = n_seq - n_pf
-        raw[3] = pf_tok
-        raw[4] = dc_tok
-        raw[5] = kv_sum
-        raw[6] = kv_max
-        raw[7] = attn
-        feat_kernel(raw, knobs, fbuf)
-        margin = predict_row(feature, threshold, left, right, default_left, value, roots,
-                             base_margin, fbuf)
-        ms = np.exp(margin) if log_target else margin
-        ms += overhead_ms
-        if sigma > 0.0:
-            u1 = _xorshift(rng)
-            u2 = _xorshift(rng)
-            z = np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
-            ms *= np.exp(sigma * z - 0.5 * sigma * sigma)
-        dur = ms / 1e3
-        if not dur >= min_step_s:
-            dur = min_step_s
-        t_start[r] = t_now
-        t_end[r] = t_now + dur
-        rs[r, _BUSY] = 1
-        rs[r, _NSTEPS] += 1
-        total_steps += 1
-        if record_steps:
-            if n_steps == steps.shape[0]:
-                grown = np.zeros((2 * n_steps, len(STEP_COLUMNS)))
-                grown[:n_steps] = steps
-                steps = grown
-            steps[n_steps, 0] = r
-            steps[n_steps, 1] = t_now
-            steps[n_steps, 2] = dur * 1e3
-            for c in range(8):
-                steps[n_steps, 3 + c] = raw[c]
-            n_steps += 1
+            # composition of the step and its predicted duration
+            n_pf = 0
+            pf_tok = 0
+            dc_tok = 0
+            kv_sum = 0
+            kv_max = 0
+            attn = 0
+            for k in range(rs[r, _BATCHCNT]):
+                i = bq[r, k]
+                length = bl[r, k]
+                past = st[i, _COMP]
+                ctx = past + length
+                kv_sum += ctx
+                if ctx > kv_max:
+                    kv_max = ctx
+                if past < st[i, _PTGT]:
+                    n_pf += 1
+                    pf_tok += length
+                    attn += length * ctx
+                else:
+                    dc_tok += length
+                if np.isnan(first_sched[i]):
+                    first_sched[i] = t_now
+            n_seq = rs[r, _BATCHCNT]
+            raw[0] = n_seq
+            raw[1] = n_pf
+            raw[2] = n_seq - n_pf
+            raw[3] = pf_tok
+            raw[4] = dc_tok
+            raw[5] = kv_sum
+            raw[6] = kv_max
+            raw[7] = attn
+            feat_kernel(raw, knobs, fbuf)
+            margin = predict_row(feature, threshold, left, right, default_left, value, roots,
+                                 base_margin, fbuf)
+            ms = np.exp(margin) if log_target else margin
+            ms += overhead_ms
+            if sigma > 0.0:
+                u1 = _xorshift(rng)
+                u2 = _xorshift(rng)
+                z = np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
+                ms *= np.exp(sigma * z - 0.5 * sigma * sigma)
+            dur = ms / 1e3
+            if not dur >= min_step_s:
+                dur = min_step_s
+            t_start[r] = t_now
+            t_end[r] = t_now + dur
+            rs[r, _BUSY] = 1
+            rs[r, _NSTEPS] += 1
+            total_steps += 1
+            if record_steps:
+                if n_steps == steps.shape[0]:
+                    grown = np.zeros((2 * n_steps, len(STEP_COLUMNS)))
+                    grown[:n_steps] = steps
+                    steps = grown
+                steps[n_steps, 0] = r
+                steps[n_steps, 1] = t_now
+                steps[n_steps, 2] = dur * 1e3
+                for c in range(8):
+                    steps[n_steps, 3 + c] = raw[c]
+                n_steps += 1
+        n_kicked = 0
 
     req = np.zeros((n, 4), dtype=np.int64)
     for i in range(n):
