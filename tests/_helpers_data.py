@@ -174,10 +174,17 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def run_cli(*args: str, workspace: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real ``servetune`` command in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "servetune.cli._main", "--workspace",
-                           str(workspace), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    """Run the real ``servetune`` command (the installed console script) in a subprocess."""
+    return subprocess.run([*servetune_command(), "--workspace", str(workspace), *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def servetune_command() -> list[str]:
+    """The installed ``servetune`` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("servetune")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from servetune.cli import main; sys.exit(main())"]
 
 
 def _make_fixtures() -> None:
