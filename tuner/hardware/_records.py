@@ -1,0 +1,161 @@
+"""Measured benchmark results as trace-store rows (``requests`` and ``runs``, source measured).
+
+The run row carries the candidate's configuration (JSON plus the known knobs flattened), the
+aggregate metrics, and - in its ``extra`` JSON - the candidate's name, the service group, the
+repeat index and the *predicted* metrics, so predicted and measured sit side by side.
+
+Example:
+    >>> aggregate_metrics([], duration_s=1.0)["completed"]
+    0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from servetune import __version__
+from servetune.data import Workload, conform
+from servetune.tuner.hardware._client import BenchmarkResult, RequestResult
+
+__all__ = ["aggregate_metrics", "measurement_tables", "REPORT_METRICS", "LOWER_IS_BETTER"]
+
+#: the metrics compared between prediction and measurement, when both have them
+REPORT_METRICS = ("request_throughput_rps", "output_throughput_tok_s", "goodput_rps",
+                  "ttft_mean_ms", "tpot_mean_ms", "itl_mean_ms", "e2e_mean_ms", "e2e_p90_ms")
+LOWER_IS_BETTER = {m for m in REPORT_METRICS if m.endswith("_ms")}
+
+_KNOB_COLUMNS = {
+    "scheduler": ("scheduler",),
+    "max_batch_tokens": ("max_batch_tokens", "max_num_batched_tokens"),
+    "max_num_seqs": ("max_num_seqs", "max_requests_per_batch"),
+    "block_size": ("block_size",),
+    "num_blocks": ("num_blocks",),
+    "chunked_prefill": ("chunked_prefill", "enable_chunked_prefill"),
+    "async_batching": ("async_batching",),
+    "cuda_graph": ("cuda_graph",),
+    "gpu_memory_utilization": ("gpu_memory_utilization", "max_memory_percent"),
+    "tp_size": ("tp", "tensor_parallel_size"),
+    "pp_size": ("pp", "pipeline_parallel_size"),
+    "dp_size": ("dp", "data_parallel_size"),
+}
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
+    if not len(values):
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    arr = np.asarray(values, dtype=np.float64)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {"mean": float(arr.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def aggregate_metrics(requests: Sequence[RequestResult], *, duration_s: float,
+                      slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None
+                      ) -> dict[str, float | int | None]:
+    """The runs-table aggregates of a replay (throughputs over ``duration_s``, percentiles)."""
+    ok = [r for r in requests if r.status == "ok"]
+    duration = max(duration_s, 1e-9)
+    out_tokens = sum(r.output_tokens or 0 for r in ok)
+    in_tokens = sum((r.prompt_tokens or r.input_tokens) for r in ok)
+    metrics: dict[str, float | int | None] = {
+        "num_requests": len(requests), "completed": len(ok), "failed": len(requests) - len(ok),
+        "success_rate": len(ok) / len(requests) if requests else None,
+        "duration_s": float(duration_s),
+        "request_throughput_rps": len(ok) / duration,
+        "output_throughput_tok_s": out_tokens / duration,
+        "total_token_throughput_tok_s": (out_tokens + in_tokens) / duration,
+    }
+    if slo_ttft_ms is not None or slo_tpot_ms is not None:
+        good = [r for r in ok
+                if (slo_ttft_ms is None or (r.ttft_ms or 0) <= slo_ttft_ms)
+                and (slo_tpot_ms is None or r.tpot_ms is None or r.tpot_ms <= slo_tpot_ms)]
+        metrics["goodput_rps"] = len(good) / duration
+    series = {"ttft": [r.ttft_ms for r in ok], "tpot": [r.tpot_ms for r in ok if r.tpot_ms is not None],
+              "itl": [x for r in ok for x in r.itl_ms], "e2e": [r.e2e_ms for r in ok]}
+    for name, values in series.items():
+        for stat, value in _stats(values).items():
+            metrics[f"{name}_{stat}_ms"] = value
+    return metrics
+
+
+_COLUMN_TYPES = {"scheduler": str, "chunked_prefill": bool, "async_batching": bool,
+                 "cuda_graph": bool, "gpu_memory_utilization": float}
+
+
+def _coerce(value: object, kind: type = int):
+    """``value`` as the column's type, or ``None`` when it is not one (the config JSON keeps it)."""
+    if value is None:
+        return None
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    try:
+        return kind(value) if kind is not int or float(value).is_integer() else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _knob(config: Mapping[str, object], names: tuple[str, ...]):
+    for name in names:
+        if name in config:
+            return config[name]
+    return None
+
+
+def measurement_tables(result: BenchmarkResult, *, run_id: str, engine: str, model: str,
+                       hardware: str, config: Mapping[str, object], workload: Workload,
+                       host: str, command: Sequence[str], gpu_count: int,
+                       metrics: Mapping[str, object], extra: Mapping[str, object],
+                       provenance: Mapping[str, object]) -> tuple[dict, str]:
+    """``{"requests": table, "runs": table}`` for the store, and the content hash to ingest with."""
+    n = len(result.requests)
+    identity = {"run_id": [run_id] * n, "engine": [engine] * n, "model": [model] * n,
+                "hardware": [hardware] * n, "source": ["measured"] * n}
+    requests = {
+        **identity,
+        "request_id": [r.request_id for r in result.requests],
+        "arrival_s": [r.arrival_s for r in result.requests],
+        "input_tokens": [r.prompt_tokens or r.input_tokens for r in result.requests],
+        "output_tokens": [r.output_tokens for r in result.requests],
+        "ttft_ms": [r.ttft_ms for r in result.requests],
+        "tpot_ms": [r.tpot_ms for r in result.requests],
+        "e2e_ms": [r.e2e_ms for r in result.requests],
+        "itl_ms": [r.itl_ms if r.status == "ok" else None for r in result.requests],
+        "status": [r.status for r in result.requests],
+        "error": [r.error for r in result.requests],
+        "extra": [json.dumps({"sent_s": None if math.isnan(r.sent_s) else round(r.sent_s, 6),
+                              "requested_input_tokens": r.input_tokens})
+                  for r in result.requests],
+    }
+    run = {"run_id": run_id, "engine": engine, "model": model, "hardware": hardware,
+           "source": "measured", "engine_version": None, "gpu_count": gpu_count,
+           "config": json.dumps(dict(config), sort_keys=True, default=str),
+           "workload": workload.to_json(), "started_at": result.started_at,
+           "host": host, "command": " ".join(shlex.quote(a) for a in command),
+           "provenance": json.dumps({"servetune": __version__, **provenance}, sort_keys=True,
+                                    default=str),
+           "extra": json.dumps(dict(extra), sort_keys=True, default=str)}
+    for column, names in _KNOB_COLUMNS.items():
+        run[column] = _coerce(_knob(config, names), _COLUMN_TYPES.get(column, int))
+    run.update({k: v for k, v in metrics.items()})
+    runs = {k: [v] for k, v in run.items()}
+    tables = {"requests": conform(requests, "requests", path=f"measured run {run_id}"),
+              "runs": conform(runs, "runs", path=f"measured run {run_id}")}
+    digest = hashlib.sha256()
+    for kind in ("requests", "runs"):
+        digest.update(json.dumps(tables[kind].to_pylist(), sort_keys=True, default=str).encode())
+    return tables, digest.hexdigest()
+
+
+def model_label(model: str | None) -> str:
+    """The store's ``model`` value for a model path or id (the last path component)."""
+    if not model:
+        return "unknown"
+    return Path(model.rstrip("/")).name or model

@@ -1,0 +1,199 @@
+"""Transports run commands on a node: a local subprocess, or SSH (see :mod:`._ssh`).
+
+Both take an argv list, never a command string: the SSH transport ``shlex.quote``s every
+element, the local one passes the list to ``exec`` directly, so no configuration value is ever
+interpreted by a shell. Services are started in a new session (``setsid``) whose id is also its
+process-group id; stopping signals exactly that session's processes, by id, never by name.
+
+Example:
+    >>> t = LocalTransport(NodeSpec("local"))
+    >>> t.run(["echo", "$(touch /tmp/pwned)"]).stdout
+    '$(touch /tmp/pwned)\\n'
+"""
+
+from __future__ import annotations
+
+import abc
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from servetune.tuner.hardware._cluster import NodeSpec
+from servetune.tuner.hardware._errors import (
+    CommandFailed,
+    CommandTimeout,
+    HardwareError,
+    ServiceStartFailed,
+)
+
+__all__ = ["CommandResult", "Transport", "LocalTransport", "LAUNCH_SCRIPT", "SESSION_SCRIPT"]
+
+# Runs "$@" in a new session with its output appended to a log; prints the session id (the
+# pid of the session leader, which is also its process-group id) on stdout, then closes stdout.
+# Arguments: work dir, log path, argv...
+LAUNCH_SCRIPT = (
+    'mkdir -p "$1" && cd "$1" || { echo "servetune: cannot use work dir $1" >&2; exit 97; }; '
+    'log="$2"; shift 2; '
+    'mkdir -p "$(dirname "$log")" || exit 98; '
+    "setsid sh -c 'echo $$; exec \"$@\" >>\"$0\" 2>&1 </dev/null' \"$log\" \"$@\" </dev/null &"
+)
+
+# Counts the live (non-zombie) processes of session "$1", then sends them signal "$2" (0 only
+# probes): the process group, plus any member that moved to another group inside the session.
+SESSION_SCRIPT = (
+    'sid="$1"; sig="$2"; '
+    'pids=$(ps -e -o pid= -o sid= -o stat= | awk -v s="$sid" \'$2 == s && $3 !~ /^Z/ {print $1}\'); '
+    'n=$(echo $pids | wc -w); echo "$n"; '
+    '[ "$n" -eq 0 ] || [ "$sig" = 0 ] && exit 0; '
+    'kill -s "$sig" -- -"$sid" 2>/dev/null; kill -s "$sig" $pids 2>/dev/null; exit 0'
+)
+
+_OUTPUT_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """A finished command: its argv, exit status and (possibly truncated) output."""
+
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+class Transport(abc.ABC):
+    """Runs commands and manages services on one node. Constructing one does no I/O.
+
+    Subclasses implement :meth:`run` (plus :meth:`connect`/:meth:`close` and file access);
+    starting, probing and stopping services are built on it, identically for every transport.
+    """
+
+    def __init__(self, node: NodeSpec, *, command_timeout_s: float = 60.0) -> None:
+        self.node = node
+        self.command_timeout_s = command_timeout_s
+
+    def connect(self) -> None:
+        """Open the connection (a no-op for the local transport)."""
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+
+    def __enter__(self) -> "Transport":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def run(self, argv: Sequence[str], *, timeout_s: float | None = None,
+            check: bool = True) -> CommandResult:
+        """Run ``argv`` to completion; raise :class:`CommandFailed` on a non-zero exit if
+        ``check``, :class:`CommandTimeout` past ``timeout_s``."""
+
+    @abc.abstractmethod
+    def read_file(self, path: str) -> bytes:
+        """The content of a file on the node."""
+
+    @abc.abstractmethod
+    def write_file(self, path: str, data: bytes) -> None:
+        """Write a file on the node (creating its parent directory)."""
+
+    # ----------------------------------------------------------------- services, by session
+    def start(self, argv: Sequence[str], *, work_dir: str, log_path: str,
+              env: Mapping[str, str] | None = None) -> int:
+        """Start ``argv`` in a new session on the node; return the session id (= its pgid)."""
+        if not argv:
+            raise ServiceStartFailed(f"{self.node.label}: empty start command")
+        env_prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
+        result = self.run(["sh", "-c", LAUNCH_SCRIPT, "servetune-launch", work_dir, log_path,
+                           *env_prefix, *argv], check=False)
+        if result.exit_status != 0:
+            raise ServiceStartFailed(f"{self.node.label}: could not start {argv[0]!r} "
+                                     f"(exit {result.exit_status}): {result.stderr.strip()}")
+        try:
+            return int(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise ServiceStartFailed(f"{self.node.label}: the launcher printed no session id "
+                                     f"(stdout {result.stdout!r})") from None
+
+    def session_processes(self, sid: int) -> int:
+        """How many live processes session ``sid`` still has on the node."""
+        return self._session(sid, "0")
+
+    def signal_session(self, sid: int, signal: str = "TERM") -> int:
+        """Send ``signal`` to every live process of session ``sid``; return how many there were."""
+        return self._session(sid, signal)
+
+    def stop_session(self, sid: int, *, grace_s: float = 10.0, poll_s: float = 0.2) -> int:
+        """SIGTERM the session, SIGKILL what is left after ``grace_s``; return survivors (0)."""
+        if self.signal_session(sid, "TERM") == 0:
+            return 0
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if self.session_processes(sid) == 0:
+                return 0
+            time.sleep(poll_s)
+        self.signal_session(sid, "KILL")
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            remaining = self.session_processes(sid)
+            if remaining == 0:
+                return 0
+            time.sleep(poll_s)
+        return remaining
+
+    def tail(self, path: str, lines: int = 20) -> str:
+        """The last lines of a text file on the node ('' when it cannot be read)."""
+        try:
+            result = self.run(["tail", "-n", str(lines), path], check=False, timeout_s=15)
+        except HardwareError:
+            return ""
+        return result.stdout if result.exit_status == 0 else ""
+
+    def _session(self, sid: int, signal: str) -> int:
+        if not isinstance(sid, int) or sid <= 1:
+            raise ValueError(f"refusing to signal session {sid!r}")
+        result = self.run(["sh", "-c", SESSION_SCRIPT, "servetune-session", str(sid), signal],
+                          timeout_s=30)
+        return int(result.stdout.strip() or 0)
+
+
+class LocalTransport(Transport):
+    """Runs commands on this machine as subprocesses (argv lists, no shell of ours)."""
+
+    def run(self, argv: Sequence[str], *, timeout_s: float | None = None,
+            check: bool = True) -> CommandResult:
+        argv = tuple(str(a) for a in argv)
+        timeout = self.command_timeout_s if timeout_s is None else timeout_s
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout(f"local: {argv[0]} did not finish within {timeout:g}s") from None
+        except OSError as exc:
+            raise CommandFailed(f"local: cannot run {argv[0]!r} ({exc.strerror})") from None
+        result = CommandResult(argv, proc.returncode,
+                               proc.stdout[-_OUTPUT_LIMIT:].decode("utf-8", "replace"),
+                               proc.stderr[-_OUTPUT_LIMIT:].decode("utf-8", "replace"))
+        if check and proc.returncode != 0:
+            raise CommandFailed(f"local: {argv[0]} exited with {proc.returncode}: "
+                                f"{result.stderr.strip()[-500:]}")
+        return result
+
+    def read_file(self, path: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise CommandFailed(f"local: cannot read {path} ({exc.strerror})") from None
+
+    def write_file(self, path: str, data: bytes) -> None:
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        except OSError as exc:
+            raise CommandFailed(f"local: cannot write {path} ({exc.strerror})") from None
+
