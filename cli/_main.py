@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "_train",
     "_models",
     "_simulate",
+    "_validate",
 )
 
 

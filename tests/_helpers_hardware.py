@@ -202,7 +202,7 @@ def _serve(argv: list[str]) -> None:
     import http.server
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SERVETUNE_PORT", 0)))
     parser.add_argument("--mode", choices=["ok", "hang", "never-healthy"], default="ok")
     parser.add_argument("--ttft-ms", type=float, default=20.0)
     parser.add_argument("--token-ms", type=float, default=5.0)

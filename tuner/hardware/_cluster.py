@@ -425,7 +425,13 @@ def _node_from_table(r: _Reader, table: Mapping, where: str) -> NodeSpec:
 
 def load_cluster(source: str, *, nodes_per_group: int = 1, gpus_per_node: int = 0,
                  **options) -> ClusterSpec:
-    """A cluster from a ``.toml`` file, a hostfile, or a node string (in that order)."""
+    """A cluster from a ``.toml`` file, a hostfile, or a node string (in that order).
+
+    ``options`` are node defaults (``port``, ``user``, ``key``, ``work_dir``,
+    ``service_port``) for hostfiles and node strings, and :class:`ClusterSpec` settings; ``None``
+    values are ignored.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
     path = Path(source).expanduser()
     if path.suffix == ".toml":
         if nodes_per_group != 1 or gpus_per_node:

@@ -118,6 +118,8 @@ class DispatchOptions:
         slo_tpot_ms: TPOT SLO for goodput (optional).
         study: study name recorded with each measurement.
         seed: seed of the retry jitter.
+        warmup_requests: requests sent (and not recorded) after the service turns healthy,
+            so the first replay does not pay for lazy initialisation.
     """
 
     repeats: int = 1
@@ -128,6 +130,7 @@ class DispatchOptions:
     slo_tpot_ms: float | None = None
     study: str | None = None
     seed: int = 0
+    warmup_requests: int = 2
 
 
 @dataclass
@@ -195,7 +198,7 @@ class DispatchResult:
         attempts = [a for o in self.outcomes for a in o.attempts]
         return {"candidates": len(self.outcomes), "measured": len(self.measured),
                 "failed": len(self.failed), "attempts": len(attempts),
-                "retries": len(attempts) - len(self.outcomes),
+                "retries": sum(g["retries"] for g in self.groups.values()),
                 "measurements": sum(len(o.measurements) for o in self.outcomes),
                 "wall_s": round(self.wall_s, 3), "groups": self.groups}
 
@@ -249,7 +252,8 @@ class Dispatcher:
         self._breakers = {g.name: CircuitBreaker(threshold=self.cluster.breaker_threshold,
                                                  cooldown_s=self.cluster.breaker_cooldown_s)
                           for g in self.cluster.groups}
-        self._stats = {g.name: {"attempts": 0, "measured": 0, "failures": {}, "busy_s": 0.0,
+        self._stats = {g.name: {"attempts": 0, "measured": 0, "retries": 0, "failures": {},
+                                "busy_s": 0.0,
                                 "calibrated": False} for g in self.cluster.groups}
         baseline = next((i for i, c in enumerate(candidates) if c.baseline), None)
         self._tasks: list[_Task] = []
@@ -409,20 +413,22 @@ class Dispatcher:
             # a group's calibration baseline is not moved elsewhere
             if exc.transient and task.tries <= self.cluster.retries and \
                     breaker.permanent_reason is None:
-                return self._requeue(task, backoff=True)
+                return self._requeue(task, group.name, backoff=True)
             self._finish_failed(task.index, exc.kind, str(exc), task=task)
             return False
         if exc.group_fault and not exc.transient:
             task.tries -= 1  # not the candidate's fault, and that group is closed for good
-            return self._requeue(task, backoff=False)
+            return self._requeue(task, group.name, backoff=False)
         if exc.transient and task.tries <= self.cluster.retries:
-            return self._requeue(task, backoff=True)
+            return self._requeue(task, group.name, backoff=True)
         tries = f" after {task.tries} attempt(s)" if task.tries > 1 else ""
         self._finish_failed(task.index, exc.kind, f"{exc}{tries}", task=task)
         return False
 
-    def _requeue(self, task: _Task, *, backoff: bool) -> bool:
+    def _requeue(self, task: _Task, group: str, *, backoff: bool) -> bool:
         with self._lock:
+            self._stats[group]["retries"] += 1
+
             if backoff:
                 base = self.cluster.backoff_s * 2 ** max(0, task.tries - 1)
                 delay = min(self.cluster.backoff_max_s, base) * (0.5 + self._rng.random())
@@ -467,6 +473,7 @@ class Dispatcher:
             attempt.sessions = [(p.node.label, p.sid) for p in service.started]
             remaining = deadline - time.monotonic()
             service.wait_healthy(min(cluster.health_timeout_s, max(remaining, 0.0)))
+            self._warm_up(service, deadline, candidate, group)
             done = sum(1 for m in outcome.measurements if m.group == group.name) \
                 if task.pinned else len(outcome.measurements)
             for repeat in range(done, self.options.repeats):
@@ -483,6 +490,26 @@ class Dispatcher:
                 transport.close()
             if attempt.stop_problems:
                 log.error("%s: %s", group.name, "; ".join(attempt.stop_problems))
+
+    def _warm_up(self, service: ServiceRun, deadline: float, candidate: Candidate,
+                 group: ServiceGroupSpec) -> None:
+        count = min(self.options.warmup_requests, len(self.workload))
+        if count <= 0:
+            return
+        head = self.workload.head(count)
+        warm = Workload.from_arrays(np.zeros(count), head.input_tokens, head.output_tokens,
+                                    name="warmup")
+
+        async def bounded():
+            return await asyncio.wait_for(
+                replay(group.base_url, warm, self.client, watchdog=service.watchdog),
+                timeout=max(deadline - time.monotonic(), 0.0))
+        try:
+            asyncio.run(bounded())
+        except TimeoutError:
+            raise BenchmarkTimeout(f"{group.name}: the warm-up requests of {candidate.name} ran "
+                                   f"past the candidate timeout "
+                                   f"({self.cluster.candidate_timeout_s:g}s in all)") from None
 
     def _replay(self, service: ServiceRun, remaining: float, candidate: Candidate,
                 group: ServiceGroupSpec):

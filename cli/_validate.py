@@ -1,0 +1,210 @@
+"""``servetune validate``: measure candidates on real service groups, compare with predictions.
+
+Exit codes (cron-friendly): 0 every candidate measured and no drift; 3 measured but a metric
+drifted beyond threshold and noise (retrain hint); 4 at least one candidate failed; 2 bad input;
+1 any other error. With ``--every DURATION`` the validation repeats until interrupted (or
+``--count`` rounds) and the exit code is the last round's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from tqdm.auto import tqdm
+
+from servetune import InputError
+from servetune.cli._main import Context, emit_json
+from servetune.data import TraceStore, atomic_write_text, resolve_workload
+from servetune.tuner.hardware import (
+    ClientOptions,
+    Dispatcher,
+    DispatchOptions,
+    build_report,
+    candidates_from_sets,
+    launcher_for,
+    load_cluster,
+    load_study_candidates,
+)
+
+__all__ = ["command", "parse_duration", "EXIT_OK", "EXIT_DRIFT", "EXIT_FAILED"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_DRIFT, EXIT_FAILED = 0, 3, 4
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``10m``, ``1h``, ``1d`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    if not match or float(match.group(1)) <= 0:
+        raise InputError(f"expected a duration like 30s, 10m, 1h or 1d, got {text!r}",
+                         field="--every")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _study_dir(ctx: Context, study: str) -> Path:
+    path = Path(study).expanduser()
+    if path.is_dir():
+        return path
+    return ctx.workspace.studies_dir() / study
+
+
+@click.command("validate")
+@click.option("--cluster", "cluster_source", required=True, metavar="FILE|NODES",
+              help="Cluster TOML, a hostfile, or a node string like n0,n1:n2,n3 ('local' = "
+                   "this machine).")
+@click.option("--nodes-per-group", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Hostfile/node string: consecutive hosts per service group.")
+@click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Hostfile/node string: GPUs 0..N-1 of each node go to the engine.")
+@click.option("--candidates", "study", default=None, metavar="STUDY",
+              help="A study name (or folder) whose candidates.json to verify.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Only the top K candidates of the study (plus its baseline).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="One candidate from knob values (repeatable), instead of --candidates.")
+@click.option("--engine", default=None, help="vllm, sglang, transformers or script "
+                                             "(default: the cluster file's, else vllm).")
+@click.option("--model", default=None, help="Model path or id served by the engine.")
+@click.option("--workload", default="poisson:rate=2,n=32,input=const:128,output=const:32",
+              show_default=True, help="Request-arrival trace file or synthetic spec.")
+@click.option("--requests", "limit", type=click.IntRange(min=1), default=None,
+              help="Replay only the first N requests.")
+@click.option("--qps", type=float, default=None, help="Rescale arrivals to this mean rate.")
+@click.option("--api", type=click.Choice(["completions", "chat"]), default="completions",
+              show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Benchmark replays per candidate (mean and spread are reported).")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Measure the baseline first on each group for a per-host correction.")
+@click.option("--hardware", default="unknown", show_default=True,
+              help="Hardware label of the measured runs (GPU name).")
+@click.option("--slo-ttft-ms", type=float, default=None)
+@click.option("--slo-tpot-ms", type=float, default=None)
+@click.option("--ssh-user", default=None)
+@click.option("--ssh-key", default=None, type=click.Path(dir_okay=False))
+@click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True)
+@click.option("--known-hosts", default=None, type=click.Path(dir_okay=False),
+              help="known_hosts file (default ~/.ssh/known_hosts).")
+@click.option("--trust-new-hosts", is_flag=True,
+              help="Accept hosts missing from known_hosts and record their keys (never a "
+                   "changed key).")
+@click.option("--service-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--work-dir", default="/tmp/servetune", show_default=True)
+@click.option("--timeout", "candidate_timeout_s", type=float, default=None,
+              help="Seconds one candidate may take in all (start, benchmark, stop).")
+@click.option("--health-timeout", "health_timeout_s", type=float, default=None)
+@click.option("--retries", type=click.IntRange(min=0), default=None)
+@click.option("--unapplied", type=click.Choice(["error", "record"]), default="error",
+              show_default=True, help="Knobs the engine's CLI cannot express: refuse, or run "
+                                      "without them and record them.")
+@click.option("--drift-threshold", type=float, default=0.15, show_default=True,
+              help="Relative error beyond which (and beyond 2x noise) a metric drifts.")
+@click.option("--every", default=None, metavar="DURATION",
+              help="Repeat the validation every DURATION (30s, 10m, 1h, 1d).")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="With --every: stop after this many rounds.")
+@click.option("--warmup", "warmup_requests", type=click.IntRange(min=0), default=2,
+              show_default=True, help="Unrecorded requests sent once the service is healthy.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document per round.")
+@click.pass_obj
+def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_node: int,
+            study: str | None, top: int | None, settings: tuple[str, ...], engine: str | None,
+            model: str | None, workload: str, limit: int | None, qps: float | None, api: str,
+            repeats: int, calibrate: bool, hardware: str, slo_ttft_ms: float | None,
+            slo_tpot_ms: float | None, ssh_user: str | None, ssh_key: str | None,
+            ssh_port: int, known_hosts: str | None, trust_new_hosts: bool, service_port: int,
+            work_dir: str, candidate_timeout_s: float | None, health_timeout_s: float | None,
+            retries: int | None, unapplied: str, drift_threshold: float, every: str | None,
+            count: int | None, warmup_requests: int, seed: int, as_json: bool) -> None:
+    """Start candidates on real service groups, benchmark them, store and compare the results.
+
+    Every measurement goes into the trace store (source measured) as soon as it is taken.
+    Exit codes: 0 all measured, no drift; 3 drift beyond threshold and noise (retrain hint);
+    4 a candidate failed; 2 bad input; 1 other errors.
+
+    Example: servetune validate --cluster n0:n1 --engine vllm --model /models/m --set
+    max_num_seqs=128 --set max_num_batched_tokens=8192 --repeats 3 --json
+    """
+    if bool(study) == bool(settings):
+        raise InputError("give either --candidates STUDY or --set key=value", field="--set")
+    period = parse_duration(every) if every else None
+    node_options = {} if cluster_source.endswith(".toml") else {
+        "port": ssh_port, "user": ssh_user, "key": ssh_key, "work_dir": work_dir,
+        "service_port": service_port}
+    cluster = load_cluster(cluster_source, nodes_per_group=nodes_per_group,
+                           gpus_per_node=gpus_per_node, **node_options, engine=engine,
+                           model=model, candidate_timeout_s=candidate_timeout_s,
+                           health_timeout_s=health_timeout_s, retries=retries)
+    ssh_overrides = {k: v for k, v in (("known_hosts", known_hosts),
+                                       ("trust_new_hosts", trust_new_hosts or None)) if v}
+    if ssh_overrides:
+        cluster = dataclasses.replace(cluster, ssh=dataclasses.replace(cluster.ssh,
+                                                                       **ssh_overrides))
+    launcher = launcher_for(cluster.engine if engine is None else engine, unsupported=unapplied)
+    study_dir = _study_dir(ctx, study) if study else None
+    candidates = (load_study_candidates(study_dir, top=top) if study_dir
+                  else candidates_from_sets(settings))
+    for candidate in candidates:  # refuse unsupported knobs before touching any host
+        for group in cluster.groups:
+            launcher.render(candidate.config, group, model=cluster.model or "model")
+    replayed = resolve_workload(workload, seed=seed, qps=qps, limit=limit)
+    client = ClientOptions(model=cluster.model or "model", api=api,
+                           extra_body=dict(launcher.request_extras), seed=seed)
+    options = DispatchOptions(repeats=repeats, calibrate=calibrate, hardware=hardware,
+                              slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms,
+                              study=study_dir.name if study_dir else None, seed=seed,
+                              warmup_requests=warmup_requests)
+    store = TraceStore.for_workspace(ctx.workspace)
+    rounds = 0
+    while True:
+        code = _one_round(ctx, cluster, launcher, replayed, client, store, options, candidates,
+                          drift_threshold, study_dir, as_json)
+        rounds += 1
+        if period is None or (count is not None and rounds >= count):
+            break
+        log.info("next validation in %gs", period)
+        time.sleep(period)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def _one_round(ctx, cluster, launcher, workload, client, store, options, candidates,
+               drift_threshold, study_dir, as_json) -> int:
+    bar = tqdm(total=len(candidates), unit="candidate", desc="validating", file=sys.stderr,
+               disable=None)
+    with bar:
+        dispatcher = Dispatcher(cluster, launcher, workload, client=client, store=store,
+                                options=options, on_outcome=lambda outcome: bar.update(1))
+        result = dispatcher.run(candidates)
+    report = build_report(result, threshold=drift_threshold)
+    code = EXIT_FAILED if result.failed else (EXIT_DRIFT if report.drift else EXIT_OK)
+    document = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "exit_code": code, "statistics": result.statistics(),
+                "outcomes": [o.to_dict() for o in result.outcomes], "report": report.to_dict()}
+    if study_dir is not None and study_dir.is_dir():
+        atomic_write_text(study_dir / "measurements.json",
+                          json.dumps(document, indent=1, default=str))
+    if as_json:
+        emit_json(document)
+        return code
+    for outcome in result.outcomes:
+        what = (f"{len(outcome.measurements)} measurement(s)" if outcome.status == "measured"
+                else f"{outcome.error_kind}: {outcome.reason}")
+        click.echo(f"{outcome.candidate.name:16s} {outcome.status:9s} {what}")
+    if report.rows:
+        click.echo(report.table())
+    stats = result.statistics()
+    click.echo(f"{stats['measured']}/{stats['candidates']} measured, {stats['retries']} "
+               f"retries, {stats['wall_s']:.1f}s; drift: {'yes' if report.drift else 'no'}")
+    return code
