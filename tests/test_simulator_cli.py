@@ -1,0 +1,70 @@
+"""``servetune simulate`` end to end: a real workspace, a real MLflow champion, subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from _helpers_models import synthetic_traces
+
+from servetune.data import TraceStore, Workspace
+from servetune.models import TrainConfig, train_step_time_model
+
+FAST = TrainConfig(n_trials=1, cv_splits=2, search_budget_s=20)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    ws = Workspace.resolve(tmp_path_factory.mktemp("sim") / "ws")
+    steps, runs = synthetic_traces(n_runs=6, steps_per_run=200, seed=0)
+    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="generated",
+                                        sha256="generated-sim", format="test")
+    result = train_step_time_model(ws, config=FAST, progress=False)
+    return ws, result.model_uri
+
+
+def _simulate(ws, *args):
+    return subprocess.run([sys.executable, "-m", "servetune.cli._main", "--workspace",
+                           str(ws.root), "simulate", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_same_command_twice_prints_identical_json(workspace):
+    ws, uri = workspace
+    args = ("--engine", "transformers", "--set", "max_batch_tokens=512", "--set",
+            "num_blocks=400", "--set", "block_size=32", "--set", "step_noise_cv=0.05",
+            "--workload", "gamma:rate=8,cv=2,n=120", "--seed", "3", "--model-uri", uri, "--json")
+    first, second = _simulate(ws, *args), _simulate(ws, *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    payload = json.loads(first.stdout)
+    assert payload["seed"] == 3 and payload["config"]["max_batch_tokens"] == 512
+    m = payload["metrics"]
+    assert m["completed"] == 120
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        assert set(m[key]) >= {"mean", "p50", "p90", "p99"}
+    assert m["output_throughput_tok_s"] > 0 and m["request_throughput_rps"] > 0
+
+
+def test_workspace_champion_is_used_without_a_model_uri(workspace):
+    ws, uri = workspace
+    out = _simulate(ws, "--engine", "vllm", "--workload", "poisson:rate=4,n=40", "--qps", "8",
+                    "--json")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert payload["model_uri"].endswith("@champion") and payload["metrics"]["completed"] == 40
+    text = _simulate(ws, "--engine", "static", "--workload", "poisson:rate=4,n=20")
+    assert text.returncode == 0 and "completed 20/20" in text.stdout
+
+
+def test_unknown_key_exits_2_with_the_valid_keys(workspace):
+    ws, _ = workspace
+    out = _simulate(ws, "--engine", "vllm", "--set", "max_batch_tokens=512", "--workload",
+                    "poisson:rate=4,n=10")
+    assert out.returncode == 2
+    assert "unknown vllm config key(s) 'max_batch_tokens'" in out.stderr
+    assert "max_num_batched_tokens" in out.stderr
+    out = _simulate(ws, "--engine", "vllm", "--set", "novalue", "--workload", "x")
+    assert out.returncode == 2 and "expects key=value" in out.stderr
