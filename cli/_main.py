@@ -27,6 +27,8 @@ _COMMAND_MODULES = (
     "_train",
     "_models",
     "_simulate",
+    "_tune",
+    "_report",
     "_validate",
 )
 

@@ -158,7 +158,7 @@ def test_process_pool_gives_the_same_study_as_inline(tmp_path):
     inline.run(BowlEvaluator(inline.space.to_dict()))
     pooled = _new(tmp_path, "pooled")
     with open_executor(jobs=2) as executor:
-        pooled.run(BowlEvaluator(pooled.space.to_dict()), executor=executor)
+        pooled.run(BowlEvaluator(pooled.space.to_dict()), executor=executor, parallelism=2)
     assert _records(pooled) == _records(inline)
 
 
@@ -170,7 +170,7 @@ def test_dask_local_cluster_gives_the_same_study_as_inline(tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
         with open_executor(url=cluster.scheduler_address) as executor:
-            on_dask.run(BowlEvaluator(on_dask.space.to_dict()), executor=executor)
+            on_dask.run(BowlEvaluator(on_dask.space.to_dict()), executor=executor, parallelism=3)
     assert _records(on_dask) == _records(inline)
 
 

@@ -465,6 +465,20 @@ class SearchSpace:
             out[p.name] = p.snap(value)
         return out
 
+    def baseline_config(self, engine_defaults: dict | None = None) -> dict:
+        """The engine's default configuration over this space's keys, *not* snapped into the
+        space (an engine default may lie outside the searched ranges): the engine's own
+        defaults first, then each parameter's declared ``default``, else its centre value."""
+        values = {}
+        for p in self.params:
+            value = (engine_defaults or {}).get(p.name)
+            if value is None:
+                value = p.default
+            if value is None:
+                value = p.decode(np.full(p.width, 0.5))
+            values[p.name] = value
+        return self._complete(values)
+
     def grid(self, levels: int = 5) -> list[dict]:
         """Every combination of the discretised parameter values (tunables only)."""
         axes = [p.values(levels) for p in self.params]

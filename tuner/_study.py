@@ -194,7 +194,7 @@ class Study:
     # -- the loop ---------------------------------------------------------------------------
     def run(self, evaluator: Evaluator, *, executor: Executor | None = None,
             on_iteration: Callable[["Study", list[Evaluation]], None] | None = None,
-            max_iterations: int | None = None) -> "Study":
+            max_iterations: int | None = None, parallelism: int = 1) -> "Study":
         """Iterate until the optimiser is done (or ``max_iterations`` more iterations).
 
         Args:
@@ -203,13 +203,16 @@ class Study:
             on_iteration: called after each checkpoint with the iteration's evaluations
                 (progress bars, MLflow logging).
             max_iterations: stop after this many iterations of this call (tests, budgets).
+            parallelism: how many workers the executor has; each iteration's new
+                configurations are sent as this many chunks, so the evaluator (workload and
+                model arrays) is pickled once per chunk rather than once per configuration.
         """
         done_here = 0
         while not self.optimizer.done:
             if max_iterations is not None and done_here >= max_iterations:
                 return self
             points = self.optimizer.ask()
-            batch = self._evaluate(points, evaluator, executor)
+            batch = self._evaluate(points, evaluator, executor, parallelism)
             self.optimizer.tell(points, np.array([r.value for r in batch]))
             self.records.extend(batch)
             self.iteration += 1
@@ -232,7 +235,7 @@ class Study:
         return self
 
     def _evaluate(self, points: np.ndarray, evaluator: Evaluator,
-                  executor: Executor | None) -> list[Evaluation]:
+                  executor: Executor | None, parallelism: int = 1) -> list[Evaluation]:
         known = {config_key(r.config): r for r in self.records
                  if r.status in ("ok", "failed") and not r.cached}
         batch: list[Evaluation] = []
@@ -254,7 +257,7 @@ class Study:
             else:
                 to_run[key] = [record]
         configs = [records[0].config for records in to_run.values()]
-        results = _run_all(evaluator, configs, executor)
+        results = _run_all(evaluator, configs, executor, parallelism)
         for records, (metrics, error) in zip(to_run.values(), results):
             first = records[0]
             if error is None:
@@ -311,13 +314,20 @@ def _copy_result(record: Evaluation, source: Evaluation) -> None:
     record.cached = True
 
 
-def _run_all(evaluator: Evaluator, configs: list[dict],
-             executor: Executor | None) -> list[tuple[dict, str | None]]:
+def _run_all(evaluator: Evaluator, configs: list[dict], executor: Executor | None,
+             parallelism: int) -> list[tuple[dict, str | None]]:
     """Evaluate in order; an exception becomes that config's error, never the whole batch's."""
-    if executor is None:
-        return [_guarded(evaluator, c) for c in configs]
-    futures = [executor.submit(_guarded, evaluator, c) for c in configs]
-    return [f.result() for f in futures]
+    if executor is None or not configs:
+        return _guarded_chunk(evaluator, configs)
+    n = max(1, min(int(parallelism), len(configs)))
+    bounds = np.linspace(0, len(configs), n + 1).astype(int)
+    futures = [executor.submit(_guarded_chunk, evaluator, configs[a:b])
+               for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [out for f in futures for out in f.result()]
+
+
+def _guarded_chunk(evaluator: Evaluator, configs: list[dict]) -> list[tuple[dict, str | None]]:
+    return [_guarded(evaluator, c) for c in configs]
 
 
 def _guarded(evaluator: Evaluator, config: dict) -> tuple[dict, str | None]:

@@ -1,0 +1,98 @@
+"""``servetune tune``: the main job — tune an engine configuration in simulation."""
+
+from __future__ import annotations
+
+import click
+
+from servetune import ConfigError
+from servetune.cli._main import Context, emit_json
+
+__all__ = ["command"]
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict:
+    import json
+
+    config: dict = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            config[key.strip()] = json.loads(value)
+        except ValueError:
+            config[key.strip()] = value
+    return config
+
+
+@click.command("tune")
+@click.option("--space", default=None, metavar="NAME|FILE",
+              help="Search space: a built-in name (transformers-cb, vllm) or a file (servetune "
+                   "TOML, LLMServingTuner TOML, auto-tuning-vllm YAML). Default: "
+                   "transformers-cb.")
+@click.option("--workload", default=None, metavar="FILE|SPEC",
+              help="Trace file or synthetic spec; default: 2,000 Splitwise-like requests "
+                   "(gamma arrivals at 50 req/s).")
+@click.option("--qps", type=float, default=None, help="Rescale the workload to this rate.")
+@click.option("--limit", type=int, default=None, help="Use only the first N requests.")
+@click.option("--objective", default="goodput", show_default=True, metavar="SPEC",
+              help="goodput | throughput | fitness, with options, e.g. "
+                   "'goodput:ttft_ms=1000,tpot_ms=50'.")
+@click.option("--optimizer", type=click.Choice(["pso", "random", "grid"]), default="pso",
+              show_default=True, help="Search strategy (random: particles x iterations points).")
+@click.option("--particles", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Tuned candidates to keep (the engine default is added as baseline).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Optimiser seed.")
+@click.option("--sim-seed", type=int, default=0, show_default=True,
+              help="Simulation and synthetic-workload seed.")
+@click.option("--study", "study_name", default=None,
+              help="Study name (folder under <workspace>/studies/); default tune-<time>.")
+@click.option("--resume", default=None, metavar="NAME",
+              help="Continue an interrupted study with its own settings.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes for evaluations.")
+@click.option("--executor", default=None, metavar="URL",
+              help="Dask scheduler (dask://HOST:PORT) to evaluate on instead of local workers.")
+@click.option("--model-uri", default=None,
+              help="Step-time model; default: the champion (trained on first use).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Simulator key fixed under every configuration (e.g. gpu_memory_gib=80).")
+@click.option("--no-mlflow", is_flag=True, help="Do not log the study to MLflow.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print study, best, baseline, candidates and evaluations as JSON.")
+@click.pass_obj
+def command(ctx: Context, space, workload, qps, limit, objective, optimizer, particles,
+            iterations, top_k, seed, sim_seed, study_name, resume, jobs, executor, model_uri,
+            sets, no_mlflow, as_json) -> None:
+    """Tune an engine's configuration against a workload in simulation (PSO by default)."""
+    from servetune.tuner._job import DEFAULT_SPACE, DEFAULT_WORKLOAD, TuneSettings, run_tune
+
+    if resume and (space or workload or study_name):
+        raise ConfigError("--resume continues a study with its own space, workload and name; "
+                          "drop --space/--workload/--study")
+    settings = TuneSettings(space=space or DEFAULT_SPACE, workload=workload or DEFAULT_WORKLOAD,
+                            qps=qps, limit=limit, objective=objective, optimizer=optimizer,
+                            particles=particles, iterations=iterations, top_k=top_k, seed=seed,
+                            sim_seed=sim_seed, study=study_name, jobs=jobs, executor=executor,
+                            model_uri=model_uri, base_config=_parse_sets(sets),
+                            track=not no_mlflow)
+    result = run_tune(ctx.workspace, settings, resume=resume, progress=True)
+    table = result.pop("table")
+    if as_json:
+        emit_json(result)
+        return
+    study = result["study"]
+    ev = result["evaluations"]
+    click.echo(f"study {study['name']} ({study['status']}): {ev['total']} evaluations, "
+               f"{ev['simulated']} simulated, {ev['cached']} cached, {ev['infeasible']} "
+               f"infeasible, {ev['failed']} failed, {result.get('wall_s', 0):.1f} s")
+    click.echo(table)
+    best = result["best"]
+    if best is not None:
+        click.echo(f"best {study['objective']}: {best['objective']:.4g}"
+                   + (f"  ({result['improvement_over_baseline']:.3g}x the engine default)"
+                      if result.get("improvement_over_baseline") else ""))
+        click.echo("launch: " + result["candidates"][0]["launch"]["command"])
+    click.echo(f"files: {study['path']}  (report: servetune report {study['name']})")

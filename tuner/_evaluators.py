@@ -1,0 +1,96 @@
+"""Evaluators: configuration -> flat metrics. The simulator is the one the main job uses.
+
+Example:
+    >>> evaluator = SimulatorEvaluator("transformers-cb", workload, compiled, slo=SLO())  # doctest: +SKIP
+    >>> evaluator({"max_batch_tokens": 1024})["goodput_rps"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from servetune import ConfigError
+from servetune.data import Workload
+from servetune.tuner._objective import SLO
+from servetune.tuner._space import SearchSpace
+
+__all__ = ["SimulatorEvaluator", "simulator_keys", "engine_defaults"]
+
+log = logging.getLogger(__name__)
+
+
+def simulator_keys(engine: str) -> set[str]:
+    """Configuration keys (and aliases) the simulator accepts for ``engine``."""
+    from servetune.tuner.simulator import get_policy
+
+    policy = get_policy(engine)
+    return set(policy.keys()) | set(policy.aliases)
+
+
+def engine_defaults(engine: str) -> dict:
+    """The simulator's defaults for ``engine``, also under each key's alias."""
+    from servetune.tuner.simulator import get_policy
+
+    policy = get_policy(engine)
+    defaults = policy.default_config()
+    for alias, name in policy.aliases.items():
+        defaults.setdefault(alias, defaults[name])
+    return defaults
+
+
+@dataclass(frozen=True)
+class SimulatorEvaluator:
+    """Simulates one configuration against a fixed workload with the compiled step-time model.
+
+    Picklable (process pools, Dask) and deterministic: the same configuration always gives the
+    same metrics, which is what makes a resumed study exact.
+
+    Attributes:
+        engine: the simulator's engine name (``transformers-cb``, ``vllm``, ...).
+        workload: the requests to replay.
+        step_model: a :class:`servetune.models.CompiledStepTime`.
+        slo: the objective's SLO; goodput counts requests within both bounds.
+        seed: the simulation seed.
+        base_config: engine keys applied under every tuned configuration (hardware, memory).
+        keys: the configuration keys passed to the simulator (others, e.g. a space's ``gpus``
+            bookkeeping field, are dropped); set by :meth:`for_space`.
+    """
+
+    engine: str
+    workload: Workload
+    step_model: object
+    slo: SLO = SLO()
+    seed: int = 0
+    base_config: dict = field(default_factory=dict)
+    keys: frozenset = frozenset()
+
+    @classmethod
+    def for_space(cls, space: SearchSpace, workload: Workload, step_model: object, *,
+                  slo: SLO = SLO(), seed: int = 0,
+                  base_config: dict | None = None) -> "SimulatorEvaluator":
+        """An evaluator for ``space``; every tunable must be a simulator key of its engine."""
+        accepted = simulator_keys(space.engine)
+        missing = [n for n in space.names if n not in accepted]
+        if missing:
+            raise ConfigError(f"space {space.name!r} tunes {missing}, which the {space.engine} "
+                              f"simulator does not model; its keys are {sorted(accepted)}")
+        names = set(space.names) | set(space.fixed) | set(space.derived)
+        dropped = sorted(names - accepted)
+        if dropped:
+            log.info("not passed to the simulator (bookkeeping fields): %s", dropped)
+        return cls(space.engine, workload, step_model, slo=slo, seed=seed,
+                   base_config=dict(base_config or {}), keys=frozenset(names & accepted))
+
+    def simulator_config(self, config: dict) -> dict:
+        """The keys of ``config`` the simulator receives, over ``base_config``."""
+        chosen = {k: v for k, v in config.items() if not self.keys or k in self.keys}
+        return {**self.base_config, **chosen}
+
+    def __call__(self, config: dict) -> dict:
+        from servetune.tuner.simulator import simulate
+
+        result = simulate(self.engine, self.simulator_config(config), self.workload,
+                          self.step_model, self.seed,
+                          slo={"ttft_ms": self.slo.ttft_ms, "tpot_ms": self.slo.tpot_ms})
+        return result.flat_metrics()
