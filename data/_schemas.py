@@ -275,6 +275,12 @@ def _column_values(columns: pd.DataFrame | pa.Table, name: str) -> list:
 
 
 def _cast_column(values: list, field: pa.Field, path: str | None, nan_is_null: bool) -> pa.Array:
+    if pa.types.is_integer(field.type):  # pyarrow would silently truncate 2.5 to 2
+        for row, value in enumerate(values, start=1):
+            if isinstance(value, float) and not (value.is_integer() or (
+                    nan_is_null and math.isnan(value))):
+                raise InputError(f"expected an integer, got {value!r}", path=path, row=row,
+                                 field=field.name)
     try:
         array = pa.array(values, type=field.type, from_pandas=nan_is_null)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
