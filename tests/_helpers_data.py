@@ -66,11 +66,12 @@ def write_vllm_result(path: Path, n: int, *, seed: int = 0, detailed: bool = Tru
     ttfts = np.where(is_failed, 0.0, 0.02 + input_lens * 4.5e-5 * rng.gamma(4.0, 0.25, n))
     itl_counts = np.where(is_failed, 0, output_lens - 1)
     step = rng.gamma(9.0, 0.0125 / 9.0, size=n)  # per-request mean ITL around 12.5 ms
-    itls = rng.gamma(16.0, 1.0 / 16.0, size=int(itl_counts.sum())).astype(np.float32)
-    row_of = np.repeat(np.arange(n), itl_counts)
-    itls *= step[row_of].astype(np.float32)
     offsets = np.concatenate([[0], np.cumsum(itl_counts)])
-    itl_sums = np.bincount(row_of, weights=itls, minlength=n)
+    itls = np.empty(int(offsets[-1]), dtype=np.float32)  # float32 keeps a million rows small
+    itl_sums = np.zeros(n)
+    for start, stop, a, b, rows in _chunks(offsets):
+        itls[a:b] = rng.gamma(16.0, 1.0 / 16.0, size=b - a) * step[start:stop][rows]
+        itl_sums[start:stop] = np.bincount(rows, weights=itls[a:b], minlength=stop - start)
     latencies = np.where(is_failed, 0.0, ttfts + itl_sums + 1e-4)
     duration = float((start_times + latencies).max() - start_times.min())
 
@@ -98,13 +99,13 @@ def write_vllm_result(path: Path, n: int, *, seed: int = 0, detailed: bool = Tru
     tail: dict = {}
     if layout == "serve":
         tail.update(_peaks(start_times, ttfts, latencies, itls, offsets, ok))
-    for name, values in (("ttft", ttfts[ok]), ("tpot", tpots), ("itl", itls.astype(np.float64)),
+    for name, values in (("ttft", ttfts[ok]), ("tpot", tpots), ("itl", itls),
                          ("e2el", latencies[ok])):
         values = values if len(values) else np.zeros(1)
-        tail[f"mean_{name}_ms"] = float(np.mean(values) * 1000)
-        tail[f"median_{name}_ms"] = float(np.median(values) * 1000)
-        tail[f"std_{name}_ms"] = float(np.std(values) * 1000)
-        tail[f"p99_{name}_ms"] = float(np.percentile(values, 99) * 1000)
+        tail[f"mean_{name}_ms"] = float(np.mean(values, dtype=np.float64) * 1000)
+        tail[f"median_{name}_ms"] = float(np.median(values)) * 1000
+        tail[f"std_{name}_ms"] = float(np.std(values, dtype=np.float64) * 1000)
+        tail[f"p99_{name}_ms"] = float(np.percentile(values, 99)) * 1000
 
     with open(path, "w", encoding="utf-8") as out:
         out.write(json.dumps(head)[:-1])
@@ -143,21 +144,32 @@ def write_vllm_result(path: Path, n: int, *, seed: int = 0, detailed: bool = Tru
     return {**head, **tail}
 
 
+def _chunks(offsets: np.ndarray, size: int = 65536):
+    """(first, last+1, ITL start, ITL stop, row of each ITL within the chunk) per request chunk."""
+    n = len(offsets) - 1
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        counts = np.diff(offsets[start:stop + 1])
+        yield start, stop, int(offsets[start]), int(offsets[stop]), np.repeat(
+            np.arange(stop - start), counts)
+
+
 def _peaks(start_times, ttfts, latencies, itls, offsets, ok) -> dict:
     """vLLM's max_output_tokens_per_s (1-s buckets) and max_concurrent_requests (sweep line)."""
-    counts = np.diff(offsets)
-    cumulative = np.cumsum(itls, dtype=np.float64)
-    before = np.concatenate([[0.0], cumulative])[offsets[:-1]]
-    row_of = np.repeat(np.arange(len(counts)), counts)
     origin = start_times[ok].min()
-    times = np.concatenate([(start_times + ttfts)[ok],
-                            (start_times + ttfts)[row_of] + cumulative - before[row_of]])
-    del cumulative, row_of
-    tokens_per_s = np.bincount((times - origin).astype(np.int64))
+    first = (start_times + ttfts)[ok] - origin
+    buckets = np.bincount(first.astype(np.int64),
+                          minlength=int((start_times + latencies).max() - origin) + 2)
+    for start, stop, a, b, rows in _chunks(offsets):
+        within = np.cumsum(itls[a:b], dtype=np.float64)
+        before = np.concatenate([[0.0], within])[offsets[start:stop] - a]
+        first_tokens = (start_times + ttfts)[start:stop] - origin
+        times = first_tokens[rows] + within - before[rows]
+        buckets[:] += np.bincount(times.astype(np.int64), minlength=len(buckets))[:len(buckets)]
     events = np.concatenate([np.stack([start_times[ok], np.ones(ok.sum())], 1),
                              np.stack([(start_times + latencies)[ok], -np.ones(ok.sum())], 1)])
     events = events[np.lexsort((events[:, 1], events[:, 0]))]
-    return {"max_output_tokens_per_s": float(tokens_per_s.max()),
+    return {"max_output_tokens_per_s": float(buckets.max()),
             "max_concurrent_requests": int(np.cumsum(events[:, 1]).max())}
 
 
