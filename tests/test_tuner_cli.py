@@ -1,0 +1,126 @@
+"""``servetune tune`` and ``servetune report`` end to end: a real Parquet store, a real MLflow
+SQLite store with a trained champion, the real simulator, process pools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _helpers_models import synthetic_traces
+
+from servetune.cli._main import main
+from servetune.data import TraceStore, Workspace
+from servetune.models import TrainConfig, train_step_time_model
+
+WORKLOAD = "poisson:rate=40,n=150,input=lognormal:600:0.8:3000,output=lognormal:80:0.6:400"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Workspace:
+    ws = Workspace.resolve(tmp_path_factory.mktemp("tune") / "ws")
+    steps, runs = synthetic_traces(n_runs=8, steps_per_run=250, seed=0)
+    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="generated",
+                                        sha256="generated-0", format="test")
+    train_step_time_model(ws, config=TrainConfig(n_trials=2, cv_splits=2, search_budget_s=30),
+                          progress=False)
+    return ws
+
+
+def _tune(ws: Workspace, capsys, *args: str) -> tuple[int, dict | None, str]:
+    code = main(["--workspace", str(ws.root), "tune", "--workload", WORKLOAD, *args, "--json"])
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if code == 0 else None), out.err
+
+
+def test_tune_json_contract_files_and_mlflow_run(workspace, capsys):
+    code, result, err = _tune(workspace, capsys, "--particles", "5", "--iterations", "3",
+                              "--top-k", "3", "--study", "contract")
+    assert code == 0, err
+    assert {"study", "best", "baseline", "candidates", "evaluations"} <= set(result)
+    assert set(result["best"]) == {"config", "objective", "metrics"}
+    assert result["best"]["objective"] == result["best"]["metrics"]["goodput_rps"]
+    assert result["evaluations"]["total"] == 15
+    labels = [c["label"] for c in result["candidates"]]
+    assert labels[-1] == "baseline" and len(labels) <= 4
+    assert result["baseline"]["config"]["max_batch_tokens"] == 8192  # the engine default
+    assert "tune contract" in err  # progress bar on stderr
+    folder = Path(result["study"]["path"])
+    for name in ("study.json", "checkpoint.json", "candidates.json", "candidates.md",
+                 "plots/convergence.png", "plots/pareto.png"):
+        assert (folder / name).exists(), name
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=workspace.tracking_uri)
+    run = client.get_run(result["study"]["mlflow_run_id"])
+    history = client.get_metric_history(run.info.run_id, "best_objective")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert history[-1].value == pytest.approx(result["best"]["objective"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best_config.json", "plots", "study"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/convergence.png", "plots/pareto.png"}
+    assert run.data.params["objective"].startswith("goodput")
+
+
+def test_candidates_file_is_what_the_hardware_dispatcher_reads(workspace, capsys):
+    code, result, err = _tune(workspace, capsys, "--particles", "4", "--iterations", "2",
+                              "--study", "handoff")
+    assert code == 0, err
+    from servetune.tuner.hardware._candidates import load_study_candidates
+
+    loaded = load_study_candidates(result["study"]["path"])
+    assert [c.baseline for c in loaded].count(True) == 1
+    tuned = [c for c in loaded if not c.baseline]
+    assert tuned[0].config == result["best"]["config"]
+    assert tuned[0].predicted["goodput_rps"] == pytest.approx(result["best"]["objective"])
+
+
+def test_process_pool_and_resume_of_a_finished_study_agree(workspace, capsys):
+    code, inline, err = _tune(workspace, capsys, "--particles", "6", "--iterations", "2",
+                              "--study", "inline", "--no-mlflow")
+    assert code == 0, err
+    code, pooled, err = _tune(workspace, capsys, "--particles", "6", "--iterations", "2",
+                              "--study", "pooled", "--jobs", "2", "--no-mlflow")
+    assert code == 0, err
+    assert pooled["best"] == inline["best"]
+    assert [c["config"] for c in pooled["candidates"]] == [
+        c["config"] for c in inline["candidates"]]
+    code = main(["--workspace", str(workspace.root), "tune", "--resume", "pooled", "--json",
+                 "--no-mlflow"])
+    resumed = json.loads(capsys.readouterr().out)
+    assert code == 0 and resumed["best"] == pooled["best"]
+    assert resumed["evaluations"] == pooled["evaluations"]
+
+
+def test_report_is_self_contained_html(workspace, capsys):
+    code, result, err = _tune(workspace, capsys, "--particles", "4", "--iterations", "2",
+                              "--study", "reported", "--no-mlflow")
+    assert code == 0, err
+    code = main(["--workspace", str(workspace.root), "report", "reported", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0
+    text = Path(payload["report"]).read_text()
+    assert text.count("src='data:image/png;base64,") == 2
+    assert "http://" not in text and "https://" not in text
+    assert result["candidates"][0]["launch"]["command"] in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "nope"], "neither a built-in space"),
+    (["--objective", "latency"], "unknown objective 'latency'"),
+    (["--resume", "missing"], "no study in"),
+    (["--executor", "http://h:1"], "dask://HOST:PORT"),
+])
+def test_bad_flags_exit_2_with_a_clear_message(workspace, capsys, args, message):
+    code = main(["--workspace", str(workspace.root), "tune", *args, "--particles", "2",
+                 "--iterations", "1", "--no-mlflow"])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_report_of_an_unknown_study_lists_the_existing_ones(workspace, capsys):
+    code = main(["--workspace", str(workspace.root), "report", "nope"])
+    assert code == 2
+    assert "no study 'nope'" in capsys.readouterr().err
