@@ -184,3 +184,27 @@ def test_bit_identical_for_a_seed_and_noise_follows_the_seed(trained):
     assert a.metrics == b.metrics
     assert a.requests_table().equals(b.requests_table())
     assert not np.array_equal(a.token_s, c.token_s)
+
+
+def test_branch_free_forest_is_bit_identical_to_the_reference():
+    from _helpers_simulator import synthetic_steps
+
+    from servetune.models import forest_predict_row
+    from servetune.tuner.simulator._kernel import fast_forest_margin
+    from servetune.tuner.simulator._simulate import pack_forest
+
+    model, _ = trained_step_model(n_trees=70, depth=7, seed=1)
+    feat, thr, left, max_depth, ok = pack_forest(model.forest)
+    assert ok and max_depth == 7
+    X = model.feature_set.frame(synthetic_steps(n=3000, seed=9))
+    nodes = np.zeros(16, dtype=np.int64)
+    for x in X:
+        ref = forest_predict_row(*model.arrays, x)
+        assert fast_forest_margin(feat, thr, left, model.forest.value, model.forest.roots,
+                                  max_depth, model.forest.base_margin, x, nodes) == ref
+    w = synthetic_workload("poisson:rate=30,n=300", seed=5)
+    fast = simulate("vllm", {}, w, model)
+    from servetune.tuner.simulator import Simulator
+
+    slow = Simulator("vllm", {}, model, fast_forest=False).run(w)
+    assert np.array_equal(fast.token_s, slow.token_s)

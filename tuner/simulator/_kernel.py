@@ -400,6 +400,34 @@ def _schedule_static(r, p, st, rs, run, wq, bq, bl):
 
 
 # ---------------------------------------------------------------------------------------------
+# branchless forest evaluation
+# ---------------------------------------------------------------------------------------------
+
+_GROUP = 16  # trees walked side by side, so their dependent loads overlap
+
+
+@numba.njit(cache=True)
+def fast_forest_margin(feat, thr, left, value, roots, max_depth, base_margin, x, nodes):
+    """The forest's raw margin, equal bit for bit to ``models.forest_predict_row`` for a row
+    without NaN, on the layout of ``_simulate.pack_forest`` (children at ``left`` and
+    ``left + 1``, leaves loop onto themselves): every tree takes ``max_depth`` branch-free steps,
+    16 trees at a time, and leaf values are added in tree order as the reference does."""
+    total = base_margin
+    n_trees = roots.shape[0]
+    for g0 in range(0, n_trees, _GROUP):
+        m = min(_GROUP, n_trees - g0)
+        for j in range(m):
+            nodes[j] = roots[g0 + j]
+        for _ in range(max_depth):
+            for j in range(m):
+                nd = nodes[j]
+                nodes[j] = left[nd] + (x[feat[nd]] >= thr[nd])
+        for j in range(m):
+            total += value[nodes[j]]
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
 # the event loop
 # ---------------------------------------------------------------------------------------------
 
@@ -416,7 +444,8 @@ def _xorshift(state):
 @numba.njit(cache=True)
 def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_kernel, n_features,
                feature, threshold, left, right, default_left, value, roots, base_margin,
-               log_target, predict_row, step_noise_cv, seed, record_steps):
+               log_target, predict_row, fast_feat, fast_thr, fast_left, max_depth, use_fast,
+               step_noise_cv, seed, record_steps):
     """Simulate one deployment; returns per-request arrays, token times and (optionally) steps.
 
     Returns:
@@ -457,6 +486,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     cand = np.zeros(2 * n + 2, dtype=np.int64)
     raw = np.zeros(8)
     fbuf = np.zeros(n_features, dtype=np.float32)
+    nodebuf = np.zeros(_GROUP, dtype=np.int64)
     rng = np.zeros(1, dtype=np.uint64)
     rng[0] = np.uint64(seed) * np.uint64(2654435761) + np.uint64(88172645463325252)
     if rng[0] == 0:
@@ -615,8 +645,18 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             raw[6] = kv_max
             raw[7] = attn
             feat_kernel(raw, knobs, fbuf)
-            margin = predict_row(feature, threshold, left, right, default_left, value, roots,
-                                 base_margin, fbuf)
+            finite = use_fast
+            if finite:
+                for c in range(n_features):
+                    if np.isnan(fbuf[c]):
+                        finite = False
+                        break
+            if finite:
+                margin = fast_forest_margin(fast_feat, fast_thr, fast_left, value, roots,
+                                            max_depth, base_margin, fbuf, nodebuf)
+            else:
+                margin = predict_row(feature, threshold, left, right, default_left, value,
+                                     roots, base_margin, fbuf)
             ms = np.exp(margin) if log_target else margin
             ms += overhead_ms
             if sigma > 0.0:

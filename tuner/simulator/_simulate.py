@@ -33,6 +33,29 @@ _STORE_ENGINE = {"transformers": "transformers-cb"}
 _ROUTERS = {"round_robin": K.ROUTER_ROUND_ROBIN, "least_pending_tokens": K.ROUTER_LEAST_PENDING}
 
 
+def pack_forest(forest) -> tuple:
+    """The branch-free layout of a ``CompiledForest``: ``(feat, thr, left, max_depth, ok)``.
+
+    Leaves get feature 0, threshold +inf and ``left`` = themselves, so a walk of ``max_depth``
+    steps ``node = left[node] + (x[feat] >= thr)`` ends on each tree's leaf. ``ok`` is False
+    when some split's right child is not ``left + 1`` (then the generic evaluator is used).
+    """
+    is_leaf = forest.feature < 0
+    n = forest.feature.shape[0]
+    ok = bool(np.all(is_leaf | (forest.right == forest.left + 1)))
+    feat = np.where(is_leaf, 0, forest.feature).astype(np.int32)
+    thr = np.where(is_leaf, np.float32(np.inf), forest.threshold).astype(np.float32)
+    left = np.where(is_leaf, np.arange(n), forest.left).astype(np.int32)
+    max_depth = -1
+    frontier = np.asarray(forest.roots, dtype=np.int64)
+    while frontier.size:  # one tree level at a time
+        max_depth += 1
+        inner = frontier[~is_leaf[frontier]]
+        frontier = np.concatenate([forest.left[inner], forest.right[inner]]).astype(np.int64)
+    max_depth = max(max_depth, 0)
+    return feat, thr, left, max_depth, ok
+
+
 def model_knobs(policy: EnginePolicy, resolved: Mapping[str, object]) -> np.ndarray:
     """The step-time model's knob vector (``KNOB_COLUMNS`` order) for a resolved configuration;
     knobs the engine has no value for are NaN (the model's missing value)."""
@@ -57,6 +80,11 @@ class Simulator:
         step_model: a :class:`servetune.models.CompiledStepTime`.
         slo: latency objectives for goodput.
         labels: ``model``, ``hardware``, ``model_uri``, ... recorded in the output rows.
+        predict_row: a numba function with ``models.forest_predict_row``'s signature to use
+            instead of the compiled forest (the speed benchmark passes one that calls
+            ``Booster.inplace_predict``); None for the normal path.
+        fast_forest: evaluate the forest with the branch-free walk (bit-identical to
+            ``forest_predict_row``; False forces the reference evaluator).
     """
 
     engine: str
@@ -64,6 +92,8 @@ class Simulator:
     step_model: object
     slo: SLO | dict | None = None
     labels: Mapping[str, object] = field(default_factory=dict)
+    predict_row: object = field(default=None, compare=False)
+    fast_forest: bool = True
 
     def __post_init__(self) -> None:
         policy = get_policy(self.engine)
@@ -77,6 +107,14 @@ class Simulator:
             if not hasattr(self.step_model, name):
                 raise ConfigError(f"step_model must be a CompiledStepTime (has no {name!r}); "
                                   "get one with StepTimeModel.compile()")
+
+    def _packed(self) -> tuple:
+        forest = getattr(self.step_model, "forest", None)
+        if forest is None or not self.fast_forest or self.predict_row is not None:
+            empty_i, empty_f = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.float32)
+            return empty_i, empty_f, empty_i, 0, False
+        feat, thr, left, max_depth, ok = pack_forest(forest)
+        return feat, thr, left, max_depth, ok
 
     def run(self, workload: Workload, seed: int = 0, *, record_steps: bool = False
             ) -> SimulationResult:
@@ -97,7 +135,8 @@ class Simulator:
             np.ascontiguousarray(workload.input_tokens, dtype=np.int64),
             np.ascontiguousarray(workload.output_tokens, dtype=np.int64),
             knobs, sm.kernel, int(sm.n_features), *arrays[:7], float(arrays[7]),
-            bool(sm.log_target), forest_predict_row, float(c["step_noise_cv"]),
+            bool(sm.log_target), self.predict_row or forest_predict_row, *self._packed(),
+            float(c["step_noise_cv"]),
             int(seed) & 0x7FFFFFFFFFFFFFFF, bool(record_steps))
         failed = int((req[:, 1] != K._DONE).sum())
         if failed:
