@@ -144,7 +144,7 @@ class EngineLauncher(abc.ABC):
 
     def unapplied(self, config: Mapping[str, object]) -> list[str]:
         """Knobs of ``config`` this launcher cannot express (empty when all apply)."""
-        return EngineLauncher.knobs(type(self)(unsupported="record"), config).unapplied
+        return type(self)(unsupported="record").knobs(config).unapplied
 
     def program_for(self, group: ServiceGroupSpec) -> tuple[str, ...]:
         return tuple(group.start_command) or self.program
