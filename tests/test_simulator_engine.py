@@ -202,9 +202,27 @@ def test_branch_free_forest_is_bit_identical_to_the_reference():
         ref = forest_predict_row(*model.arrays, x)
         assert fast_forest_margin(feat, thr, left, model.forest.value, model.forest.roots,
                                   max_depth, model.forest.base_margin, x, nodes) == ref
-    w = synthetic_workload("poisson:rate=30,n=300", seed=5)
-    fast = simulate("vllm", {}, w, model)
+    # the input box of a walk: every row inside it has exactly the reference margin
+    from servetune.tuner.simulator._kernel import fast_forest_margin_box
+
+    inside = 0
+    for a in range(0, 600, 2):
+        lo = np.full(X.shape[1], -np.inf, dtype=np.float32)
+        hi = np.full(X.shape[1], np.inf, dtype=np.float32)
+        m = fast_forest_margin_box(feat, thr, left, model.forest.value, model.forest.roots,
+                                   max_depth, model.forest.base_margin, X[a], nodes, lo, hi)
+        assert m == forest_predict_row(*model.arrays, X[a])
+        assert ((lo <= X[a]) & (X[a] < hi)).all()
+        for b in range(X.shape[0]):
+            if ((lo <= X[b]) & (X[b] < hi)).all():
+                inside += 1
+                assert forest_predict_row(*model.arrays, X[b]) == m
+    assert inside > 300  # some rows besides the walked ones fall in the boxes
     from servetune.tuner.simulator import Simulator
 
-    slow = Simulator("vllm", {}, model, fast_forest=False).run(w)
-    assert np.array_equal(fast.token_s, slow.token_s)
+    w = synthetic_workload("gamma:rate=40,cv=2,n=1500", seed=5)
+    for engine, cfg in [("vllm", {}), ("transformers", {"num_blocks": 500, "block_size": 32}),
+                        ("static", {"dp_size": 2})]:
+        fast = simulate(engine, cfg, w, model)
+        slow = Simulator(engine, cfg, model, fast_forest=False).run(w)
+        assert np.array_equal(fast.token_s, slow.token_s), engine

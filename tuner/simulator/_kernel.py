@@ -427,6 +427,36 @@ def fast_forest_margin(feat, thr, left, value, roots, max_depth, base_margin, x,
     return total
 
 
+@numba.njit(cache=True)
+def fast_forest_margin_box(feat, thr, left, value, roots, max_depth, base_margin, x, nodes, lo,
+                           hi):
+    """:func:`fast_forest_margin`, also narrowing ``lo``/``hi`` (reset by the caller to -inf/+inf)
+    to the box of inputs that take exactly the same path through every tree: any ``y`` with
+    ``lo <= y < hi`` feature-wise gets the same margin, bit for bit, without a walk."""
+    total = base_margin
+    n_trees = roots.shape[0]
+    for g0 in range(0, n_trees, _GROUP):
+        m = min(_GROUP, n_trees - g0)
+        for j in range(m):
+            nodes[j] = roots[g0 + j]
+        for _ in range(max_depth):
+            for j in range(m):
+                nd = nodes[j]
+                f = feat[nd]
+                t = thr[nd]
+                if x[f] >= t:
+                    nodes[j] = left[nd] + 1
+                    if t > lo[f]:
+                        lo[f] = t
+                else:
+                    nodes[j] = left[nd]
+                    if t < hi[f]:
+                        hi[f] = t
+        for j in range(m):
+            total += value[nodes[j]]
+    return total
+
+
 # ---------------------------------------------------------------------------------------------
 # the event loop
 # ---------------------------------------------------------------------------------------------
@@ -487,6 +517,12 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     raw = np.zeros(8)
     fbuf = np.zeros(n_features, dtype=np.float32)
     nodebuf = np.zeros(_GROUP, dtype=np.int64)
+    # per replica: the input box of the last walked step, inside which the margin is the same
+    box_lo = np.zeros((n_rep, n_features), dtype=np.float32)
+    box_hi = np.zeros((n_rep, n_features), dtype=np.float32)
+    box_margin = np.zeros(n_rep)
+    box_valid = np.zeros(n_rep, dtype=np.bool_)
+    box_hits = 0
     rng = np.zeros(1, dtype=np.uint64)
     rng[0] = np.uint64(seed) * np.uint64(2654435761) + np.uint64(88172645463325252)
     if rng[0] == 0:
@@ -652,8 +688,24 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                         finite = False
                         break
             if finite:
-                margin = fast_forest_margin(fast_feat, fast_thr, fast_left, value, roots,
-                                            max_depth, base_margin, fbuf, nodebuf)
+                inside = box_valid[r]
+                if inside:
+                    for c in range(n_features):
+                        if not (box_lo[r, c] <= fbuf[c] < box_hi[r, c]):
+                            inside = False
+                            break
+                if inside:
+                    margin = box_margin[r]
+                    box_hits += 1
+                else:
+                    for c in range(n_features):
+                        box_lo[r, c] = -np.inf
+                        box_hi[r, c] = np.inf
+                    margin = fast_forest_margin_box(fast_feat, fast_thr, fast_left, value, roots,
+                                                    max_depth, base_margin, fbuf, nodebuf,
+                                                    box_lo[r], box_hi[r])
+                    box_margin[r] = margin
+                    box_valid[r] = True
             else:
                 margin = predict_row(feature, threshold, left, right, default_left, value,
                                      roots, base_margin, fbuf)
@@ -692,4 +744,4 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
         req[i, 2] = st[i, _PREEMPT]
         req[i, 3] = st[i, _GEN]
     return (req, first_sched, first_tok, finish, token_s, token_offset, steps[:n_steps], n_steps,
-            total_steps)
+            total_steps, box_hits)

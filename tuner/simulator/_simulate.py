@@ -129,7 +129,7 @@ class Simulator:
         sm = self.step_model
         arrays = sm.arrays
         (req, first_sched, first_tok, finish, token_s, token_offset, steps, n_steps,
-         total_steps) = K.run_kernel(
+         total_steps, box_hits) = K.run_kernel(
             policy.code, _ROUTERS[c["router"]], int(c["dp_size"]), params,
             np.ascontiguousarray(workload.arrival_s, dtype=np.float64),
             np.ascontiguousarray(workload.input_tokens, dtype=np.int64),
@@ -138,6 +138,8 @@ class Simulator:
             bool(sm.log_target), self.predict_row or forest_predict_row, *self._packed(),
             float(c["step_noise_cv"]),
             int(seed) & 0x7FFFFFFFFFFFFFFF, bool(record_steps))
+        log.debug("%d steps, %d step times reused from the last walk's input box", total_steps,
+                  box_hits)
         failed = int((req[:, 1] != K._DONE).sum())
         if failed:
             log.warning("%d of %d requests could not be served (larger than the KV cache of "
