@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from servetune import InputError
+from servetune import InputError, ServetuneError
 from servetune.cli._main import Context, emit_json
 from servetune.data import TraceStore, atomic_write_text, resolve_workload
 from servetune.tuner.hardware import (
@@ -34,7 +34,8 @@ from servetune.tuner.hardware import (
     load_study_candidates,
 )
 
-__all__ = ["command", "parse_duration", "EXIT_OK", "EXIT_DRIFT", "EXIT_FAILED"]
+__all__ = ["command", "parse_duration", "ValidationOutcome", "EXIT_OK", "EXIT_DRIFT",
+           "EXIT_FAILED"]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
     store = TraceStore.for_workspace(ctx.workspace)
     rounds = 0
     while True:
-        code = _one_round(ctx, cluster, launcher, replayed, client, store, options, candidates,
+        code, last_summary = _one_round(ctx, cluster, launcher, replayed, client, store, options, candidates,
                           drift_threshold, study_dir, as_json)
         rounds += 1
         if period is None or (count is not None and rounds >= count):
@@ -176,11 +177,19 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
         log.info("next validation in %gs", period)
         time.sleep(period)
     if code:
-        raise click.exceptions.Exit(code)
+        raise ValidationOutcome(code, last_summary)
+
+
+class ValidationOutcome(ServetuneError):
+    """A finished validation that did not pass: exit code 3 (drift) or 4 (failed candidates)."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _one_round(ctx, cluster, launcher, workload, client, store, options, candidates,
-               drift_threshold, study_dir, as_json) -> int:
+               drift_threshold, study_dir, as_json) -> tuple[int, str]:
     bar = tqdm(total=len(candidates), unit="candidate", desc="validating", file=sys.stderr,
                disable=None)
     with bar:
@@ -195,16 +204,19 @@ def _one_round(ctx, cluster, launcher, workload, client, store, options, candida
     if study_dir is not None and study_dir.is_dir():
         atomic_write_text(study_dir / "measurements.json",
                           json.dumps(document, indent=1, default=str))
+    stats = result.statistics()
+    summary = (f"{stats['failed']} of {stats['candidates']} candidate(s) failed" if result.failed
+               else "predictions drifted beyond threshold and noise: retrain the step-time "
+                    "model" if report.drift else "ok")
     if as_json:
         emit_json(document)
-        return code
+        return code, summary
     for outcome in result.outcomes:
         what = (f"{len(outcome.measurements)} measurement(s)" if outcome.status == "measured"
                 else f"{outcome.error_kind}: {outcome.reason}")
         click.echo(f"{outcome.candidate.name:16s} {outcome.status:9s} {what}")
     if report.rows:
         click.echo(report.table())
-    stats = result.statistics()
     click.echo(f"{stats['measured']}/{stats['candidates']} measured, {stats['retries']} "
                f"retries, {stats['wall_s']:.1f}s; drift: {'yes' if report.drift else 'no'}")
-    return code
+    return code, summary
