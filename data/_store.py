@@ -217,7 +217,10 @@ class TraceStore:
         pending = directory / f"{_PENDING}{ingest_id}-{n}.parquet"
         final = directory / f"part-{ingest_id}-{n}.parquet"
         written.append((pending, final))
-        writer = pq.ParquetWriter(pending, file_schema_for(kind), compression="zstd")
+        schema = file_schema_for(kind)
+        # Dictionary pages pay off for repeated strings, not for measured floats.
+        strings = [f.name for f in schema if pa.types.is_string(f.type)]
+        writer = pq.ParquetWriter(pending, schema, compression="zstd", use_dictionary=strings)
         return {"writer": writer, "pending": pending, "final": final, "rows": 0, "runs": set()}
 
     def _recover(self, manifest: dict) -> None:

@@ -245,12 +245,13 @@ def test_scanner_reports_truncation_anywhere():
 
 
 def test_large_stream_is_written_in_several_chunks(tmp_path):
-    """More requests than one window of ITL text: the stream yields several chunks."""
+    """More requests than one chunk: the stream yields several, in request order."""
     big = tmp_path / "big.json"
     write_vllm_result(big, 3000, seed=5, texts=False)
-    batch = VllmBenchAdapter().read(big, sha256=file_sha256(big))
+    batch = VllmBenchAdapter(rows_per_chunk=1000).read(big, sha256=file_sha256(big))
     chunks = list(batch["requests"].chunks)
-    assert len(chunks) > 1 and sum(c.num_rows for c in chunks) == 3000
+    assert [c.num_rows for c in chunks][:2] == [1000, 1000]
+    assert sum(c.num_rows for c in chunks) == 3000
     assert all(isinstance(c, pa.Table) for c in chunks)
     ids = [int(i) for c in chunks for i in c.column("request_id").to_pylist()]
     assert ids == list(range(3000))

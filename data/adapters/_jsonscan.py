@@ -36,7 +36,7 @@ _SCALAR_END = re.compile(r"[ \t\n\r,\]}]")
 _NUMBER_LISTS_TEXT = re.compile(r"[-+0-9.eE,\[\] \t\n\r]*")
 _NESTED = re.compile(r"\[[^\]]*\[")
 _NEGATIVE = re.compile(r"[\[,][ \t\n\r]*-")
-_OUTER_END = re.compile(r"\][ \t\n\r]*\]")
+_ONLY_BRACKETS = str.maketrans("", "", "-+0123456789.eE, \t\n\r")
 _CHUNK_CHARS = 4 << 20
 
 
@@ -75,11 +75,10 @@ class JsonScanner:
         if self._on_read is not None:
             self._on_read(len(text))
         shift = self._pos
-        dropped = self._buf[:shift]
-        newlines = dropped.count("\n")
+        newlines = self._buf.count("\n", 0, shift)
         if newlines:
             self._lines_before += newlines
-            self._line_start = dropped.rfind("\n") + 1 - shift
+            self._line_start = self._buf.rfind("\n", 0, shift) + 1 - shift
         else:
             self._line_start -= shift
         self._buf = self._buf[shift:] + text
@@ -205,21 +204,20 @@ class JsonScanner:
                     raise self._fail_eof("an array of arrays")
                 raise self.fail(f"expected an array of numbers as element {index + 1}, found "
                                 f"{found!r}")
-            outer = _OUTER_END.search(self._buf, self._pos)
-            if outer is not None:
-                end = outer.start() + 1
-            else:
-                last_open = self._buf.rfind("[", self._pos)
-                last_close = self._buf.find("]", last_open)
-                end = last_close + 1 if last_close >= 0 else \
-                    self._buf.rfind("]", self._pos, last_open) + 1
-                if end <= 0:  # not even one whole inner array in the window yet
-                    if self._more() is None:
-                        raise self._fail_eof("an array of arrays")
-                    continue
+            bounds = self._block_bounds()
+            if bounds is None:  # not even one whole inner array in the window yet
+                if self._more() is None:
+                    raise self._fail_eof("an array of arrays")
+                continue
+            end, outer_end = bounds
             start = self._pos
             text = self._buf[start:end]
             count = self._check_number_lists(text, start, index)
+            if outer_end is not None:
+                tail = self._buf[end:outer_end - 1]
+                if tail.strip(" \t\n\r"):
+                    raise self.fail(f"invalid JSON: expected ']' closing the array, found "
+                                    f"{tail.strip()[:20]!r}", end)
             if parse:
                 try:
                     block = json.loads("[" + text + "]")
@@ -228,9 +226,9 @@ class JsonScanner:
             else:
                 block = [None] * count
             index += count
-            self._pos = outer.end() if outer is not None else end
+            self._pos = outer_end if outer_end is not None else end
             yield block
-            if outer is not None:
+            if outer_end is not None:
                 return
             found = self._skip_ws()
             if found == "]":
@@ -243,10 +241,50 @@ class JsonScanner:
                                 f"{found!r}")
             self._pos += 1
 
+    def _block_bounds(self) -> tuple[int, int | None] | None:
+        """Where the whole inner arrays in view end, and where the outer array ends if in view.
+
+        Valid arrays of numbers contain no quote or brace, so the first one after the cursor
+        (the next key, or the end of the object) bounds the outer array: its last ']' before
+        that terminator closes the outer array. Without a terminator in view, a final ']' that
+        directly follows another ']' may be the outer one, so the block stops before it.
+        """
+        buf, pos = self._buf, self._pos
+        terminators = [i for i in (buf.find('"', pos), buf.find("}", pos)) if i >= 0]
+        limit = min(terminators) if terminators else len(buf)
+        close = buf.rfind("]", pos, limit)
+        if close < 0:
+            if terminators:  # '[...' then a terminator: let the check say what is wrong
+                self._check_number_lists(buf[pos:limit + 1], pos, 0)
+                raise self.fail("invalid JSON: expected arrays of numbers")
+            return None
+        if terminators or self._eof:
+            inner = buf.rfind("]", pos, close)
+            if inner < 0:
+                self._check_number_lists(buf[pos:limit + 1], pos, 0)
+                raise self.fail("invalid JSON: expected arrays of numbers")
+            return inner + 1, close + 1
+        probe = close - 1
+        while probe > pos and buf[probe] in " \t\n\r":
+            probe -= 1
+        if buf[probe] == "]":
+            close = probe
+        return close + 1, None
+
     def _check_number_lists(self, text: str, start: int, index: int) -> int:
-        """Check a block ``[..], [..]`` of number arrays; return how many arrays it holds."""
-        problems = []
+        """Check a block ``[..], [..]`` of number arrays; return how many arrays it holds.
+
+        Cheap whole-block tests run first (character set, bracket pattern, minus signs only in
+        exponents); only when one fails does a slower search locate the first problem.
+        """
+        count = text.count("[")
         allowed = _NUMBER_LISTS_TEXT.match(text).end()
+        brackets_ok = text.translate(_ONLY_BRACKETS) == "[]" * count
+        minus = text.count("-")
+        signs_ok = minus == 0 or minus == text.count("e-") + text.count("E-")
+        if allowed == len(text) and brackets_ok and signs_ok:
+            return count
+        problems = []
         if allowed < len(text):
             problems.append((allowed, f"expected only numbers, found {text[allowed:allowed + 20]!r}"))
         nested = _NESTED.search(text)
@@ -255,12 +293,13 @@ class JsonScanner:
         negative = _NEGATIVE.search(text)
         if negative is not None:
             at = negative.end() - 1
-            problems.append((at, f"expected numbers >= 0, found {text[at:at + 24].split(',')[0].rstrip(']')!r}"))
-        if problems:
-            offset, message = min(problems)
-            element = index + text.count("]", 0, offset) + 1
-            raise self.fail(f"{message} in element {element}", start + offset)
-        return text.count("[")
+            found = text[at:at + 24].split(",")[0].rstrip("]")
+            problems.append((at, f"expected numbers >= 0, found {found!r}"))
+        if not problems:
+            problems.append((0, "expected arrays of numbers"))
+        offset, message = min(problems)
+        element = index + text.count("]", 0, offset) + 1
+        raise self.fail(f"{message} in element {element}", start + offset)
 
     def _read_scalar(self, what: str):
         """A string, number, true, false or null at the cursor."""

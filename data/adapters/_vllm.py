@@ -79,7 +79,8 @@ _NUMERIC = {"duration", "completed", "failed", "total_input_tokens", "total_outp
 _MEASURED = _NUMERIC - {"num_prompts", "burstiness", "max_concurrency", "ramp_up_start_rps",
                         "ramp_up_end_rps"} | {"has_generated_texts"}
 _METRIC_NAMES = {"ttft": "ttft", "tpot": "tpot", "itl": "itl", "e2el": "e2e"}
-_ROWS_PER_CHUNK = 65536
+_ROWS_PER_CHUNK = 65536  # requests per table handed to the store (one Parquet row group)
+_ITLS_PER_CHUNK = 4 << 20  # ... or fewer, so that a chunk's ITLs stay near 32 MiB
 
 
 @dataclass
@@ -105,6 +106,8 @@ class VllmBenchAdapter(Adapter):
     Args:
         overrides: identity values that replace what the file says (``hardware``, ``model``,
             ``engine``, ``engine_version``, ``run_id``, ``source``).
+        rows_per_chunk: at most this many requests per table streamed to the store.
+        itls_per_chunk: a table is also cut once it holds this many ITLs (bounds memory).
 
     Example:
         >>> VllmBenchAdapter({"hardware": "H200"}).name
@@ -114,8 +117,12 @@ class VllmBenchAdapter(Adapter):
     name = "vllm-bench"
     description = "vllm bench serve --save-result JSON (per-request rows with --save-detailed)"
 
-    def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
+    def __init__(self, overrides: Mapping[str, str] | None = None, *,
+                 rows_per_chunk: int = _ROWS_PER_CHUNK, itls_per_chunk: int = _ITLS_PER_CHUNK
+                 ) -> None:
         self.overrides = dict(overrides or {})
+        self.rows_per_chunk = rows_per_chunk
+        self.itls_per_chunk = itls_per_chunk
 
     def sniff(self, path: Path, head: bytes) -> bool:
         text = head.decode("utf-8", errors="replace").lstrip()
@@ -274,20 +281,42 @@ class VllmBenchAdapter(Adapter):
                     if result is None or key != "itls":
                         scanner.skip_value()
                         continue
+                    lengths = np.zeros(0, np.int64)  # ITLs read but not yet handed on
+                    values = np.zeros(0, np.float64)
                     for block in scanner.iter_number_lists():
-                        yield _requests_table(result, run, done, block)
-                        done += len(block)
+                        lengths = np.concatenate([lengths, np.fromiter(
+                            map(len, block), np.int64, count=len(block))])
+                        values = np.concatenate([values, np.fromiter(
+                            itertools.chain.from_iterable(block), np.float64,
+                            count=sum(map(len, block)))])
+                        del block
+                        while (len(lengths) >= self.rows_per_chunk
+                               or (len(values) >= self.itls_per_chunk and len(lengths))):
+                            rows = min(len(lengths), self.rows_per_chunk)
+                            cut = int(lengths[:rows].sum())
+                            yield _requests_table(result, run, done, lengths[:rows],
+                                                  values[:cut])
+                            done += rows
+                            lengths, values = lengths[rows:], values[cut:]
+                    if len(lengths):
+                        yield _requests_table(result, run, done, lengths, values)
                 if result is not None and "itls" not in result.lists:
-                    for start in range(0, result.num_requests, _ROWS_PER_CHUNK):
-                        stop = min(start + _ROWS_PER_CHUNK, result.num_requests)
-                        yield _requests_table(result, run, start, [None] * (stop - start))
+                    for start in range(0, result.num_requests, self.rows_per_chunk):
+                        stop = min(start + self.rows_per_chunk, result.num_requests)
+                        yield _requests_table(result, run, start, None, None,
+                                              count=stop - start)
                 index += 1
 
 
-def _requests_table(result: _Result, run: dict, start: int, itls: list) -> pa.Table:
-    """Requests ``start .. start+len(itls)`` of one result as a table in the requests schema."""
+def _requests_table(result: _Result, run: dict, start: int, itl_lengths: np.ndarray | None,
+                    itl_values: np.ndarray | None, *, count: int | None = None) -> pa.Table:
+    """Requests from ``start`` on of one result as a table in the requests schema.
+
+    ``itl_lengths``/``itl_values`` are the requests' ITLs (seconds), flattened; without them
+    ``count`` requests get no ITLs.
+    """
     lists = result.lists
-    n = len(itls)
+    n = len(itl_lengths) if itl_lengths is not None else count
     stop = start + n
     window = slice(start, stop)
     errors = lists.get("errors")
@@ -297,11 +326,9 @@ def _requests_table(result: _Result, run: dict, start: int, itls: list) -> pa.Ta
     else:
         error_text = [None] * n
         failed = np.zeros(n, dtype=bool)
-    if itls and itls[0] is not None:
-        lengths = np.fromiter(map(len, itls), dtype=np.int64, count=n)
-        flat = np.fromiter(itertools.chain.from_iterable(itls), dtype=np.float64,
-                           count=int(lengths.sum()))
-        flat *= 1000.0
+    if itl_lengths is not None:
+        lengths = itl_lengths
+        flat = itl_values * 1000.0
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         itl_ms = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
