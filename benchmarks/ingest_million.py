@@ -33,8 +33,8 @@ from _helpers_data import servetune_command, write_vllm_result  # noqa: E402
 GIB = 1 << 30
 
 
-def run_child(command: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in bytes and stdout of ``command``, measured in isolation.
+def run_child(command: list[str]) -> tuple[float, float, int, str]:
+    """Wall and CPU seconds, peak RSS in bytes and stdout of ``command``, run in isolation.
 
     ``ru_maxrss`` of RUSAGE_CHILDREN is a maximum over every child a process ever waited for,
     so each command runs under a fresh wrapper interpreter whose only child it is.
@@ -45,7 +45,7 @@ def run_child(command: list[str]) -> tuple[float, int, str]:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(command)}\n"
                          f"{proc.stderr}")
     measured = json.loads(proc.stdout)
-    return measured["wall_s"], measured["peak_bytes"], measured["stdout"]
+    return measured["wall_s"], measured["cpu_s"], measured["peak_bytes"], measured["stdout"]
 
 
 def child(command: list[str]) -> None:
@@ -56,15 +56,17 @@ def child(command: list[str]) -> None:
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise SystemExit(proc.returncode)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"wall_s": wall, "peak_bytes": peak, "stdout": proc.stdout}))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "peak_bytes": usage.ru_maxrss * 1024,  # KiB on Linux
+                      "stdout": proc.stdout}))
 
 
-def ingest(path: Path, workspace: Path) -> tuple[float, int, dict]:
+def ingest(path: Path, workspace: Path) -> tuple[float, float, int, dict]:
     command = [*servetune_command(), "--workspace", str(workspace), "ingest", str(path),
                "--json"]
-    wall, peak, stdout = run_child(command)
-    return wall, peak, json.loads(stdout)["ingested"][0]
+    wall, cpu, peak, stdout = run_child(command)
+    return wall, cpu, peak, json.loads(stdout)["ingested"][0]
 
 
 def main() -> None:
@@ -79,17 +81,17 @@ def main() -> None:
         # ---------------------------------------------------------------- side by side (small)
         small = workdir / "vllm_small.json"
         write_vllm_result(small, args.compare_requests, seed=1)
-        naive_wall, naive_peak, _ = run_child([sys.executable, "-c",
+        naive_wall, naive_cpu, naive_peak, _ = run_child([sys.executable, "-c",
                                                "import json,sys; json.load(open(sys.argv[1]))",
                                                str(small)])
-        small_wall, small_peak, small_report = ingest(small, workdir / "ws_small")
+        small_wall, small_cpu, small_peak, small_report = ingest(small, workdir / "ws_small")
         assert small_report["rows"]["requests"] == args.compare_requests, small_report
         small_size = small.stat().st_size
         big = workdir / "vllm_million.json"
         started = time.perf_counter()
         summary = write_vllm_result(big, args.requests, seed=0)
         generate_wall = time.perf_counter() - started
-        big_wall, big_peak, report = ingest(big, workdir / "ws_big")
+        big_wall, big_cpu, big_peak, report = ingest(big, workdir / "ws_big")
         size = big.stat().st_size
         store_bytes = sum(p.stat().st_size for p in (workdir / "ws_big").rglob("*.parquet"))
         itl_count = summary["total_output_tokens"] - summary["completed"]
@@ -109,7 +111,7 @@ def main() -> None:
         f"| result file size | {size / GIB:.2f} GiB |",
         f"| generating it (not part of the ingest) | {generate_wall:.0f} s |",
         f"| rows ingested | {rows.get('requests', 0):,} requests + {rows.get('runs', 0)} run |",
-        f"| `servetune ingest` wall time | {big_wall:.1f} s |",
+        f"| `servetune ingest` wall time | {big_wall:.1f} s (CPU {big_cpu:.1f} s) |",
         f"| `servetune ingest` peak RSS | {big_peak / GIB:.2f} GiB |",
         f"| store size (Parquet, zstd) | {store_bytes / GIB:.2f} GiB |",
         f"| throughput | {args.requests / big_wall:,.0f} requests/s, "
@@ -118,14 +120,14 @@ def main() -> None:
         f"Side by side on a {args.compare_requests:,}-request result "
         f"({small_size / GIB:.2f} GiB):",
         "",
-        "| approach | wall time | peak RSS |",
-        "| --- | --- | --- |",
+        "| approach | wall time | CPU time | peak RSS |",
+        "| --- | --- | --- | --- |",
         f"| `json.load` only (no conversion, nothing written) | {naive_wall:.1f} s | "
-        f"{naive_peak / GIB:.2f} GiB |",
+        f"{naive_cpu:.1f} s | {naive_peak / GIB:.2f} GiB |",
         f"| `servetune ingest` (validate, convert, write Parquet) | {small_wall:.1f} s | "
-        f"{small_peak / GIB:.2f} GiB |",
-        f"| ratio json.load / servetune | {naive_wall / small_wall:.2f}x | "
-        f"{naive_peak / small_peak:.2f}x |",
+        f"{small_cpu:.1f} s | {small_peak / GIB:.2f} GiB |",
+        f"| ratio servetune / json.load | {small_wall / naive_wall:.2f}x | "
+        f"{small_cpu / naive_cpu:.2f}x | {small_peak / naive_peak:.2f}x |",
     ]
     print("\n".join(lines))
     if big_peak >= 2 * GIB:

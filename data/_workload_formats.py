@@ -44,6 +44,7 @@ import pandas as pd
 
 from servetune import InputError
 from servetune.data._workload import Workload
+from servetune.data.adapters._common import json_lines
 
 __all__ = ["WORKLOAD_FORMATS", "WorkloadFormat", "detect_workload_format", "load_workload"]
 
@@ -136,17 +137,7 @@ def _load_mooncake(path: Path):
     arrival, inputs, outputs, lines = [], [], [], []
     blocks = 0
     with _open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON: {exc.msg} (line {number}, column {exc.colno})",
-                                 path=str(path), row=number) from None
-            if not isinstance(record, dict):
-                raise InputError(f"expected a JSON object (line {number})", path=str(path),
-                                 row=number)
+        for number, record in json_lines(handle, str(path)):
             for key, target, integer in (("timestamp", arrival, False),
                                          ("input_length", inputs, True),
                                          ("output_length", outputs, True)):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from servetune import InputError
 
-__all__ = ["OVERRIDABLE", "check_overrides", "json_text", "json_safe", "numbers"]
+__all__ = ["OVERRIDABLE", "check_overrides", "json_lines", "json_text", "json_safe", "numbers"]
 
 #: identity columns a user may set for every row of a source (``servetune ingest --set K=V``)
 OVERRIDABLE: tuple[str, ...] = ("run_id", "engine", "engine_version", "model", "hardware",
@@ -76,3 +76,19 @@ def numbers(values: Sequence, *, path: str, field: str, integer: bool = False,
             raise InputError(f"expected a number >= {minimum:g} as {what} {row}, got "
                              f"{array[row - 1]}", path=path, row=row, field=field)
     return array
+
+
+def json_lines(lines: Iterable[str], path: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines text; errors name the line."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON: {exc.msg} (line {number}, column {exc.colno})",
+                             path=path, row=number) from None
+        if not isinstance(record, dict):
+            raise InputError(f"expected a JSON object per line, found {type(record).__name__} "
+                             f"(line {number})", path=path, row=number)
+        yield number, record

@@ -62,7 +62,7 @@ import pyarrow as pa
 from servetune import InputError
 from servetune.data._schemas import PARTITION_COLUMNS, conform, schema_for
 from servetune.data.adapters._base import Adapter
-from servetune.data.adapters._common import check_overrides, json_text
+from servetune.data.adapters._common import check_overrides, json_lines, json_text
 
 __all__ = ["GenericTraceAdapter", "STEPS_ALIASES", "REQUESTS_ALIASES", "GENERIC_FORMATS"]
 
@@ -255,17 +255,7 @@ def _csv_records(handle, where: str) -> Iterator[tuple[int, dict]]:
 
 
 def _jsonl_records(handle, where: str) -> Iterator[tuple[int, dict]]:
-    for number, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON: {exc.msg} (line {number}, column {exc.colno})",
-                             path=where, row=number) from None
-        if not isinstance(record, dict):
-            raise InputError(f"expected a JSON object per line, found {type(record).__name__} "
-                             f"(line {number})", path=where, row=number)
+    for number, record in json_lines(handle, where):
         yield number, {k: v for k, v in record.items() if v is not None}
 
 
