@@ -60,14 +60,32 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Simulator key fixed under every configuration (e.g. gpu_memory_gib=80).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the study to MLflow.")
+@click.option("--verify", is_flag=True,
+              help="Then measure the candidates on real hardware (servetune validate): needs "
+                   "--cluster; knobs the engine's CLI cannot express are recorded as unapplied.")
+@click.option("--cluster", default=None, metavar="FILE|NODES",
+              help="With --verify: cluster TOML, hostfile or node string.")
+@click.option("--model", "served_model", default=None,
+              help="With --verify: the model path or id the engine serves.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print study, best, baseline, candidates and evaluations as JSON.")
 @click.pass_obj
 def command(ctx: Context, space, workload, qps, limit, objective, optimizer, particles,
             iterations, top_k, seed, sim_seed, study_name, resume, jobs, executor, model_uri,
-            sets, no_mlflow, as_json) -> None:
-    """Tune an engine's configuration against a workload in simulation (PSO by default)."""
+            sets, no_mlflow, verify, cluster, served_model, as_json) -> None:
+    """Tune an engine's configuration against a workload in simulation (PSO by default).
+
+    On a fresh workspace this ingests the bundled samples and trains the champion step-time
+    model first. The study lives in <workspace>/studies/NAME/ (checkpointed every iteration;
+    --resume NAME continues it); --verify hands the candidates to the hardware dispatcher.
+    """
     from servetune.tuner._job import DEFAULT_SPACE, DEFAULT_WORKLOAD, TuneSettings, run_tune
+
+    if verify and not cluster:
+        raise ConfigError("--verify needs --cluster FILE|NODES (the service groups to measure "
+                          "the candidates on)")
+    if cluster and not verify:
+        raise ConfigError("--cluster is only used with --verify")
 
     if resume and (space or workload or study_name):
         raise ConfigError("--resume continues a study with its own space, workload and name; "
@@ -80,8 +98,13 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
                             track=not no_mlflow)
     result = run_tune(ctx.workspace, settings, resume=resume, progress=True)
     table = result.pop("table")
+    exit_code = 0
+    if verify:
+        exit_code = _verify(result, cluster, served_model, as_json)
     if as_json:
         emit_json(result)
+        if exit_code:
+            raise click.exceptions.Exit(exit_code)
         return
     study = result["study"]
     ev = result["evaluations"]
@@ -96,3 +119,52 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
                       if result.get("improvement_over_baseline") else ""))
         click.echo("launch: " + result["candidates"][0]["launch"]["command"])
     click.echo(f"files: {study['path']}  (report: servetune report {study['name']})")
+    if exit_code:
+        raise click.exceptions.Exit(exit_code)
+
+
+_LAUNCHER_ENGINE = {"transformers-cb": "transformers", "vllm": "vllm"}
+
+
+def _verify(result: dict, cluster: str, served_model: str | None, as_json: bool) -> int:
+    """Run ``servetune validate`` on the study's candidates with the tuned workload; the
+    measurements land in the trace store and ``<study>/measurements.json``. Returns its exit
+    code (0 ok, 3 drift, 4 a candidate failed)."""
+    import contextlib
+    import json
+    import sys
+    from pathlib import Path
+
+    from servetune.cli import _validate
+
+    study = result["study"]
+    info = study["evaluator"]
+    engine = _LAUNCHER_ENGINE.get(study["engine"], study["engine"])
+    if cluster.endswith(".toml") and Path(cluster).is_file():
+        import tomllib
+
+        if "engine" in tomllib.loads(Path(cluster).read_text()):
+            engine = None  # the cluster file names its own launcher (e.g. a start script)
+    slo = _slo_of(study["objective"])
+    kwargs = dict(cluster_source=cluster, study=study["path"], engine=engine,
+                  model=served_model, workload=info["workload"], limit=info.get("limit"),
+                  qps=info.get("qps"), unapplied="record", slo_ttft_ms=slo.ttft_ms,
+                  slo_tpot_ms=slo.tpot_ms, as_json=False)
+    code = 0
+    # keep stdout for the tune --json document: the validation's own lines go to stderr then
+    redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with redirect:
+        try:
+            click.get_current_context().invoke(_validate.command, **kwargs)
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+    measurements = Path(study["path"]) / "measurements.json"
+    result["verification"] = (json.loads(measurements.read_text()) if measurements.exists()
+                              else None)
+    return code
+
+
+def _slo_of(objective_spec: str):
+    from servetune.tuner import parse_objective
+
+    return parse_objective(objective_spec).slo

@@ -126,3 +126,39 @@ def test_report_of_an_unknown_study_lists_the_existing_ones(workspace, capsys):
     code = main(["--workspace", str(workspace.root), "report", "nope"])
     assert code == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_verify_hands_the_candidates_to_the_hardware_dispatcher(workspace, capsys, tmp_path):
+    """The service is the hardware tests' scripted OpenAI-compatible server started by the real
+    dispatcher on this machine (no GPU engine can run here)."""
+    import sys
+
+    from _helpers_hardware import free_port
+
+    helper = Path(__file__).parent / "_helpers_hardware.py"
+    cluster = tmp_path / "cluster.toml"
+    command = json.dumps([sys.executable, str(helper), "--token-ms", "1"])
+    cluster.write_text(f'engine = "script"\nmodel = "m"\nhealth_timeout_s = 10\n'
+                       f'candidate_timeout_s = 60\nstop_grace_s = 3\n[[service_groups]]\n'
+                       f'service_port = {free_port()}\nstart_command = {command}\n'
+                       f'nodes = [{{ host = "local", work_dir = "{tmp_path / "w"}" }}]\n')
+    code = main(["--workspace", str(workspace.root), "tune", "--workload",
+                 "poisson:rate=40,n=30,input=const:64,output=const:8", "--particles", "3",
+                 "--iterations", "1", "--top-k", "1", "--study", "verified", "--no-mlflow",
+                 "--verify", "--cluster", str(cluster), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    doc = json.loads(out.out)
+    outcomes = doc["verification"]["outcomes"]
+    assert sorted(o["candidate"] for o in outcomes) == ["default", "rank1"]
+    tuned = next(o for o in outcomes if o["candidate"] == "rank1")
+    assert tuned["config"] == doc["best"]["config"]
+    assert all(o["status"] == "measured" for o in outcomes)
+    assert (Path(doc["study"]["path"]) / "measurements.json").exists()
+    runs = TraceStore.for_workspace(workspace).query("runs")
+    assert (runs["source"] == "measured").sum() >= 2
+
+
+def test_verify_needs_a_cluster(workspace, capsys):
+    code = main(["--workspace", str(workspace.root), "tune", "--verify", "--no-mlflow"])
+    assert code == 2 and "--verify needs --cluster" in capsys.readouterr().err

@@ -30,9 +30,9 @@ def test_transformers_kwargs_build_a_real_continuous_batching_config():
     config = space.resolve(space.default_tunables()).config
     launch = launch_args("transformers-cb", config)
     cb = transformers.ContinuousBatchingConfig(**launch["kwargs"])
-    assert cb.scheduler_type == config["scheduler_type"]
+    assert cb.scheduler_type == config["scheduler"]
     assert cb.max_batch_tokens == config["max_batch_tokens"]
-    assert cb.use_async_batching == config["use_async_batching"]
+    assert cb.use_async_batching == config["async_batching"]
     assert launch["serve_flags_cover_all"] is False  # scheduler/async are config-only knobs
     assert launch["cli"][0] == "--continuous-batching"
     assert launch["command"].startswith("transformers serve MODEL --continuous-batching")
