@@ -27,8 +27,9 @@ def test_real_splitwise_trace():
     order = np.argsort(raw["arrived_at"].to_numpy(), kind="stable")
     np.testing.assert_allclose(workload.arrival_s,
                                raw["arrived_at"].to_numpy()[order] - raw["arrived_at"].min())
-    np.testing.assert_array_equal(workload.input_tokens, raw["num_prefill_tokens"].to_numpy()[order])
-    np.testing.assert_array_equal(workload.output_tokens, raw["num_decode_tokens"].to_numpy()[order])
+    for ours, theirs in (("input_tokens", "num_prefill_tokens"),
+                         ("output_tokens", "num_decode_tokens")):
+        np.testing.assert_array_equal(getattr(workload, ours), raw[theirs].to_numpy()[order])
     assert 5.0 < workload.rate_rps < 6.0  # the README's "about 5.5 requests/s"
 
 

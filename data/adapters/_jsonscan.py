@@ -286,7 +286,8 @@ class JsonScanner:
             return count
         problems = []
         if allowed < len(text):
-            problems.append((allowed, f"expected only numbers, found {text[allowed:allowed + 20]!r}"))
+            found = text[allowed:allowed + 20]
+            problems.append((allowed, f"expected only numbers, found {found!r}"))
         nested = _NESTED.search(text)
         if nested is not None:
             problems.append((nested.end() - 1, "expected numbers, found a nested array"))
