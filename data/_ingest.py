@@ -28,7 +28,10 @@ def ingest_paths(store: TraceStore, paths: Iterable[str | Path], registry: Adapt
     """Ingest each path; every file is parsed before anything is written.
 
     A file whose content is already in the store is skipped without being parsed. If any file is
-    bad, an :class:`~servetune.InputError` is raised and the store is left untouched.
+    bad, an :class:`~servetune.InputError` is raised and the store is left untouched. Adapters of
+    very large files (``vllm-bench``) validate the whole file first but convert its bulk while the
+    store writes (a :class:`~servetune.data.TableStream`); the rare error only that conversion
+    can see aborts that file's ingest with nothing of it written (earlier files stay committed).
     """
     parsed = []
     for raw in paths:
