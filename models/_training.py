@@ -98,7 +98,7 @@ class TrainConfig:
     search_budget_s: float = 60.0
     extrapolation_quantile: float = 0.8
     source: str = "measured"
-    n_jobs: int = 2
+    n_jobs: int = 1
     seed: int = 0
     estimator_params: Mapping[str, object] = field(default_factory=dict)
 
@@ -278,7 +278,8 @@ def _extrapolation(estimator, frame: pd.DataFrame, y: np.ndarray, groups: np.nda
     if not test_mask.any() or np.unique(groups[train_mask]).size < 1:
         log.warning("extrapolation check skipped: no held-out steps above %g tokens", cut)
         return {}
-    model = clone(estimator).fit(frame[train_mask], y[train_mask], groups=groups[train_mask])
+    model = clone(estimator).set_params(refit=False).fit(frame[train_mask], y[train_mask],
+                                                         groups=groups[train_mask])
     m = regression_metrics(y[test_mask], model.predict(frame[test_mask]))
     return {"mape": m["mape"], "p90_ape": m["p90_ape"], "r2": m["r2"],
             "token_cut": cut, "n_steps": m["n_steps"]}
