@@ -201,7 +201,8 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         cli_s = time.perf_counter() - t0
         doc = json.loads(proc.stdout)
-        cli = {"command": "servetune " + " ".join(cmd[1:]), "wall_s": cli_s, "inner_wall_s": doc["wall_s"],
+        cli = {"command": "servetune " + " ".join(cmd[1:]), "wall_s": cli_s,
+               "inner_wall_s": doc["wall_s"],
                "best": doc["best"]["objective"], "baseline": doc["baseline"]["objective"]}
 
     out = {

@@ -6,23 +6,9 @@ import click
 
 from servetune import ConfigError
 from servetune.cli._main import Context, emit_json
+from servetune.cli._simulate import _parse_sets
 
 __all__ = ["command"]
-
-
-def _parse_sets(values: tuple[str, ...]) -> dict:
-    import json
-
-    config: dict = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        try:
-            config[key.strip()] = json.loads(value)
-        except ValueError:
-            config[key.strip()] = value
-    return config
 
 
 @click.command("tune")

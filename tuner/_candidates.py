@@ -13,7 +13,8 @@ from pathlib import Path
 from servetune.data import atomic_write_text
 from servetune.tuner._export import launch_args
 
-__all__ = ["build_candidates", "candidates_table", "write_candidates", "TABLE_METRICS"]
+__all__ = ["build_candidates", "candidates_table", "write_candidates", "format_cell",
+           "TABLE_METRICS"]
 
 TABLE_METRICS = ("goodput_rps", "output_throughput_tok_s", "ttft_ms_p90", "tpot_ms_p90",
                  "success_rate")
@@ -52,8 +53,9 @@ def candidates_table(candidates: list[dict], tuned_keys: tuple[str, ...] = ()) -
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in candidates:
         m = c.get("metrics") or {}
-        cells = [c["label"], _fmt(c.get("objective"))] + [_fmt(m.get(k)) for k in TABLE_METRICS]
-        cells += [_fmt(c["config"].get(k)) for k in keys]
+        cells = [c["label"], format_cell(c.get("objective"))]
+        cells += [format_cell(m.get(k)) for k in TABLE_METRICS]
+        cells += [format_cell(c["config"].get(k)) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -74,7 +76,8 @@ def write_candidates(directory: Path, candidates: list[dict], tuned_keys: tuple[
     return [json_path, md_path]
 
 
-def _fmt(value) -> str:
+def format_cell(value) -> str:
+    """One table cell: ``-`` for missing, lower-case booleans, 4 significant digits."""
     if value is None:
         return "-"
     if isinstance(value, bool):

@@ -1,7 +1,7 @@
 """Evaluators: configuration -> flat metrics. The simulator is the one the main job uses.
 
 Example:
-    >>> evaluator = SimulatorEvaluator("transformers-cb", workload, compiled, slo=SLO())  # doctest: +SKIP
+    >>> evaluator = SimulatorEvaluator.for_space(space, workload, compiled)  # doctest: +SKIP
     >>> evaluator({"max_batch_tokens": 1024})["goodput_rps"]  # doctest: +SKIP
 """
 

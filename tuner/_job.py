@@ -7,7 +7,8 @@ a process pool or a Dask cluster, logs it to MLflow, and writes candidates and p
 ``<workspace>/studies/NAME/``.
 
 Example:
-    >>> summary = run_tune(Workspace.resolve("/tmp/ws"), TuneSettings(iterations=5))  # doctest: +SKIP
+    >>> ws = Workspace.resolve("/tmp/ws")
+    >>> summary = run_tune(ws, TuneSettings(iterations=5))  # doctest: +SKIP
     >>> summary["best"]["config"]  # doctest: +SKIP
 """
 
@@ -125,6 +126,8 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
     from servetune.data import resolve_workload
 
     started = time.perf_counter()
+    if settings.executor:
+        describe_executor(settings.jobs, settings.executor)  # a bad URL fails before training
     studies = workspace.studies_dir(ensure=True)
     if resume:
         study = Study.load(studies / resume)

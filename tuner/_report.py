@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from servetune.data import atomic_write_text
-from servetune.tuner._candidates import TABLE_METRICS
+from servetune.tuner._candidates import TABLE_METRICS, format_cell
 from servetune.tuner._plots import convergence_png, pareto_png
 from servetune.tuner._study import Study
 
@@ -64,9 +64,9 @@ def render_report(study_dir: str | Path) -> str:
             f"<th>{esc(h)}</th>" for h in head) + "</tr>")
         for c in candidates:
             m = c.get("metrics") or {}
-            cells = [c["label"], _fmt(c.get("objective"))]
-            cells += [_fmt(m.get(k)) for k in TABLE_METRICS]
-            cells += [_fmt(c["config"].get(k)) for k in keys]
+            cells = [c["label"], format_cell(c.get("objective"))]
+            cells += [format_cell(m.get(k)) for k in TABLE_METRICS]
+            cells += [format_cell(c["config"].get(k)) for k in keys]
             cls = " class=best" if c.get("rank") == 1 else ""
             parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(x)}</td>" for x in cells) + "</tr>")
         parts.append("</table><h3>Launch</h3><ul>")
@@ -109,13 +109,3 @@ def _baseline_sentence(candidates: list[dict], best: float) -> str:
         return "."
     return (f"; the engine default scores {base['objective']:.5g} "
             f"({best / base['objective']:.3g}x).")
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

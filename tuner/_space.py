@@ -291,7 +291,8 @@ class SearchSpace:
                                "constraints", "targets"}
         if unknown:
             raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)}; expected "
-                              "name, engine, description, params, fixed, derived, constraints, targets")
+                              "name, engine, description, params, fixed, derived, constraints, "
+                              "targets")
         for key in ("name", "engine"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise ConfigError(f"{source}: '{key}' must be a non-empty string")

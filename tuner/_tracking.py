@@ -5,7 +5,7 @@ study's checkpoint and the run carries the tag ``servetune.study_uid``, so a res
 even one killed before its first checkpoint — keeps logging to the same run.
 
 Example:
-    >>> tracker = StudyTracker("sqlite:///ws/mlruns/mlflow.db", "file:///ws/mlruns/artifacts")  # doctest: +SKIP
+    >>> tracker = StudyTracker(ws.tracking_uri, ws.artifact_root)  # doctest: +SKIP
     >>> tracker.start(study); study.run(ev, on_iteration=tracker.log_iteration)  # doctest: +SKIP
 """
 
