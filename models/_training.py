@@ -67,7 +67,7 @@ __all__ = ["TrainConfig", "TrainResult", "load_training_frame", "train_step_time
 log = logging.getLogger(__name__)
 
 _STEP_COLUMNS = ["run_id", *PARTITION_COLUMNS, "source", "step_index", "duration_ms",
-                 *RAW_COLUMNS, "block_size", "tp_size"]
+                 *RAW_COLUMNS, "block_size", "tp_size", "extra"]
 _RUN_COLUMNS = ["run_id", *PARTITION_COLUMNS, *KNOB_COLUMNS]
 
 
@@ -193,7 +193,13 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
     bad = ~(frame["duration_ms"] > 0)
     if bad.any():
         log.warning("dropping %d steps with a zero duration", int(bad.sum()))
-        frame = frame[~bad]
+    # A step that captured a CUDA graph pays a one-off compile cost that no steady-state step
+    # (and no simulated step) has; the collector flags it in ``extra``.
+    capture = frame["extra"].fillna("").str.contains(r'"graph_captured"\s*:\s*true',
+                                                    regex=True)
+    if capture.any():
+        log.info("excluding %d graph-capture (warm-up) steps", int(capture.sum()))
+    frame = frame[~bad & ~capture].drop(columns=["extra"])
     frame = frame.sort_values(["run_id", "step_index"], kind="stable").reset_index(drop=True)
     hashed = pd.util.hash_pandas_object(frame[["run_id", "step_index", "duration_ms",
                                                *RAW_COLUMNS, *KNOB_COLUMNS]], index=False)
@@ -201,6 +207,7 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
         "filters": filters,
         "rows": int(len(frame)),
         "dropped_zero_duration": int(bad.sum()),
+        "excluded_graph_capture_steps": int(capture.sum()),
         "runs": int(frame.run_id.nunique()),
         "engines": sorted(frame.engine.unique()),
         "models": sorted(frame.model.unique()),

@@ -174,3 +174,16 @@ def test_tracking_stays_in_the_workspace(trained, tmp_path):
     assert list_registered(MlflowClient(tracking_uri=other.tracking_uri,
                                         registry_uri=other.tracking_uri)) == []
     assert knob_vector({}).shape == (len(KNOB_COLUMNS),)
+
+
+def test_graph_capture_steps_are_excluded_and_counted(tmp_path):
+    ws = Workspace.resolve(tmp_path / "ws")
+    steps, runs = synthetic_traces(n_runs=2, steps_per_run=50, seed=6)
+    steps["extra"] = '{"waiting":0}'
+    steps.loc[[0, 50], "extra"] = '{"waiting":0, "graph_captured": true}'
+    steps.loc[[0, 50], "duration_ms"] = 2500.0  # a capture step costs seconds
+    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="g",
+                                        sha256="g", format="test")
+    frame, lineage = load_training_frame(TraceStore.for_workspace(ws))
+    assert lineage["excluded_graph_capture_steps"] == 2 and len(frame) == 98
+    assert frame.duration_ms.max() < 2500.0 and "extra" not in frame.columns
