@@ -23,6 +23,7 @@ from servetune.features._definitions import (
     DEFAULT_FEATURE_SET,
     RAW_V1,
     STEP_V1,
+    STEP_V2,
     default_feature_registry,
     get_feature_set,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "FeatureSetRegistry",
     "RAW_V1",
     "STEP_V1",
+    "STEP_V2",
     "default_feature_registry",
     "get_feature_set",
     "join_knobs",

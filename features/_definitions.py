@@ -10,7 +10,7 @@ import numpy as np
 
 from servetune.features._feature_set import FeatureSet, FeatureSetRegistry, make_feature_set
 
-__all__ = ["RAW_V1", "STEP_V1", "DEFAULT_FEATURE_SET", "default_feature_registry",
+__all__ = ["RAW_V1", "STEP_V1", "STEP_V2", "DEFAULT_FEATURE_SET", "default_feature_registry",
            "get_feature_set"]
 
 # Indices into the raw vector (RAW_COLUMNS order) and the knob vector (KNOB_COLUMNS order).
@@ -67,12 +67,63 @@ STEP_V1 = make_feature_set("step_v1", 1, {
     "kv_blocks": 1, "block_size": 0, "async_batching": 0, "cuda_graph": 0, "tp_size": 0,
 }, _step_v1)
 
+
+
+# Padding granularities of transformers' continuous batching with CUDA graphs (its defaults:
+# queries padded to a multiple of 64 tokens, KV reads to a multiple of 16384 tokens). For other
+# engines these are simply coarse versions of the token and KV counts.
+Q_PAD, KV_PAD = 64.0, 16384.0
+
+
+def _step_v2(r, k):
+    num_seqs = r[NUM_SEQS] * 1.0
+    tokens = r[PREFILL_TOKENS] + r[DECODE_TOKENS]
+    kv_sum = r[KV_TOKENS_SUM] * 1.0
+    decode_only = 1.0 - np.minimum(r[NUM_PREFILL_SEQS], 1.0)     # 1 when no prefill chunk
+    tokens_padded = np.ceil(tokens / Q_PAD) * Q_PAD
+    kv_padded = np.ceil(kv_sum / KV_PAD) * KV_PAD
+    return (
+        num_seqs,
+        r[NUM_PREFILL_SEQS] * 1.0,
+        r[NUM_DECODE_SEQS] * 1.0,
+        r[PREFILL_TOKENS] * 1.0,
+        r[DECODE_TOKENS] * 1.0,
+        tokens,
+        kv_sum,
+        r[KV_TOKENS_MAX] * 1.0,
+        r[PREFILL_ATTN_WORK] * 1.0,
+        tokens * kv_sum,                                 # dense (masked) attention: q x kv
+        tokens_padded,
+        kv_padded,
+        tokens_padded * (kv_padded + tokens_padded),     # the same, at padded (graph) shapes
+        num_seqs * r[KV_TOKENS_MAX],                     # padded per-sequence attention
+        kv_sum / np.maximum(num_seqs, 1.0),              # mean context length
+        r[PREFILL_TOKENS] / np.maximum(tokens, 1.0),     # prefill share of the batch
+        decode_only,
+        kv_sum * decode_only,                            # KV read on the decode-only path
+        kv_sum / np.maximum(k[BLOCK_SIZE], 1.0),         # KV blocks gathered
+        k[BLOCK_SIZE] * 1.0,
+        k[ASYNC_BATCHING] * 1.0,
+        k[CUDA_GRAPH] * 1.0,
+        k[TP_SIZE] * 1.0,
+    )
+
+
+STEP_V2 = make_feature_set("step_v2", 1, {
+    "num_seqs": 1, "num_prefill_seqs": 0, "num_decode_seqs": 0, "prefill_tokens": 1,
+    "decode_tokens": 1, "tokens": 1, "kv_tokens_sum": 1, "kv_tokens_max": 0,
+    "prefill_attn_work": 1, "dense_attn": 1, "tokens_padded": 1, "kv_padded": 1,
+    "dense_attn_padded": 1, "padded_kv": 0, "kv_mean": 0, "prefill_share": 0, "decode_only": 0,
+    "decode_kv": 0, "kv_blocks": 1, "block_size": 0, "async_batching": 0, "cuda_graph": 0,
+    "tp_size": 0,
+}, _step_v2)
+
 DEFAULT_FEATURE_SET = STEP_V1.name
 
 
 def default_feature_registry() -> FeatureSetRegistry:
     """A registry of the shipped feature sets."""
-    return FeatureSetRegistry((RAW_V1, STEP_V1))
+    return FeatureSetRegistry((RAW_V1, STEP_V1, STEP_V2))
 
 
 _REGISTRY = default_feature_registry()  # immutable (a read-only mapping inside)
