@@ -162,3 +162,43 @@ def test_verify_hands_the_candidates_to_the_hardware_dispatcher(workspace, capsy
 def test_verify_needs_a_cluster(workspace, capsys):
     code = main(["--workspace", str(workspace.root), "tune", "--verify", "--no-mlflow"])
     assert code == 2 and "--verify needs --cluster" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_study_killed_mid_run_resumes_to_the_uninterrupted_result(workspace, capsys):
+    """``servetune tune`` as a real subprocess, SIGKILLed once two iterations are checkpointed,
+    then ``--resume``: the same evaluations as an uninterrupted run (real simulator)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workload = "poisson:rate=60,n=1500,input=lognormal:600:0.8:3000,output=lognormal:80:0.6:400"
+    flags = ["--workload", workload, "--particles", "6", "--iterations", "8", "--no-mlflow"]
+    code = main(["--workspace", str(workspace.root), "tune", *flags, "--study", "whole",
+                 "--json"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    studies = workspace.studies_dir()
+    expected = json.loads((studies / "whole" / "checkpoint.json").read_text())["records"]
+
+    servetune = str(Path(sys.executable).parent / "servetune")
+    proc = subprocess.Popen([servetune, "--workspace", str(workspace.root), "tune", *flags,
+                             "--study", "killed"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    checkpoint = studies / "killed" / "checkpoint.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoint.exists() and json.loads(checkpoint.read_text())["iteration"] >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the study ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads(checkpoint.read_text())
+    assert state["status"] == "running" and state["iteration"] < 8
+    code = main(["--workspace", str(workspace.root), "tune", "--resume", "killed", "--json",
+                 "--no-mlflow"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(checkpoint.read_text())["records"] == expected
