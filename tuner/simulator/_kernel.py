@@ -522,6 +522,8 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     box_hi = np.zeros((n_rep, n_features), dtype=np.float32)
     box_margin = np.zeros(n_rep)
     box_valid = np.zeros(n_rep, dtype=np.bool_)
+    box_uses = np.zeros(n_rep, dtype=np.int64)
+    box_skip = np.zeros(n_rep, dtype=np.int64)
     box_hits = 0
     rng = np.zeros(1, dtype=np.uint64)
     rng[0] = np.uint64(seed) * np.uint64(2654435761) + np.uint64(88172645463325252)
@@ -697,7 +699,16 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                 if inside:
                     margin = box_margin[r]
                     box_hits += 1
+                    box_uses[r] += 1
+                elif box_skip[r] > 0:
+                    # recent boxes were never reused: walk without building one for a while
+                    box_skip[r] -= 1
+                    margin = fast_forest_margin(fast_feat, fast_thr, fast_left, value, roots,
+                                                max_depth, base_margin, fbuf, nodebuf)
                 else:
+                    if box_valid[r] and box_uses[r] == 0:
+                        box_skip[r] = 8
+                    box_uses[r] = 0
                     for c in range(n_features):
                         box_lo[r, c] = -np.inf
                         box_hi[r, c] = np.inf
