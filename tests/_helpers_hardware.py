@@ -206,7 +206,8 @@ def _serve(argv: list[str]) -> None:
     parser.add_argument("--mode", choices=["ok", "hang", "never-healthy"], default="ok")
     parser.add_argument("--ttft-ms", type=float, default=20.0)
     parser.add_argument("--token-ms", type=float, default=5.0)
-    parser.add_argument("--record", default=None, help="append argv and env here (JSON line)")
+    parser.add_argument("--record", default=None,
+                        help="append argv and env at start, then one line per request, here")
     args, unknown = parser.parse_known_args(argv)
     if args.record:
         with open(args.record, "a") as handle:
@@ -231,6 +232,9 @@ def _serve(argv: list[str]) -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", 0))
             request = json.loads(self.rfile.read(length) or b"{}")
+            if args.record:
+                with open(args.record, "a") as handle:
+                    handle.write(json.dumps({"request": self.path}) + "\n")
             chat = self.path.endswith("/chat/completions")
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")

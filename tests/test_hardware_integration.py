@@ -175,9 +175,10 @@ def test_host_killed_mid_benchmark_is_retried_elsewhere(kit, tmp_path):
 
     def kill_victim_host() -> None:
         deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.5)  # let the benchmark get going
+        # wait until the victim's server has started and received a benchmark request
+        while time.monotonic() < deadline and (
+                not marker.exists() or len(marker.read_text().splitlines()) < 2):
+            time.sleep(0.02)
         sids = {sid for sid in _sessions_with(str(marker))}
         victim.kill()  # the host's sshd and every connection it served
         for sid in sids:
@@ -276,6 +277,7 @@ def test_hostile_configuration_values_stay_data(kit, hosts, tmp_path):
                              tmp_path)
     assert result.outcomes[0].status == "measured", result.outcomes[0].reason
     seen = json.loads(record.read_text().splitlines()[0])
+    assert "argv" in seen
     assert seen["argv"][-2:] == ["--label", hostile]
     assert seen["env"]["SERVETUNE_LABEL"] == hostile
     assert not pwned.exists() and not (tmp_path / "pwned-too").exists()

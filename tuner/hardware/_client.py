@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -151,13 +152,14 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, result: RequestR
 async def replay(base_url: str, workload: Workload, options: ClientOptions, *,
                  watchdog: Callable[[], Awaitable[None]] | None = None,
                  watchdog_interval_s: float = 1.0,
-                 on_request_done: Callable[[RequestResult], None] | None = None
-                 ) -> BenchmarkResult:
+                 on_request_done: Callable[[RequestResult], None] | None = None,
+                 verify: ssl.SSLContext | bool = True) -> BenchmarkResult:
     """Replay ``workload`` against ``base_url`` and measure every request.
 
     ``watchdog`` is awaited every ``watchdog_interval_s`` while requests are in flight; an
     exception it raises (the service died) cancels the replay and propagates. Cancelling the
-    coroutine (a timeout) cancels every request.
+    coroutine (a timeout) cancels every request. ``verify`` is httpx's TLS setting (pass a
+    prepared ``SSLContext`` to save building one per replay).
     """
     path = "/v1/chat/completions" if options.api == "chat" else "/v1/completions"
     url = base_url.rstrip("/") + path
@@ -167,7 +169,8 @@ async def replay(base_url: str, workload: Workload, options: ClientOptions, *,
                              sent_s=float("nan"), input_tokens=int(workload.input_tokens[i]))
                for i in range(len(workload))]
     started_at = datetime.now(timezone.utc)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False,
+                                 verify=verify) as client:
         t0 = time.perf_counter()
 
         async def fire(i: int) -> None:

@@ -502,7 +502,8 @@ class Dispatcher:
 
         async def bounded():
             return await asyncio.wait_for(
-                replay(group.base_url, warm, self.client, watchdog=service.watchdog),
+                replay(group.base_url, warm, self.client, watchdog=service.watchdog,
+                       verify=service.tls()),
                 timeout=max(deadline - time.monotonic(), 0.0))
         try:
             asyncio.run(bounded())
@@ -515,7 +516,8 @@ class Dispatcher:
                 group: ServiceGroupSpec):
         async def bounded():
             return await asyncio.wait_for(
-                replay(group.base_url, self.workload, self.client, watchdog=service.watchdog),
+                replay(group.base_url, self.workload, self.client, watchdog=service.watchdog,
+                       verify=service.tls()),
                 timeout=remaining)
         try:
             result = asyncio.run(bounded())

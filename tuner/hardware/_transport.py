@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from servetune.tuner.hardware._errors import (
     ServiceStartFailed,
 )
 
-__all__ = ["CommandResult", "Transport", "LocalTransport", "LAUNCH_SCRIPT", "SESSION_SCRIPT"]
+__all__ = ["CommandResult", "Transport", "LocalTransport", "LAUNCH_SCRIPT", "SESSION_SCRIPT",
+           "STOP_SCRIPT"]
 
 # Runs "$@" in a new session with its output appended to a log; prints the session id (the
 # pid of the session leader, which is also its process-group id) on stdout, then closes stdout.
@@ -48,6 +48,20 @@ SESSION_SCRIPT = (
     'n=$(echo $pids | wc -w); echo "$n"; '
     '[ "$n" -eq 0 ] || [ "$sig" = 0 ] && exit 0; '
     'kill -s "$sig" -- -"$sid" 2>/dev/null; kill -s "$sig" $pids 2>/dev/null; exit 0'
+)
+
+# Stops session "$1": SIGTERM, up to "$2" polls 50 ms apart, then SIGKILL and up to 5 s more;
+# prints how many processes survived (0 on success).
+STOP_SCRIPT = (
+    'sid="$1"; polls="$2"; '
+    'alive() { ps -e -o pid= -o sid= -o stat= | awk -v s="$sid" \'$2 == s && $3 !~ /^Z/ {print $1}\'; }; '
+    'wait_gone() { i=0; while [ "$i" -lt "$1" ]; do pids=$(alive); '
+    '[ -z "$pids" ] && { echo 0; exit 0; }; sleep 0.05; i=$((i+1)); done; }; '
+    'pids=$(alive); [ -z "$pids" ] && { echo 0; exit 0; }; '
+    'kill -s TERM -- -"$sid" 2>/dev/null; kill -s TERM $pids 2>/dev/null; '
+    'wait_gone "$polls"; '
+    'pids=$(alive); kill -s KILL -- -"$sid" 2>/dev/null; kill -s KILL $pids 2>/dev/null; '
+    'wait_gone 100; echo $(alive | wc -l)'
 )
 
 _OUTPUT_LIMIT = 1 << 20
@@ -127,23 +141,17 @@ class Transport(abc.ABC):
         """Send ``signal`` to every live process of session ``sid``; return how many there were."""
         return self._session(sid, signal)
 
-    def stop_session(self, sid: int, *, grace_s: float = 10.0, poll_s: float = 0.2) -> int:
-        """SIGTERM the session, SIGKILL what is left after ``grace_s``; return survivors (0)."""
-        if self.signal_session(sid, "TERM") == 0:
-            return 0
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if self.session_processes(sid) == 0:
-                return 0
-            time.sleep(poll_s)
-        self.signal_session(sid, "KILL")
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            remaining = self.session_processes(sid)
-            if remaining == 0:
-                return 0
-            time.sleep(poll_s)
-        return remaining
+    def stop_session(self, sid: int, *, grace_s: float = 10.0) -> int:
+        """SIGTERM the session, SIGKILL what is left after ``grace_s``; return survivors (0).
+
+        One round trip: the polling runs on the node (:data:`STOP_SCRIPT`).
+        """
+        if not isinstance(sid, int) or sid <= 1:
+            raise ValueError(f"refusing to signal session {sid!r}")
+        polls = max(1, int(grace_s / 0.05))
+        result = self.run(["sh", "-c", STOP_SCRIPT, "servetune-stop", str(sid), str(polls)],
+                          timeout_s=grace_s + 30)
+        return int(result.stdout.strip() or 0)
 
     def tail(self, path: str, lines: int = 20) -> str:
         """The last lines of a text file on the node ('' when it cannot be read)."""
