@@ -1,13 +1,18 @@
-"""``servetune collect``: measure real traces from a serving engine on this machine."""
+"""``servetune collect``: measure real traces from a serving engine on this machine.
+
+The click group lives here, not in :mod:`servetune.cli`, so that a GPU host can run it as
+``python -m servetune.data.collect ...`` with only the collector's own dependencies installed
+(``servetune.cli`` imports every sub-command, some of which need xgboost, mlflow or paramiko).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from servetune import InputError
-from servetune.cli._main import Context, emit_json
 from servetune.data.collect._plan import (
     EngineConfig,
     SweepPlan,
@@ -16,7 +21,12 @@ from servetune.data.collect._plan import (
     parse_assignments,
 )
 
-__all__ = ["command"]
+__all__ = ["command", "build_plan"]
+
+
+def emit_json(payload: object) -> None:
+    """One JSON document on stdout (the same format as ``servetune.cli.emit_json``)."""
+    click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
 @click.group("collect")
@@ -57,8 +67,7 @@ def command() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for steps.parquet, requests.parquet and runs.parquet.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-@click.pass_obj
-def transformers_cb(ctx: Context, model: str, dtype: str, attn_implementation: str, device: str,
+def transformers_cb(model: str, dtype: str, attn_implementation: str, device: str,
                     set_items: tuple[str, ...], config_items: tuple[str, ...],
                     sweep_file: str | None, workload_texts: tuple[str, ...],
                     only_workloads: tuple[str, ...], repeat: int, seed: int,

@@ -61,12 +61,27 @@ def parse_assignments(items, *, field_name: str = "--set") -> dict:
     """``["k=v", "k2=v2,k3=v3"]`` -> ``{"k": v, ...}`` with typed values; keys are not checked."""
     knobs: dict = {}
     for item in items:
-        for part in filter(None, (p.strip() for p in item.split(","))):
+        for part in filter(None, (p.strip() for p in _split_top_level(item))):
             key, eq, value = part.partition("=")
             if not eq or not key.strip():
                 raise InputError(f"expected key=value, got {part!r}", field=field_name)
             knobs[key.strip()] = parse_value(value.strip())
     return knobs
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets: ``"a=[1,2],b=3"`` -> ``["a=[1,2]", "b=3"]``."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
 
 
 def _check_knobs(knobs: dict, valid: tuple[str, ...], where: str) -> None:
