@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--qps", type=float, default=None,
                         help="rescale the trace's arrivals to this mean rate")
-    parser.add_argument("--objective", default="goodput")
+    parser.add_argument("--objective", default="goodput:ttft_ms=5000,tpot_ms=150")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budget", type=int, default=300)
     parser.add_argument("--particles", type=int, default=20,

@@ -18,12 +18,13 @@ __all__ = ["command"]
                    "transformers-cb.")
 @click.option("--workload", default=None, metavar="FILE|SPEC",
               help="Trace file or synthetic spec; default: 2,000 Splitwise-like requests "
-                   "(gamma arrivals at 50 req/s).")
+                   "(gamma arrivals at 4 req/s).")
 @click.option("--qps", type=float, default=None, help="Rescale the workload to this rate.")
 @click.option("--limit", type=int, default=None, help="Use only the first N requests.")
-@click.option("--objective", default="goodput", show_default=True, metavar="SPEC",
+@click.option("--objective", default=None, metavar="SPEC",
               help="goodput | throughput | fitness, with options, e.g. "
-                   "'goodput:ttft_ms=1000,tpot_ms=50'.")
+                   "'goodput:ttft_ms=1000,tpot_ms=50'. Default: goodput with TTFT <= 5 s and "
+                   "TPOT <= 150 ms (sized for the bundled H200 sample's engine).")
 @click.option("--optimizer", type=click.Choice(["pso", "random", "grid"]), default="pso",
               show_default=True, help="Search strategy (random: particles x iterations points).")
 @click.option("--particles", type=click.IntRange(min=1), default=30, show_default=True)
@@ -65,7 +66,13 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
     model first. The study lives in <workspace>/studies/NAME/ (checkpointed every iteration;
     --resume NAME continues it); --verify hands the candidates to the hardware dispatcher.
     """
-    from servetune.tuner._job import DEFAULT_SPACE, DEFAULT_WORKLOAD, TuneSettings, run_tune
+    from servetune.tuner._job import (
+        DEFAULT_OBJECTIVE,
+        DEFAULT_SPACE,
+        DEFAULT_WORKLOAD,
+        TuneSettings,
+        run_tune,
+    )
 
     if verify and not cluster:
         raise ConfigError("--verify needs --cluster FILE|NODES (the service groups to measure "
@@ -73,11 +80,12 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
     if cluster and not verify:
         raise ConfigError("--cluster is only used with --verify")
 
-    if resume and (space or workload or study_name):
-        raise ConfigError("--resume continues a study with its own space, workload and name; "
-                          "drop --space/--workload/--study")
+    if resume and (space or workload or study_name or objective):
+        raise ConfigError("--resume continues a study with its own space, workload, objective "
+                          "and name; drop --space/--workload/--objective/--study")
     settings = TuneSettings(space=space or DEFAULT_SPACE, workload=workload or DEFAULT_WORKLOAD,
-                            qps=qps, limit=limit, objective=objective, optimizer=optimizer,
+                            qps=qps, limit=limit, objective=objective or DEFAULT_OBJECTIVE,
+                            optimizer=optimizer,
                             particles=particles, iterations=iterations, top_k=top_k, seed=seed,
                             sim_seed=sim_seed, study=study_name, jobs=jobs, executor=executor,
                             model_uri=model_uri, base_config=_parse_sets(sets),
