@@ -209,3 +209,35 @@ def test_bad_knob_and_unknown_model_are_config_errors(collector):
         collector.run(EngineConfig("typo", {"max_batch_tokenz": 8}), workload)
     with pytest.raises(ConfigError, match="unknown model"):
         build_model("no-such-preset", device="cpu", dtype="float32")
+
+
+def test_trace_file_workload_replays_its_arrivals_and_lengths(tmp_path):
+    """A Splitwise-format trace file as --workload: each request keeps its own lengths."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n"
+                     "10.0,40,3\n10.05,12,6\n10.1,70,2\n10.3,25,4\n")
+    out = tmp_path / "out"
+    code = main(["collect", "transformers-cb", "--model", "tiny-llama", "--device", "cpu",
+                 "--dtype", "float32", "--set", "num_blocks=64,max_batch_tokens=48,block_size=16",
+                 "--workload", str(trace), "--warmup-requests", "0", "--out", str(out)])
+    assert code == 0
+    requests = pd.read_parquet(out / "requests.parquet").sort_values("request_id")
+    assert requests.input_tokens.tolist() == [40, 12, 70, 25]
+    assert requests.output_tokens.tolist() == [3, 6, 2, 4]
+    lag = requests.arrival_s.to_numpy() - np.array([0.0, 0.05, 0.1, 0.3])
+    assert (lag >= -1e-3).all() and (lag < 0.5).all()
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert steps.prefill_tokens.sum() == 147
+    assert steps.decode_tokens.sum() == (3 - 1) + (6 - 1) + (2 - 1) + (4 - 1)
+
+
+def test_every_preset_is_a_valid_transformers_config():
+    import transformers
+
+    from servetune.data.collect import PRESETS
+
+    assert {"llama-1b-like", "llama-8b-like", "qwen2-1.5b-like", "mistral-7b-like"} <= set(PRESETS)
+    for name, preset in PRESETS.items():
+        config = getattr(transformers, preset.config_class)(**preset.kwargs)
+        assert config.num_hidden_layers == preset.kwargs["num_hidden_layers"], name
+        assert config.vocab_size == preset.kwargs["vocab_size"], name

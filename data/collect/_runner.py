@@ -110,6 +110,16 @@ class TransformersCBCollector:
         return dict(self._fingerprint or {})
 
     @property
+    def model_name(self) -> str:
+        """The ``model`` column: the preset name, or a local model directory's name."""
+        from pathlib import Path
+
+        from servetune.data.collect._presets import PRESETS
+
+        model = self.options.model
+        return model if model in PRESETS else Path(model).expanduser().resolve().name
+
+    @property
     def hardware(self) -> str:
         """The ``hardware`` partition value: the GPU name, or ``cpu``."""
         return partition_value(self.fingerprint.get("gpu_name") or "cpu")
@@ -160,7 +170,7 @@ class TransformersCBCollector:
             manager.warmup()
             manager.start()
             self._warm_up(manager, rng)
-            steps_before = manager.current_batch
+            steps_before = getattr(manager, "current_batch", 0)  # set by the thread at start
             t0 = recorder.begin()
             started_at = dt.datetime.now(dt.timezone.utc)
             self._submit_and_collect(manager, workload, prompts, outputs, t0, submit, results,
@@ -230,7 +240,7 @@ class TransformersCBCollector:
         import transformers
 
         return {"run_id": [run_id] * n, "engine": [ENGINE] * n,
-                "model": [partition_value(self.options.model)] * n,
+                "model": [partition_value(self.model_name)] * n,
                 "hardware": [self.hardware] * n,
                 "engine_version": [transformers.__version__] * n, "source": ["measured"] * n}
 
