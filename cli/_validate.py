@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import re
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from servetune.tuner.hardware import (
     ClientOptions,
     Dispatcher,
     DispatchOptions,
+    EngineBenchmark,
     build_report,
     candidates_from_sets,
     launcher_for,
@@ -114,6 +116,12 @@ def _study_dir(ctx: Context, study: str) -> Path:
               help="Repeat the validation every DURATION (30s, 10m, 1h, 1d).")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="With --every: stop after this many rounds.")
+@click.option("--benchmark", type=click.Choice(["client", "vllm-bench"]), default="client",
+              show_default=True, help="The built-in streaming client, or the engine's own "
+                                      "`vllm bench serve` on the head node (JSON fetched and "
+                                      "ingested).")
+@click.option("--bench-command", default="vllm bench serve", show_default=True,
+              help="With --benchmark vllm-bench: the program to run on the head node.")
 @click.option("--warmup", "warmup_requests", type=click.IntRange(min=0), default=2,
               show_default=True, help="Unrecorded requests sent once the service is healthy.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -127,7 +135,8 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
             ssh_port: int, known_hosts: str | None, trust_new_hosts: bool, service_port: int,
             work_dir: str, candidate_timeout_s: float | None, health_timeout_s: float | None,
             retries: int | None, unapplied: str, drift_threshold: float, every: str | None,
-            count: int | None, warmup_requests: int, seed: int, as_json: bool) -> None:
+            count: int | None, benchmark: str, bench_command: str, warmup_requests: int,
+            seed: int, as_json: bool) -> None:
     """Start candidates on real service groups, benchmark them, store and compare the results.
 
     Every measurement goes into the trace store (source measured) as soon as it is taken.
@@ -165,7 +174,10 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
     options = DispatchOptions(repeats=repeats, calibrate=calibrate, hardware=hardware,
                               slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms,
                               study=study_dir.name if study_dir else None, seed=seed,
-                              warmup_requests=warmup_requests)
+                              warmup_requests=warmup_requests,
+                              engine_benchmark=EngineBenchmark(
+                                  program=tuple(shlex.split(bench_command)), seed=seed)
+                              if benchmark == "vllm-bench" else None)
     store = TraceStore.for_workspace(ctx.workspace)
     rounds = 0
     while True:
@@ -176,8 +188,7 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
             break
         log.info("next validation in %gs", period)
         time.sleep(period)
-    if code:
-        raise ValidationOutcome(code, last_summary)
+    _finish(code, last_summary)
 
 
 class ValidationOutcome(ServetuneError):
@@ -186,6 +197,18 @@ class ValidationOutcome(ServetuneError):
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def _finish(code: int, summary: str) -> None:
+    """Exit with ``code``: as a ServetuneError when run as ``servetune validate`` (the CLI prints
+    the summary and returns the code), as ``click.exceptions.Exit`` when another command invoked
+    this one (``servetune tune --verify`` reads ``exit_code`` from it)."""
+    if not code:
+        return
+    parent = click.get_current_context().parent
+    if parent is None or isinstance(parent.command, click.Group):
+        raise ValidationOutcome(code, summary)
+    raise click.exceptions.Exit(code)
 
 
 def _one_round(ctx, cluster, launcher, workload, client, store, options, candidates,

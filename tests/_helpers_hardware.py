@@ -9,7 +9,8 @@ instead of skipping them.
 Run as a script, this module is a small OpenAI-compatible streaming server used where the
 behaviour under test needs a server that misbehaves on purpose (hangs, never gets healthy) or
 where CPU must not be the bottleneck (the parallel-dispatch benchmark): it streams ``max_tokens``
-chunks at a fixed pace and does no model computation. The clean-run tests use a real
+chunks at a fixed pace and does no model computation. ``fake-vllm-bench`` as first argument
+makes it a stand-in for ``vllm bench serve`` (see :func:`_fake_vllm_bench`). The clean-run tests use a real
 ``transformers serve`` with a tiny model instead (:func:`make_tiny_model`).
 """
 
@@ -262,5 +263,28 @@ def _serve(argv: list[str]) -> None:
     server.serve_forever()
 
 
+def _fake_vllm_bench(argv: list[str]) -> None:
+    """Stand-in for ``vllm bench serve`` (vLLM cannot be installed on this CPU machine).
+
+    Writes the real ``vllm bench serve --save-detailed`` result shipped as a test fixture to
+    ``--result-dir/--result-filename``, with ``--metadata`` keys added at the top level as vLLM
+    does, and records its argv beside it.
+    """
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--result-dir", required=True)
+    parser.add_argument("--result-filename", required=True)
+    parser.add_argument("--metadata", nargs="*", default=[])
+    args, _ = parser.parse_known_args(argv)
+    fixture = Path(__file__).parent / "fixtures" / "data" / "vllm_serve_detailed_60.json"
+    result = json.loads(fixture.read_text())
+    result.update(dict(item.split("=", 1) for item in args.metadata))
+    out = Path(args.result_dir) / args.result_filename
+    out.write_text(json.dumps(result))
+    out.with_suffix(".argv.json").write_text(json.dumps(argv))
+
+
 if __name__ == "__main__":
-    _serve(sys.argv[1:])
+    if sys.argv[1:2] == ["fake-vllm-bench"]:
+        _fake_vllm_bench(sys.argv[2:])
+    else:
+        _serve(sys.argv[1:])

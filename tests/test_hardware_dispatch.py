@@ -176,11 +176,12 @@ def test_report_calibrates_per_host():
 def test_candidates_from_a_study_folder(tmp_path):
     (tmp_path / "candidates.json").write_text(json.dumps({"candidates": [
         {"name": "default", "kind": "default", "config": {"a": 1}, "predicted": {"x": 1.0}},
-        {"rank": 1, "config": {"a": 2}, "metrics": {"x": 2.0, "note": "n/a"}},
+        {"rank": 1, "config": {"a": 2}, "metrics": {"x": 2.0, "note": "n/a",
+                                                   "ttft_ms_p90": 5.0}},
         {"rank": 2, "params": {"a": 3}}]}))
     cands = load_study_candidates(tmp_path, top=1)
     assert [c.name for c in cands] == ["default", "rank1"]
-    assert cands[0].baseline and cands[1].predicted == {"x": 2.0}
+    assert cands[0].baseline and cands[1].predicted == {"x": 2.0, "ttft_p90_ms": 5.0}
 
 
 @pytest.mark.parametrize("content, message", [

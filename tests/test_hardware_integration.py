@@ -36,6 +36,7 @@ from servetune.tuner.hardware import (  # noqa: E402
     ClusterSpec,
     Dispatcher,
     DispatchOptions,
+    EngineBenchmark,
     NodeSpec,
     ServiceGroupSpec,
     SSHOptions,
@@ -283,4 +284,28 @@ def test_hostile_configuration_values_stay_data(kit, hosts, tmp_path):
     assert not pwned.exists() and not (tmp_path / "pwned-too").exists()
     assert work.is_dir()
     assert json.loads(store.query("runs")["config"].iloc[0])["label"] == hostile
+    assert_nothing_survives(result)
+
+
+def test_engine_benchmark_json_is_fetched_over_sftp_and_ingested(kit, hosts, tmp_path):
+    """The engine's own benchmark path; ``vllm bench serve`` is played by a stand-in that
+    writes a real vLLM result file (vLLM cannot be installed on this CPU machine)."""
+    work = tmp_path / "w"
+    groups = [script_group("g0", node(kit, hosts[0], work))]
+    bench = EngineBenchmark(program=(sys.executable, HELPER, "fake-vllm-bench"))
+    predicted = {"ttft_mean_ms": 60.0}
+    result, store = dispatch(cluster(kit, groups), [Candidate("c", {"a": 1}, predicted)],
+                             tmp_path, engine_benchmark=bench)
+    (outcome,) = result.outcomes
+    assert outcome.status == "measured", outcome.reason
+    (measurement,) = outcome.measurements
+    assert measurement.metrics["ttft_mean_ms"] == pytest.approx(66.49527438861105)
+    runs = store.query("runs", run_id=measurement.run_id)
+    assert len(runs) == 1 and runs["source"].iloc[0] == "measured"
+    assert runs["engine"].iloc[0] == "script" and runs["hardware"].iloc[0] == "cpu"
+    assert json.loads(runs["config"].iloc[0])["servetune_candidate"] == "c"
+    assert len(store.query("requests", run_id=measurement.run_id)) == 60
+    argv = json.loads((work / "results" / f"{measurement.run_id}.argv.json").read_text())
+    assert argv[argv.index("--num-prompts") + 1] == "6" and "--ignore-eos" in argv
+    assert build_report(result).rows[0]["measured_mean"] == pytest.approx(66.49527438861105)
     assert_nothing_survives(result)

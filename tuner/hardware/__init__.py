@@ -48,6 +48,7 @@ from servetune.tuner.hardware._dispatcher import (
     Measurement,
     default_transport,
 )
+from servetune.tuner.hardware._engine_bench import EngineBenchmark
 from servetune.tuner.hardware._errors import (
     AuthenticationFailed,
     BenchmarkFailed,
@@ -81,7 +82,7 @@ __all__ = [
     "Attempt", "AuthenticationFailed", "BenchmarkFailed", "BenchmarkResult", "BenchmarkTimeout",
     "CANDIDATES_FILE", "Cancelled", "Candidate", "CandidateOutcome", "CircuitBreaker",
     "ClientOptions", "ClusterSpec", "CommandFailed", "CommandResult", "CommandTimeout",
-    "DispatchOptions", "DispatchResult", "Dispatcher", "EngineLauncher", "HardwareError",
+    "DispatchOptions", "DispatchResult", "Dispatcher", "EngineBenchmark", "EngineLauncher", "HardwareError",
     "HostKeyRejected", "HostUnreachable", "LAUNCHERS", "LOCAL_HOST", "LaunchSpec",
     "LocalTransport", "Measurement", "NodeSpec", "REPORT_METRICS", "RequestResult",
     "SGLangLauncher", "SSHOptions", "SSHTransport", "ScriptLauncher", "ServiceGroupSpec",

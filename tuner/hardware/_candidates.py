@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ class Candidate:
     Attributes:
         name: unique name in reports (``rank1``, ``default``, ...).
         config: engine knobs (``{"max_batch_tokens": 512, ...}``).
-        predicted: predicted metrics keyed like the ``runs`` columns (``ttft_mean_ms``, ...).
+        predicted: predicted metrics keyed like the ``runs`` columns (``ttft_mean_ms``, ...;
+            the tuner's ``ttft_ms_mean`` spelling is renamed when a study is read).
         baseline: the engine default, measured first on each group for calibration.
     """
 
@@ -69,8 +71,14 @@ def _predicted(entry: Mapping, path: Path, row: int) -> dict[str, float]:
     out = {}
     for key, value in raw.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[str(key)] = float(value)
+            out[_run_column(str(key))] = float(value)
     return out
+
+
+def _run_column(key: str) -> str:
+    """The tuner's ``ttft_ms_p90`` as the runs column ``ttft_p90_ms``; other keys unchanged."""
+    match = re.fullmatch(r"(ttft|tpot|itl|e2e|queue)_ms_(mean|p50|p90|p99)", key)
+    return f"{match.group(1)}_{match.group(2)}_ms" if match else key
 
 
 def load_study_candidates(study_dir: str | Path, *, top: int | None = None) -> list[Candidate]:

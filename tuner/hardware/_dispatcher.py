@@ -40,6 +40,11 @@ from servetune.data import TraceStore, Workload
 from servetune.tuner.hardware._candidates import Candidate
 from servetune.tuner.hardware._client import ClientOptions, replay
 from servetune.tuner.hardware._cluster import ClusterSpec, NodeSpec, ServiceGroupSpec
+from servetune.tuner.hardware._engine_bench import (
+    EngineBenchmark,
+    metadata_for,
+    metrics_from_row,
+)
 from servetune.tuner.hardware._errors import (
     BenchmarkFailed,
     BenchmarkTimeout,
@@ -47,7 +52,12 @@ from servetune.tuner.hardware._errors import (
     ServiceLost,
 )
 from servetune.tuner.hardware._launchers import EngineLauncher
-from servetune.tuner.hardware._records import aggregate_metrics, measurement_tables, model_label
+from servetune.tuner.hardware._records import (
+    REPORT_METRICS,
+    aggregate_metrics,
+    measurement_tables,
+    model_label,
+)
 from servetune.tuner.hardware._service import Cancelled, ServiceRun
 from servetune.tuner.hardware._ssh import SSHTransport
 from servetune.tuner.hardware._transport import LocalTransport, Transport
@@ -120,6 +130,8 @@ class DispatchOptions:
         seed: seed of the retry jitter.
         warmup_requests: requests sent (and not recorded) after the service turns healthy,
             so the first replay does not pay for lazy initialisation.
+        engine_benchmark: run the engine's own benchmark on the head node instead of the
+            built-in client (its JSON is fetched and ingested through the vllm-bench adapter).
     """
 
     repeats: int = 1
@@ -131,6 +143,7 @@ class DispatchOptions:
     study: str | None = None
     seed: int = 0
     warmup_requests: int = 2
+    engine_benchmark: EngineBenchmark | None = None
 
 
 @dataclass
@@ -482,6 +495,10 @@ class Dispatcher:
                     raise BenchmarkTimeout(f"{group.name}: candidate {candidate.name} used its "
                                            f"{cluster.candidate_timeout_s:g}s before repeat "
                                            f"{repeat + 1}")
+                if self.options.engine_benchmark is not None:
+                    self._engine_measure(service, transports[0], remaining, outcome, group,
+                                         repeat)
+                    continue
                 result = self._replay(service, remaining, candidate, group)
                 self._persist(outcome, candidate, group, repeat, result, specs)
         finally:
@@ -490,6 +507,33 @@ class Dispatcher:
                 transport.close()
             if attempt.stop_problems:
                 log.error("%s: %s", group.name, "; ".join(attempt.stop_problems))
+
+    def _engine_measure(self, service: ServiceRun, head: Transport, remaining: float,
+                        outcome: CandidateOutcome, group: ServiceGroupSpec, repeat: int) -> None:
+        candidate = outcome.candidate
+        run_id = f"hw-{candidate.name}-{group.name}-r{repeat}-{uuid.uuid4().hex[:8]}"
+        bench = self.options.engine_benchmark
+        try:
+            row = bench.run(
+                head, base_url=f"http://127.0.0.1:{group.service_port}",
+                model=self.cluster.model or self.client.model, workload=self.workload,
+                work_dir=group.head.work_dir, run_id=run_id,
+                metadata=metadata_for(candidate.name, group.name, repeat, candidate.predicted),
+                timeout_s=remaining, store=self.store,
+                overrides={"engine": self.launcher.engine_label,
+                           "hardware": self.options.hardware,
+                           "model": model_label(self.cluster.model or self.client.model)})
+        except BenchmarkFailed:
+            service.check_alive()
+            raise
+        metrics = metrics_from_row(row, [*REPORT_METRICS, "completed", "failed", "success_rate",
+                                         "duration_s", "num_requests"])
+        measurement = Measurement(candidate.name, group.name, repeat, run_id, metrics,
+                                  group.head.host)
+        with self._lock:
+            outcome.measurements.append(measurement)
+        if self.on_measurement:
+            self.on_measurement(measurement)
 
     def _warm_up(self, service: ServiceRun, deadline: float, candidate: Candidate,
                  group: ServiceGroupSpec) -> None:
