@@ -36,7 +36,11 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def read(self, path: Path, *, sha256: str) -> dict[str, pa.Table]:
-        """Parse ``path`` completely; raise :class:`InputError` on anything unexpected."""
+        """Parse ``path`` completely; raise :class:`InputError` on anything unexpected.
+
+        A kind whose rows do not fit in memory may be returned as a
+        :class:`~servetune.data.TableStream` after the whole file has been validated.
+        """
 
 
 class AdapterRegistry:
