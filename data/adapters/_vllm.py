@@ -90,6 +90,7 @@ class _Result:
     index: int
     summary: dict = field(default_factory=dict)
     lists: dict = field(default_factory=dict)  # per-request arrays (itls: only its length)
+    first_start: float = 0.0  # the earliest start_times entry: arrivals count from it
 
     @property
     def detailed(self) -> bool:
@@ -202,6 +203,8 @@ class VllmBenchAdapter(Adapter):
                 raise InputError(f"has {size} entries but input_lens has {n}; the per-request "
                                  "lists must have one entry per request" + _nth(result),
                                  path=where, field=key)
+        if "start_times" in lists and n:
+            result.first_start = float(lists["start_times"].min())
         errors = lists.get("errors")
         if errors is not None:
             bad = next((i for i, e in enumerate(errors, 1)
@@ -346,11 +349,8 @@ def _requests_table(result: _Result, run: dict, start: int, itl_lengths: np.ndar
     output = lists["output_lens"][window]
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(output > 1, (e2e - ttft) / (output - 1), np.nan)
-    if "start_times" in lists:
-        starts = lists["start_times"]
-        arrival = starts[window] - starts.min()
-    else:
-        arrival = None
+    arrival = lists["start_times"][window] - result.first_start if "start_times" in lists else None
+
     def latency(values: np.ndarray) -> pa.Array:
         return pa.array(values, mask=failed | np.isnan(values), type=pa.float64())
 
