@@ -43,6 +43,7 @@ from servetune.data.adapters import default_registry
 from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, get_feature_set, knob_vector
 from servetune.models import (
     StepTimeModel,
+    per_run_errors,
     StepTimeRegressor,
     TrainConfig,
     held_out_runs,
@@ -87,7 +88,8 @@ def accuracy(ws: Workspace, config: TrainConfig) -> dict:
     result = train_step_time_model(ws, config=config, progress=False)
     pipeline_seconds = time.perf_counter() - t0
     model = StepTimeModel.load(result.model_uri, tracking_uri=ws.tracking_uri)
-    pipeline_test = _score(y[test], model.predict(frame[test]))
+    pipeline_pred = model.predict(frame[test])
+    pipeline_test = _score(y[test], pipeline_pred)
     assert abs(pipeline_test["mape"] - result.metrics["mape"]) < 1e-3
 
     raw_fs = get_feature_set("raw_v1")
@@ -96,7 +98,15 @@ def accuracy(ws: Workspace, config: TrainConfig) -> dict:
     fit_idx, leak_idx = train_test_split(tr_idx, test_size=0.2, shuffle=True, random_state=0)
     recipe = _recipe_model(X[fit_idx], y[fit_idx])
     recipe_leaky = _score(y[leak_idx], recipe.predict(X[leak_idx]))
-    recipe_test = _score(y[test], recipe.predict(X[test]))
+    recipe_pred = recipe.predict(X[test])
+    recipe_test = _score(y[test], recipe_pred)
+
+    def total_time(pred):  # per held-out run: error of the summed step time (what a DES adds up)
+        table = per_run_errors(groups[test], y[test], pred)
+        return {"median_abs_pct": round(float(table.total_time_error_pct.abs().median()), 3),
+                "max_abs_pct": round(float(table.total_time_error_pct.abs().max()), 3),
+                "per_run": {r: round(float(v), 2) for r, v in
+                            zip(table.run_id, table.total_time_error_pct)}}
 
     # this pipeline's own estimator on the same shuffled rows: its leaky score, for contrast
     best = {k: v for k, v in result.params.items()}
@@ -119,6 +129,7 @@ def accuracy(ws: Workspace, config: TrainConfig) -> dict:
                  "test_steps": int(test.sum()), "hardware": lineage["hardware"],
                  "engines": lineage["engines"], "models": lineage["models"]},
         "pipeline": {"held_out_runs": pipeline_test,
+                     "held_out_total_time": total_time(pipeline_pred),
                      "extrapolation": {k: round(result.metrics[f"extrap_{k}"], 4)
                                        for k in ("mape", "p90_ape", "r2", "token_cut", "n_steps")
                                        if f"extrap_{k}" in result.metrics},
@@ -131,6 +142,7 @@ def accuracy(ws: Workspace, config: TrainConfig) -> dict:
                      "train_seconds": round(pipeline_seconds, 2),
                      "model_uri": result.model_uri},
         "common_recipe": {"held_out_runs": recipe_test, "shuffled_rows_leaky": recipe_leaky,
+                          "held_out_total_time": total_time(recipe_pred),
                           "group_5fold": _score(y, oof_recipe)},
     }
 

@@ -14,7 +14,7 @@ __all__ = ["command"]
               help="Filter the training steps (repeatable): engine, model, hardware, run_id, or "
                    "any steps/runs column, e.g. --where async_batching=true.")
 @click.option("--feature-set", default=None, metavar="NAME",
-              help="Feature set (default: step_v1).")
+              help="Feature set (default: step_v3; see servetune.features).")
 @click.option("--trials", type=click.IntRange(1, 50), default=None,
               help="Hyperparameter settings to try by grouped CV (default 4; 1: no search).")
 @click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=None,

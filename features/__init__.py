@@ -24,6 +24,7 @@ from servetune.features._definitions import (
     RAW_V1,
     STEP_V1,
     STEP_V2,
+    STEP_V3,
     default_feature_registry,
     get_feature_set,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "RAW_V1",
     "STEP_V1",
     "STEP_V2",
+    "STEP_V3",
     "default_feature_registry",
     "get_feature_set",
     "join_knobs",

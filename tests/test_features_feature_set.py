@@ -106,3 +106,13 @@ def test_knob_vector_orders_and_refuses_bad_values():
     with pytest.raises(InputError) as err:
         knob_vector({"block_size": "big"})
     assert err.value.field == "block_size"
+
+
+def test_step_v3_is_step_v2_without_block_size_features():
+    steps, runs = synthetic_traces(n_runs=2, steps_per_run=40, seed=8)
+    frame = join_knobs(steps, runs)
+    v2, v3 = get_feature_set("step_v2"), get_feature_set("step_v3")
+    keep = [i for i, n in enumerate(v2.feature_names) if n not in ("kv_blocks", "block_size")]
+    assert v3.feature_names == tuple(v2.feature_names[i] for i in keep)
+    assert v3.monotone == tuple(v2.monotone[i] for i in keep)
+    assert np.array_equal(v3.frame(frame), v2.frame(frame)[:, keep])

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from servetune import InputError, ModelError
 from servetune.data import TraceStore, Workspace
-from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, knob_vector
+from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, RAW_COLUMNS, knob_vector
 from servetune.models import (
     CHAMPION,
     StepTimeModel,
@@ -59,7 +59,7 @@ def test_training_is_logged_with_params_lineage_metrics_plots_and_model(trained)
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith((ws.root / "mlruns" / "artifacts").as_uri())
     assert run.data.params["max_depth"] and run.data.params["train.holdout_salt"]
-    assert run.data.tags["feature_set"] == "step_v1"
+    assert run.data.tags["feature_set"] == DEFAULT_FEATURE_SET
     assert run.data.tags["data.content_sha256"] == result.lineage["content_sha256"]
     assert run.data.metrics["mape"] == pytest.approx(result.metrics["mape"])
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
