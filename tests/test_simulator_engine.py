@@ -226,3 +226,19 @@ def test_branch_free_forest_is_bit_identical_to_the_reference():
         fast = simulate(engine, cfg, w, model)
         slow = Simulator(engine, cfg, model, fast_forest=False).run(w)
         assert np.array_equal(fast.token_s, slow.token_s), engine
+
+
+def test_transformers_cuda_graphs_are_captured_once_per_padded_shape():
+    cfg = {"max_batch_tokens": 256, "block_size": 16, "num_blocks": 100,
+           "use_cuda_graph": True, "cuda_graph_capture_ms": 50.0,
+           "cuda_graph_capture_ms_per_token": 0.0, "max_blocks_per_request": 0}
+    r = simulate("transformers", cfg, one(100, 5), STEP, record_steps=True)
+    # the prefill (q 100 -> 128) and the decodes (q 1 -> 64) are two shapes; KV reads stay in the
+    # first 16384-token interval and key lengths under the 1024 minimum
+    assert r.metrics["graph_captures"] == 2
+    assert r.steps[:, 2].tolist() == [60.0, 60.0, 10.0, 10.0, 10.0]
+    asyn = simulate("transformers", {**cfg, "use_async_batching": True}, one(100, 5), STEP)
+    assert asyn.metrics["graph_captures"] == 3  # each IO pair captures its own decode graph
+    eager = simulate("transformers", {**cfg, "use_cuda_graph": False}, one(100, 5), STEP)
+    assert eager.metrics["graph_captures"] == 0 and eager.e2e_ms[0] == pytest.approx(50.0)
+    assert r.e2e_ms[0] == pytest.approx(150.0)

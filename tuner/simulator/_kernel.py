@@ -41,11 +41,19 @@ P_NAMES = (
     "chunked_prefill",       # 10 vLLM: split prompts over steps
     "min_step_ms",           # 11 floor on a predicted step time
     "step_overhead_ms",      # 12 constant added to every predicted step
+    "cuda_graph",            # 13 transformers: CUDA graphs, captured the first time a padded
+                             #    batch shape is seen (per IO pair with async batching)
+    "q_padding",             # 14 transformers: query padding interval (tokens)
+    "kv_padding",            # 15 transformers: KV read padding interval (tokens)
+    "graph_capture_ms",      # 16 transformers: cost of one graph capture ...
+    "graph_capture_ms_per_token",  # 17 ... plus this per padded query token
 )
 N_PARAMS = len(P_NAMES)
 _BS, _NB, _MAXTOK, _MAXSEQ, _SAFETY, _ASYNC, _MAXBPR, _PFIRST, _LONGTHR, _MAXPART, _CHUNKED = (
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 _MINSTEP, _OVERHEAD = 11, 12
+_GRAPHS, _QPAD, _KVPAD, _CAPMS, _CAPTOK = 13, 14, 15, 16, 17
+_GRAPH_SLOTS = 1 << 13  # graph shapes remembered per replica (open addressing)
 
 # Per-request integer state columns.
 _REP, _INP, _OUT, _KNOWN, _COMP, _GEN, _BLOCKS, _STATE, _TSTAT, _PREEMPT, _PTGT = range(11)
@@ -56,8 +64,9 @@ _NOT_ARRIVED, _WAITING, _RUNNING, _DONE, _FAILED, _ZOMBIE = 0, 1, 2, 3, 4, 5
 _PENDING, _PREFILLING, _DECODING = 0, 1, 2
 
 # Per-replica integer state columns.
-_FREE, _BUSY, _RUNCNT, _WHEAD, _WTAIL, _BLOCKNEW, _BATCHCNT, _PENDTOK, _NSTEPS = range(9)
-_NRCOL = 9
+_FREE, _BUSY, _RUNCNT, _WHEAD, _WTAIL, _BLOCKNEW, _BATCHCNT, _PENDTOK, _NSTEPS, _FASTPATH = (
+    range(10))
+_NRCOL = 10
 
 # Recorded step columns (float64): replica, start_s, duration_ms, then RAW_COLUMNS.
 STEP_COLUMNS = ("dp_rank", "start_s", "duration_ms", "num_seqs", "num_prefill_seqs",
@@ -237,6 +246,7 @@ def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand):
         request_budget -= 1
         if token_budget == 0 or (cache_budget <= 0 and not fast_path) or request_budget <= 0:
             break
+    rs[r, _FASTPATH] = 1 if fast_path else 0
     if n_taken > 0:
         if prefix:
             rs[r, _WHEAD] += n_taken
@@ -400,6 +410,62 @@ def _schedule_static(r, p, st, rs, run, wq, bq, bl):
 
 
 # ---------------------------------------------------------------------------------------------
+# transformers CUDA graphs: padded batch shapes, captured once each
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _pad_to_interval(size, interval, max_value):
+    if interval <= 0:
+        return max_value
+    padded = _cdiv(size, interval) * interval if size > 0 else interval
+    return min(padded, max_value)
+
+
+@numba.njit(cache=True)
+def _pad_to_pow2(value, max_value, min_value):
+    value = max(value, max(1, min_value))
+    padded = 1
+    while padded < value:
+        padded *= 2
+    return min(padded, max_value)
+
+
+@numba.njit(cache=True)
+def _graph_key(p, n_seq, num_q, kv_read, kv_max, fast_path, pair):
+    """The engine's graph key (``ContinuousBatchingIOs._get_graph_key``) of a step, hashed:
+    decode fast path: padded request count; varlen path: padded query tokens, padded KV read,
+    padded longest key length; with async batching each IO pair has its own graphs."""
+    if fast_path:
+        q = _pad_to_pow2(n_seq, np.int64(p[_MAXSEQ]), 0)
+        key = q * np.int64(1000003) + np.int64(7)
+    else:
+        pages = np.int64(p[_NB]) * np.int64(p[_BS])
+        q = _pad_to_interval(num_q, np.int64(p[_QPAD]), np.int64(p[_MAXTOK]))
+        kv = _pad_to_interval(kv_read, np.int64(p[_KVPAD]), pages)
+        sk = _pad_to_pow2(kv_max, pages, 1024)
+        key = (q * np.int64(2654435761) + kv) * np.int64(40503) + sk
+    key = key * 2 + pair
+    if key < 0:
+        key = -key
+    return key, q
+
+
+@numba.njit(cache=True)
+def _graph_seen(graphs, r, key):
+    """True if replica ``r`` already captured ``key``; otherwise remember it and return False."""
+    slot = key % _GRAPH_SLOTS
+    for _ in range(_GRAPH_SLOTS):
+        k = graphs[r, slot]
+        if k == key:
+            return True
+        if k == -1:
+            graphs[r, slot] = key
+            return False
+        slot = (slot + 1) % _GRAPH_SLOTS
+    return True  # table full: treat further shapes as captured
+
+
+# ---------------------------------------------------------------------------------------------
 # branchless forest evaluation
 # ---------------------------------------------------------------------------------------------
 
@@ -517,6 +583,9 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     raw = np.zeros(8)
     fbuf = np.zeros(n_features, dtype=np.float32)
     nodebuf = np.zeros(_GROUP, dtype=np.int64)
+    use_graphs = policy == POLICY_TRANSFORMERS and p[_GRAPHS] != 0.0
+    graphs = np.full((n_rep if use_graphs else 1, _GRAPH_SLOTS), -1, dtype=np.int64)
+    n_captures = 0
     # per replica: the input box of the last walked step, inside which the margin is the same
     box_lo = np.zeros((n_rep, n_features), dtype=np.float32)
     box_hi = np.zeros((n_rep, n_features), dtype=np.float32)
@@ -722,6 +791,13 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                                      roots, base_margin, fbuf)
             ms = np.exp(margin) if log_target else margin
             ms += overhead_ms
+            if use_graphs:
+                pair = rs[r, _NSTEPS] % 2 if p[_ASYNC] != 0.0 else 0
+                key, q_pad = _graph_key(p, n_seq, pf_tok + dc_tok, kv_sum - pf_tok - dc_tok,
+                                        kv_max, rs[r, _FASTPATH] == 1, pair)
+                if not _graph_seen(graphs, r, key):
+                    ms += p[_CAPMS] + p[_CAPTOK] * q_pad
+                    n_captures += 1
             if sigma > 0.0:
                 u1 = _xorshift(rng)
                 u2 = _xorshift(rng)
@@ -755,4 +831,4 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
         req[i, 2] = st[i, _PREEMPT]
         req[i, 3] = st[i, _GEN]
     return (req, first_sched, first_tok, finish, token_s, token_offset, steps[:n_steps], n_steps,
-            total_steps, box_hits)
+            total_steps, box_hits, n_captures)

@@ -234,7 +234,16 @@ _TRANSFORMERS_KNOBS = (
          nullable=True),
     Knob("use_async_batching", bool, False, "double-buffered batches (a finished request still "
          "takes a slot in the next step)"),
-    Knob("use_cuda_graph", bool, False, "CUDA graphs (step-time model knob only)"),
+    Knob("use_cuda_graph", bool, False, "CUDA graphs: a batch's padded shape is captured the "
+         "first time it is seen (costing cuda_graph_capture_ms), then replayed"),
+    Knob("q_padding_interval_size", int, 64, "query padding interval of the graph shapes "
+         "(engine default 64)", minimum=0),
+    Knob("kv_padding_interval_size", int, 16384, "KV read padding interval of the graph shapes "
+         "(engine default 16384)", minimum=0),
+    Knob("cuda_graph_capture_ms", float, 39.0, "cost of one graph capture beyond the step itself"
+         " (default: least-squares fit on the H200 llama-1b-like sample)", minimum=0.0),
+    Knob("cuda_graph_capture_ms_per_token", float, 0.03, "additional capture cost per padded "
+         "query token", minimum=0.0),
     Knob("max_blocks_per_request", int, 32, "decode fast-path block table width (0 disables the "
          "fast path)", minimum=0),
 )
@@ -261,7 +270,11 @@ def _transformers_params(c: Mapping[str, object]) -> dict:
             "max_tokens": c["max_batch_tokens"], "max_seqs": c["max_requests_per_batch"],
             "safety_margin": margin, "async_batching": float(c["use_async_batching"]),
             "max_blocks_per_request": c["max_blocks_per_request"],
-            "prefill_first": float(c["scheduler_type"] == "prefill_first")}
+            "prefill_first": float(c["scheduler_type"] == "prefill_first"),
+            "cuda_graph": float(c["use_cuda_graph"]), "q_padding": c["q_padding_interval_size"],
+            "kv_padding": c["kv_padding_interval_size"],
+            "graph_capture_ms": c["cuda_graph_capture_ms"],
+            "graph_capture_ms_per_token": c["cuda_graph_capture_ms_per_token"]}
 
 
 TRANSFORMERS = EnginePolicy(

@@ -99,6 +99,7 @@ class SimulationResult:
     num_steps: int
     steps: np.ndarray | None = None
     labels: dict = field(default_factory=dict)
+    graph_captures: int = 0
     _metrics: dict | None = field(default=None, repr=False)
 
     # -- per request ----------------------------------------------------------------------------
@@ -180,6 +181,7 @@ class SimulationResult:
             "slo": self.slo.as_dict(),
             "preemptions": int(self.preemptions.sum()),
             "steps": int(self.num_steps),
+            "graph_captures": int(self.graph_captures),
             "ttft_ms": _summary(ttft[ok]),
             "tpot_ms": _summary(tpot[ok]),
             "itl_ms": _summary(self.itl_ms()),

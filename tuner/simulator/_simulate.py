@@ -129,7 +129,7 @@ class Simulator:
         sm = self.step_model
         arrays = sm.arrays
         (req, first_sched, first_tok, finish, token_s, token_offset, steps, n_steps,
-         total_steps, box_hits) = K.run_kernel(
+         total_steps, box_hits, n_captures) = K.run_kernel(
             policy.code, _ROUTERS[c["router"]], int(c["dp_size"]), params,
             np.ascontiguousarray(workload.arrival_s, dtype=np.float64),
             np.ascontiguousarray(workload.input_tokens, dtype=np.int64),
@@ -150,7 +150,8 @@ class Simulator:
             replica=req[:, 0], status=req[:, 1], preemptions=req[:, 2], generated=req[:, 3],
             first_scheduled_s=first_sched, first_token_s=first_tok, finish_s=finish,
             token_s=token_s, token_offset=token_offset, num_steps=int(total_steps),
-            steps=steps if record_steps else None, labels=dict(self.labels))
+            steps=steps if record_steps else None, labels=dict(self.labels),
+            graph_captures=int(n_captures))
 
 
 def simulate(engine: str, config: Mapping[str, object] | None, workload: Workload,

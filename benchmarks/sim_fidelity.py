@@ -1,0 +1,235 @@
+"""Simulator fidelity against the shipped H200 sample (transformers continuous batching).
+
+1. Train a step-time model (``models.StepTimeRegressor``) on the steps of the TRAINING
+   configurations only (graph-capture warm-up steps excluded, as ``servetune train`` does).
+2. For every run of the HELD-OUT configurations, replay its own recorded requests (arrival_s,
+   input and output tokens from the requests table) through the simulator with the run's
+   resolved engine configuration (the ``runs.config`` JSON), and compare mean TTFT, mean TPOT
+   and output throughput with what was measured.
+3. Put the errors beside the measured run-to-run spread of the configurations measured three
+   times (the noise floor), and give the Spearman rank correlation of simulated vs measured
+   order of the held-out configurations per workload.
+
+Usage:
+    python benchmarks/sim_fidelity.py [--samples DIR] [--markdown OUT.md] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+import servetune
+from servetune.data import Workload
+from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, join_knobs
+from servetune.models import StepTimeRegressor
+from servetune.models._search import search_hyperparameters
+from servetune.tuner.simulator import Simulator
+
+SAMPLES = Path(servetune.__file__).resolve().parent / "data" / "samples"
+# Held out: one repeated configuration, sync and async, both schedulers, CUDA graphs on and off,
+# a small KV cache. Everything else (9 configurations) trains the step-time model.
+HELD_OUT = ("g-fifo-512-bs64-sync", "g-fifo-1024-bs32-async", "g-pf-1024-bs256-sync",
+            "g-fifo-512-bs64-async-smallkv", "e-pf-1024-bs64-async")
+METRICS = (("ttft_mean_ms", "ttft_ms"), ("tpot_mean_ms", "tpot_ms"),
+           ("output_throughput_tok_s", "output_throughput_tok_s"))
+ENGINE_KEYS = ("scheduler_type", "block_size", "num_blocks", "max_batch_tokens",
+               "max_requests_per_batch", "safety_margin", "use_async_batching",
+               "max_blocks_per_request", "q_padding_interval_size", "kv_padding_interval_size")
+
+
+def sim_config(run: pd.Series) -> dict:
+    """The simulator's transformers config from a measured run's resolved engine config."""
+    resolved = json.loads(run["config"])
+    config = {k: resolved[k] for k in ENGINE_KEYS if k in resolved}
+    graphs = resolved.get("use_cuda_graph")
+    config["use_cuda_graph"] = bool(any(graphs)) if isinstance(graphs, list) else bool(graphs)
+    return config
+
+
+def fit_capture_cost(captures: pd.DataFrame, predicted_ms: np.ndarray,
+                     runs: pd.DataFrame) -> tuple[float, float]:
+    """Least-squares ``extra_ms = a + b * padded_query_tokens`` over graph-capture steps, where
+    extra is the measured duration minus the step-time model's prediction (a, b >= 0)."""
+    config = runs.set_index("run_id")["config"].map(json.loads)
+    q = captures["prefill_tokens"].to_numpy() + captures["decode_tokens"].to_numpy()
+    interval = captures["run_id"].map(lambda r: config[r]["q_padding_interval_size"]).to_numpy()
+    cap = captures["run_id"].map(lambda r: config[r]["max_batch_tokens"]).to_numpy()
+    q_pad = np.minimum(np.ceil(np.maximum(q, 1) / interval) * interval, cap)
+    extra = captures["duration_ms"].to_numpy() - predicted_ms
+    A = np.column_stack([np.ones_like(q_pad), q_pad])
+    (a, b), *_ = np.linalg.lstsq(A, extra, rcond=None)
+    if b < 0:
+        a, b = float(np.mean(extra)), 0.0
+    return max(float(a), 0.0), float(b)
+
+
+def run_workload(requests: pd.DataFrame) -> tuple[Workload, float]:
+    """A run's recorded requests as a workload, and its first arrival (the rebasing offset)."""
+    r = requests.sort_values("arrival_s", kind="stable")
+    w = Workload.from_arrays(r.arrival_s.to_numpy(), r.input_tokens.to_numpy(),
+                             r.output_tokens.to_numpy(), name="replay")
+    return w, float(r.arrival_s.min())
+
+
+def simulated_metrics(result, offset: float) -> dict:
+    """Mean TTFT/TPOT and output throughput, the duration measured from the run's clock start
+    (the collector's ``duration_s`` is the last finish since its clock started)."""
+    m = result.metrics
+    duration = m["duration_s"] + offset
+    return {"ttft_ms": m["ttft_ms"]["mean"], "tpot_ms": m["tpot_ms"]["mean"],
+            "output_throughput_tok_s": int(result.workload.output_tokens.sum()) / duration,
+            "steps": m["steps"]}
+
+
+def noise_floor(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per repeated (configuration, workload): each metric's relative deviation of single runs
+    from their group mean (mean and max over the runs), in %."""
+    rows = []
+    for (name, workload), group in runs.groupby(["config_name", "workload_name"]):
+        if len(group) < 2:
+            continue
+        row = {"config": name, "workload": workload, "runs": len(group)}
+        for column, label in METRICS:
+            values = group[column].to_numpy(dtype=float)
+            dev = np.abs(values / values.mean() - 1) * 100
+            row[f"{label}_mean_dev_%"] = dev.mean()
+            row[f"{label}_max_dev_%"] = dev.max()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", default=str(SAMPLES))
+    parser.add_argument("--markdown", default=None)
+    parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--search-trials", type=int, default=6,
+                        help="hyperparameter settings tried (as `servetune train`); 1: defaults")
+    parser.add_argument("--in-sample", action="store_true",
+                        help="train on ALL runs (held-out ones too): isolates the simulator's "
+                             "own error from the step-time model's")
+    args = parser.parse_args(argv)
+    root = Path(args.samples)
+    steps = pd.read_parquet(root / "steps.parquet")
+    requests = pd.read_parquet(root / "requests.parquet")
+    runs = pd.read_parquet(root / "runs.parquet")
+    extra = runs["extra"].map(json.loads)
+    runs["config_name"] = extra.map(lambda e: e["config_name"])
+    runs["workload_name"] = runs["workload"].map(lambda w: json.loads(w)["name"])
+    held = runs["config_name"].isin(HELD_OUT)
+    train_ids = set(runs.loc[~held, "run_id"])
+
+    frame = join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]])
+    capture = frame["extra"].fillna("").str.contains('"graph_captured":true', regex=False)
+    if args.in_sample:
+        train_ids = set(runs["run_id"])
+    train = frame[frame.run_id.isin(train_ids) & ~capture & (frame.duration_ms > 0)]
+    t = time.perf_counter()
+    X, y, groups = (train[[*RAW_COLUMNS, *KNOB_COLUMNS]], train["duration_ms"].to_numpy(),
+                    train["run_id"].to_numpy())
+    base = StepTimeRegressor(n_jobs=1, random_state=args.seed)
+    if args.search_trials > 1:
+        base.set_params(**search_hyperparameters(base, X, y, groups, n_trials=args.search_trials,
+                                                 seed=args.seed).best_params)
+    model = base.fit(X, y, groups=groups)
+    train_s = time.perf_counter() - t
+    compiled = model.compile()
+    captures = frame[frame.run_id.isin(train_ids) & capture]
+    capture_ms, capture_ms_per_token = fit_capture_cost(
+        captures, model.predict(captures[[*RAW_COLUMNS, *KNOB_COLUMNS]]), runs)
+    test = frame[frame.run_id.isin(set(runs.loc[held, "run_id"])) & ~capture]
+    pred = model.predict(test[[*RAW_COLUMNS, *KNOB_COLUMNS]])
+    step_mape = float(np.mean(np.abs(pred / test["duration_ms"].to_numpy() - 1)) * 100)
+
+    rows = []
+    for _, run in runs[held].iterrows():
+        w, offset = run_workload(requests[requests.run_id == run.run_id])
+        t = time.perf_counter()
+        config = {**sim_config(run), "cuda_graph_capture_ms": capture_ms,
+                  "cuda_graph_capture_ms_per_token": capture_ms_per_token}
+        result = Simulator("transformers", config, compiled).run(w, seed=args.seed)
+        sim_s = time.perf_counter() - t
+        sim = simulated_metrics(result, offset)
+        row = {"run_id": run.run_id, "config": run.config_name, "workload": run.workload_name,
+               "measured_steps": int(json.loads(run["extra"])["steps"]),
+               "sim_steps": sim["steps"], "sim_s": sim_s,
+               "measured_captures": int(capture[frame.run_id == run.run_id].sum()),
+               "sim_captures": result.metrics["graph_captures"]}
+        for column, label in METRICS:
+            row[f"{label}_measured"] = float(run[column])
+            row[f"{label}_sim"] = float(sim[label])
+            row[f"{label}_err_%"] = (sim[label] / float(run[column]) - 1) * 100
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    within = {label: float((table[f"{label}_err_%"].abs() <= 10).mean())
+              for _, label in METRICS}
+    all_three_10 = float((table[[f"{l}_err_%" for _, l in METRICS]].abs() <= 10).all(axis=1).mean())
+    all_three_5 = float((table[[f"{l}_err_%" for _, l in METRICS]].abs() <= 5).all(axis=1).mean())
+    ranks = {}
+    for workload, group in table.groupby("workload"):
+        per_config = group.groupby("config").mean(numeric_only=True)
+        for _, label in METRICS:
+            rho = spearmanr(per_config[f"{label}_sim"], per_config[f"{label}_measured"]).statistic
+            ranks[f"{workload}/{label}"] = float(rho)
+    noise = noise_floor(runs)
+    report = {"held_out_configs": list(HELD_OUT), "in_sample_model": args.in_sample,
+              "model_params": {k: v for k, v in model.get_params().items()
+                               if k in ("max_depth", "learning_rate", "min_child_weight",
+                                        "subsample")},
+              "train_runs": len(train_ids),
+              "held_out_runs": int(held.sum()), "train_steps": int(len(train)),
+              "train_s": train_s, "n_trees": int(compiled.forest.n_trees),
+              "capture_ms": capture_ms, "capture_ms_per_token": capture_ms_per_token,
+              "held_out_step_mape_%": step_mape, "share_within_10%": within,
+              "share_all_three_within_10%": all_three_10,
+              "share_all_three_within_5%": all_three_5, "spearman": ranks,
+              "runs": table.to_dict(orient="records"),
+              "noise_floor": noise.to_dict(orient="records")}
+    pd.set_option("display.width", 200)
+    print(table[["config", "workload", "measured_steps", "sim_steps", "measured_captures",
+                 "sim_captures",
+                 *[f"{l}_err_%" for _, l in METRICS]]].round(1).to_string(), file=sys.stderr)
+    print(noise.round(1).to_string(), file=sys.stderr)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("runs", "noise_floor")},
+                     indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2, default=float))
+    if args.markdown:
+        Path(args.markdown).write_text(_markdown(table, noise))
+    return report
+
+
+def _markdown(table: pd.DataFrame, noise: pd.DataFrame) -> str:
+    lines = ["| held-out run | workload | steps meas/sim | TTFT meas → sim ms (err) | "
+             "TPOT meas → sim ms (err) | out tok/s meas → sim (err) |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for _, r in table.iterrows():
+        cells = []
+        for label, fmt in (("ttft_ms", "{:.0f}"), ("tpot_ms", "{:.1f}"),
+                           ("output_throughput_tok_s", "{:.0f}")):
+            cells.append(f"{fmt.format(r[f'{label}_measured'])} → {fmt.format(r[f'{label}_sim'])}"
+                         f" ({r[f'{label}_err_%']:+.1f}%)")
+        lines.append(f"| {r.run_id.split('-r')[0].removeprefix('h200a-').removeprefix('h200b-')}"
+                     f" r{r.run_id.split('-r')[-1][0]} | {r.workload} | {r.measured_steps}/"
+                     f"{r.sim_steps} | " + " | ".join(cells) + " |")
+    lines += ["", "| repeated config (noise floor) | workload | runs | TTFT dev mean/max % | "
+              "TPOT dev mean/max % | out tok/s dev mean/max % |", "| --- | --- | ---: | ---: | "
+              "---: | ---: |"]
+    for _, r in noise.iterrows():
+        cells = [f"{r[f'{l}_mean_dev_%']:.1f} / {r[f'{l}_max_dev_%']:.1f}"
+                 for l in ("ttft_ms", "tpot_ms", "output_throughput_tok_s")]
+        lines.append(f"| {r.config} | {r.workload} | {r.runs} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
