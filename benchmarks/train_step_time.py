@@ -110,7 +110,8 @@ def accuracy(ws: Workspace, config: TrainConfig) -> dict:
 
     # this pipeline's own estimator on the same shuffled rows: its leaky score, for contrast
     best = {k: v for k, v in result.params.items()}
-    shuffled = StepTimeRegressor(**best).fit(frame.iloc[fit_idx], y[fit_idx])
+    shuffled = StepTimeRegressor(**best).fit(frame.iloc[fit_idx], y[fit_idx],
+                                             groups=groups[fit_idx])
     pipeline_leaky = _score(y[leak_idx], shuffled.predict(frame.iloc[leak_idx]))
 
     # section 3: 5-fold GroupKFold over all runs, both methods

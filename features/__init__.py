@@ -28,7 +28,12 @@ from servetune.features._definitions import (
     default_feature_registry,
     get_feature_set,
 )
-from servetune.features._feature_set import FeatureSet, FeatureSetRegistry, make_feature_set
+from servetune.features._feature_set import (
+    FeatureSet,
+    FeatureSetRegistry,
+    make_feature_set,
+    select_features,
+)
 
 __all__ = [
     "RAW_COLUMNS",
@@ -46,4 +51,5 @@ __all__ = [
     "knob_vector",
     "knobs_from_runs",
     "make_feature_set",
+    "select_features",
 ]

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from servetune.features._feature_set import FeatureSet, FeatureSetRegistry, make_feature_set
+from servetune.features._feature_set import (
+    FeatureSet,
+    FeatureSetRegistry,
+    make_feature_set,
+    select_features,
+)
 
 __all__ = ["RAW_V1", "STEP_V1", "STEP_V2", "STEP_V3", "DEFAULT_FEATURE_SET", "default_feature_registry",
            "get_feature_set"]
@@ -120,46 +125,11 @@ STEP_V2 = make_feature_set("step_v2", 1, {
 
 
 
-def _step_v3(r, k):
-    num_seqs = r[NUM_SEQS] * 1.0
-    tokens = r[PREFILL_TOKENS] + r[DECODE_TOKENS]
-    kv_sum = r[KV_TOKENS_SUM] * 1.0
-    decode_only = 1.0 - np.minimum(r[NUM_PREFILL_SEQS], 1.0)
-    tokens_padded = np.ceil(tokens / Q_PAD) * Q_PAD
-    kv_padded = np.ceil(kv_sum / KV_PAD) * KV_PAD
-    return (
-        num_seqs,
-        r[NUM_PREFILL_SEQS] * 1.0,
-        r[NUM_DECODE_SEQS] * 1.0,
-        r[PREFILL_TOKENS] * 1.0,
-        r[DECODE_TOKENS] * 1.0,
-        tokens,
-        kv_sum,
-        r[KV_TOKENS_MAX] * 1.0,
-        r[PREFILL_ATTN_WORK] * 1.0,
-        tokens * kv_sum,
-        tokens_padded,
-        kv_padded,
-        tokens_padded * (kv_padded + tokens_padded),
-        num_seqs * r[KV_TOKENS_MAX],
-        kv_sum / np.maximum(num_seqs, 1.0),
-        r[PREFILL_TOKENS] / np.maximum(tokens, 1.0),
-        decode_only,
-        kv_sum * decode_only,
-        k[ASYNC_BATCHING] * 1.0,
-        k[CUDA_GRAPH] * 1.0,
-        k[TP_SIZE] * 1.0,
-    )
-
-
 # step_v2 without the block-size features. On the shipped H200 sample, block size barely changes
 # a step's cost, but the few configurations with an unusual block size also differ in other ways
 # (eager mode, scheduler), so trees that may split on it learn configuration identity and
 # generalise worse to held-out runs (grouped CV on the training runs: BENCHMARKS.md).
-STEP_V3 = make_feature_set("step_v3", 1, {
-    name: sign for name, sign in zip(STEP_V2.feature_names, STEP_V2.monotone)
-    if name not in ("kv_blocks", "block_size")
-}, _step_v3)
+STEP_V3 = select_features(STEP_V2, "step_v3", 1, drop=("kv_blocks", "block_size"))
 
 DEFAULT_FEATURE_SET = STEP_V3.name
 

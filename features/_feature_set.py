@@ -26,7 +26,7 @@ import pandas as pd
 from servetune import ConfigError, InputError
 from servetune.features._columns import KNOB_COLUMNS, RAW_COLUMNS, column_matrix
 
-__all__ = ["FeatureSet", "make_feature_set", "FeatureSetRegistry"]
+__all__ = ["FeatureSet", "make_feature_set", "select_features", "FeatureSetRegistry"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,32 @@ def make_feature_set(name: str, version: int, features: Mapping[str, int],
 
     return FeatureSet(name=name, version=version, feature_names=tuple(features),
                       monotone=tuple(int(v) for v in features.values()), formulas=formulas,
+                      kernel=numba.njit(error_model="numpy")(kernel))
+
+
+def select_features(base: FeatureSet, name: str, version: int,
+                    drop: tuple[str, ...]) -> FeatureSet:
+    """A feature set made of ``base`` without the features named in ``drop`` (same formulas)."""
+    unknown = [d for d in drop if d not in base.feature_names]
+    if unknown:
+        raise ConfigError(f"cannot drop {', '.join(unknown)}: not features of {base.name}")
+    keep = tuple(i for i, n in enumerate(base.feature_names) if n not in drop)
+    keep_array = np.asarray(keep, dtype=np.int64)
+    base_formulas = base.formulas
+    jitted = numba.njit(error_model="numpy")(base_formulas)
+
+    def formulas(r, k):
+        values = base_formulas(r, k)
+        return tuple(values[i] for i in keep)
+
+    def kernel(raw, knobs, out):
+        values = jitted(raw, knobs)
+        for j in range(keep_array.shape[0]):
+            out[j] = np.float32(values[keep_array[j]])
+
+    return FeatureSet(name=name, version=version,
+                      feature_names=tuple(base.feature_names[i] for i in keep),
+                      monotone=tuple(base.monotone[i] for i in keep), formulas=formulas,
                       kernel=numba.njit(error_model="numpy")(kernel))
 
 

@@ -79,7 +79,8 @@ class TrainConfig:
         feature_set: registered feature set name.
         test_fraction: share of runs held out for testing (by a salted hash of the run id).
         holdout_salt: salt of that hash; models are comparable only under the same salt.
-        n_trials: hyperparameter settings tried (1: the defaults only, no search).
+        n_trials: settings tried by the search (1: the defaults only, no search).
+        candidate_feature_sets: other feature sets the search tries (before hyperparameters).
         cv_splits: GroupKFold splits over the training runs for the search.
         search_budget_s: stop the search after this many seconds.
         extrapolation_quantile: token percentile of the extrapolation check.
@@ -93,7 +94,8 @@ class TrainConfig:
     feature_set: str = DEFAULT_FEATURE_SET
     test_fraction: float = 0.2
     holdout_salt: str = "servetune-holdout-v1"
-    n_trials: int = 4
+    n_trials: int = 5
+    candidate_feature_sets: tuple[str, ...] = ("raw_v1", "step_v1")
     cv_splits: int = 3
     search_budget_s: float = 60.0
     extrapolation_quantile: float = 0.8
@@ -243,7 +245,8 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
         if config.n_trials > 1 and n_train_runs >= max(config.cv_splits, 2):
             search = search_hyperparameters(
                 base, train, y[~test], groups[~test], n_trials=config.n_trials,
-                n_splits=config.cv_splits, seed=config.seed, time_budget_s=config.search_budget_s)
+                n_splits=config.cv_splits, seed=config.seed, time_budget_s=config.search_budget_s,
+                feature_sets=config.candidate_feature_sets)
             base.set_params(**search.best_params)
             trials = search.trials
         stages.update(1)
@@ -307,7 +310,7 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
         predicted_vs_measured,
     )
 
-    fs = get_feature_set(config.feature_set)
+    fs = get_feature_set(model.feature_set)
     client = workspace_client(workspace)
     experiment_id = ensure_experiment(client, workspace.artifact_root)
     name = registered_model_name(lineage["engines"], lineage["models"], lineage["hardware"])

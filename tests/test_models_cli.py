@@ -45,3 +45,18 @@ def test_bad_where_is_an_input_error(tmp_path):
     done = _servetune(ws, "train", "--where", "colour=red")
     assert done.returncode == 2
     assert "unknown filter column 'colour'" in done.stderr
+
+
+def test_train_on_an_empty_workspace_ingests_the_bundled_samples(tmp_path):
+    from servetune.data._ingest import sample_paths
+
+    assert sample_paths(), "the H200 sample ships in data/samples/"
+    ws = Workspace.resolve(tmp_path / "empty")
+    done = _servetune(ws, "train", "--trials", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "ingested the bundled samples" in done.stderr
+    out = json.loads(done.stdout)
+    assert out["lineage"]["runs"] >= 24 and out["lineage"]["rows"] >= 20_000
+    assert out["lineage"]["hardware"] == ["NVIDIA-H200"]
+    assert out["registered_model"] == "step-time.transformers-cb.llama-1b-like.NVIDIA-H200"
+    assert out["champion"] is True

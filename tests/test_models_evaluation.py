@@ -98,3 +98,21 @@ def test_search_is_bounded_and_starts_from_the_given_settings():
     best_row = result.trials.iloc[int(result.trials.cv_mape.argmin())]
     assert all(best_row[k] == v for k, v in result.best_params.items())
     assert isinstance(result.best_params["max_depth"], int)
+
+
+def test_search_tries_candidate_feature_sets_then_hyperparameters_on_the_best():
+    from _helpers_models import synthetic_traces
+
+    from servetune.features import join_knobs
+    from servetune.models import StepTimeRegressor
+
+    steps, runs = synthetic_traces(n_runs=4, steps_per_run=120, seed=3)
+    frame = join_knobs(steps, runs)
+    est = StepTimeRegressor(n_estimators=20, n_jobs=1)
+    result = search_hyperparameters(est, frame, frame.duration_ms.to_numpy(),
+                                    frame.run_id.to_numpy(), n_trials=4, n_splits=2, seed=0,
+                                    feature_sets=("raw_v1", "step_v1"))
+    fs = result.trials.feature_set.tolist()
+    assert fs[:3] == [est.feature_set, "raw_v1", "step_v1"]
+    best_of_first_three = fs[int(result.trials.cv_mape.iloc[:3].argmin())]
+    assert fs[3] == best_of_first_three
