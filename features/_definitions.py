@@ -125,10 +125,11 @@ STEP_V2 = make_feature_set("step_v2", 1, {
 
 
 
-# step_v2 without the block-size features. On the shipped H200 sample, block size barely changes
-# a step's cost, but the few configurations with an unusual block size also differ in other ways
-# (eager mode, scheduler), so trees that may split on it learn configuration identity and
-# generalise worse to held-out runs (grouped CV on the training runs: BENCHMARKS.md).
+# step_v2 without the block-size features. On the shipped H200 sample, steps of the same
+# composition take about the same time at block sizes 16..128, while the few configurations with
+# an unusual block size also differ in other ways (eager mode, scheduler): a tree that may split
+# on block size can learn configuration identity instead of cost. `servetune train` still
+# compares feature sets by grouped CV on the training runs and keeps the best (BENCHMARKS.md).
 STEP_V3 = select_features(STEP_V2, "step_v3", 1, drop=("kv_blocks", "block_size"))
 
 DEFAULT_FEATURE_SET = STEP_V3.name
