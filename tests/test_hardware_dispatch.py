@@ -169,6 +169,9 @@ def test_report_calibrates_per_host():
     assert rows[("a", "slow")]["calibrated"] == pytest.approx(6.0)
     assert not rows[("a", "slow")]["drift"]
     assert rows[("b", "fast")]["drift"]  # 5 predicted vs 8 measured on a calibrated host
+    # the baseline is the calibration reference: its raw -17 % error is the host's offset
+    assert rows[("default", "slow")]["error"] == pytest.approx(10 / 12 - 1)
+    assert not rows[("default", "slow")]["drift"]
     assert report.drift and "DRIFT" in report.table()
 
 

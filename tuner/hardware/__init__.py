@@ -75,8 +75,17 @@ from servetune.tuner.hardware._launchers import (
 from servetune.tuner.hardware._records import REPORT_METRICS, aggregate_metrics, measurement_tables
 from servetune.tuner.hardware._report import ValidationReport, build_report, metric_row
 from servetune.tuner.hardware._service import Cancelled, ServiceRun, StartedProcess
-from servetune.tuner.hardware._ssh import SSHTransport, known_hosts_name
 from servetune.tuner.hardware._transport import CommandResult, LocalTransport, Transport
+
+
+def __getattr__(name: str):
+    """``SSHTransport`` and ``known_hosts_name`` load paramiko only when first used, so hosts
+    without it (a GPU node running the local transport) can import this package."""
+    if name in ("SSHTransport", "known_hosts_name"):
+        from servetune.tuner.hardware import _ssh
+
+        return getattr(_ssh, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Attempt", "AuthenticationFailed", "BenchmarkFailed", "BenchmarkResult", "BenchmarkTimeout",

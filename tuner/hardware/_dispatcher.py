@@ -59,7 +59,6 @@ from servetune.tuner.hardware._records import (
     model_label,
 )
 from servetune.tuner.hardware._service import Cancelled, ServiceRun
-from servetune.tuner.hardware._ssh import SSHTransport
 from servetune.tuner.hardware._transport import LocalTransport, Transport
 
 __all__ = ["Dispatcher", "DispatchOptions", "DispatchResult", "CandidateOutcome", "Measurement",
@@ -72,6 +71,8 @@ def default_transport(node: NodeSpec, cluster: ClusterSpec) -> Transport:
     """A local transport for host ``local``, else SSH with the cluster's options."""
     if node.is_local:
         return LocalTransport(node, command_timeout_s=cluster.ssh.command_timeout_s)
+    from servetune.tuner.hardware._ssh import SSHTransport  # paramiko only when needed
+
     return SSHTransport(node, cluster.ssh)
 
 

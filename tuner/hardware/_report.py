@@ -5,7 +5,7 @@ the ratio measured/predicted of the baseline on the same group), the measured me
 relative spread over repeats, and the relative error. *Noise* is the larger of the candidate's
 and the group baseline's coefficient of variation over repeats; a metric *drifts* when its error
 exceeds both the threshold and ``noise_factor`` x noise - measurement noise alone never raises
-the flag. The per-group ``step_time_scale`` is the baseline's measured/predicted TPOT: the
+the flag. The baseline itself is the calibration reference of its group and never drifts. The per-group ``step_time_scale`` is the baseline's measured/predicted TPOT: the
 factor by which real steps are slower than the step-time model predicts on that host.
 
 Example:
@@ -125,6 +125,11 @@ def build_report(result: DispatchResult, *, metrics: Sequence[str] = REPORT_METR
                                  measured=values,
                                  noise_floor=cal.get("noise", {}).get(metric, 0.0),
                                  threshold=threshold, noise_factor=noise_factor)
+                if is_baseline and cal.get("factors"):
+                    # the calibration reference: its calibrated error is 0 by construction and
+                    # its raw error is the host's offset, which calibration exists to absorb
+                    row["drift"] = False
+                    row["calibration_reference"] = True
                 rows.append({"candidate": outcome.candidate.name, "group": group, **row})
     return ValidationReport(rows, calibration, any(r["drift"] for r in rows), threshold,
                             noise_factor)
