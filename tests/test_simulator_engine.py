@@ -242,3 +242,36 @@ def test_transformers_cuda_graphs_are_captured_once_per_padded_shape():
     eager = simulate("transformers", {**cfg, "use_cuda_graph": False}, one(100, 5), STEP)
     assert eager.metrics["graph_captures"] == 0 and eager.e2e_ms[0] == pytest.approx(50.0)
     assert r.e2e_ms[0] == pytest.approx(150.0)
+
+
+def test_unknown_knobs_take_the_missing_value_branches_exactly(caplog):
+    import logging
+
+    import xgboost as xgb
+    from _helpers_simulator import synthetic_steps
+
+    from servetune.features import get_feature_set
+    from servetune.models import CompiledForest, CompiledStepTime
+    from servetune.tuner.simulator import Simulator
+
+    steps = synthetic_steps(n=3000, seed=2)
+    steps["cuda_graph"] = np.random.default_rng(0).integers(0, 2, len(steps))
+    steps.loc[steps.index % 5 == 0, ["async_batching", "cuda_graph"]] = np.nan
+    steps["duration_ms"] *= np.where(steps.cuda_graph == 1, 0.7, 1.0) * np.where(
+        steps.async_batching == 1, 0.9, 1.0)
+    fs = get_feature_set()
+    booster = xgb.train({"max_depth": 5, "eta": 0.2, "nthread": 1},
+                        xgb.DMatrix(fs.frame(steps), label=np.log(steps.duration_ms)), 60)
+    forest = CompiledForest.from_booster(booster, log_target=True)
+    used = {fs.feature_names[f] for f in np.unique(forest.feature[forest.feature >= 0])}
+    assert {"async_batching", "cuda_graph"} <= used  # the trees do split on the knobs
+    model = CompiledStepTime(forest, fs)
+    w = synthetic_workload("poisson:rate=30,n=800", seed=6)
+    # static batching reports no async/cuda_graph knob: those features are NaN all run long
+    caplog.set_level(logging.DEBUG, logger="servetune.tuner.simulator._simulate")
+    fast = simulate("static", {"max_batch_size": 16}, w, model)
+    reused = [r for r in caplog.records if "reused" in r.getMessage()]
+    assert reused and not reused[-1].getMessage().startswith("0") and " 0 step" not in \
+        reused[-1].getMessage()
+    slow = Simulator("static", {"max_batch_size": 16}, model, fast_forest=False).run(w)
+    assert np.array_equal(fast.token_s, slow.token_s)

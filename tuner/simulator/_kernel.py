@@ -537,11 +537,13 @@ def _xorshift(state):
     return (x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit(cache=True)
+# Not cached: its signature holds the feature set's kernel (a dispatcher type), and numba's
+# on-disk index would pickle that function by reference and fail to load once features change.
+@numba.njit
 def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_kernel, n_features,
                feature, threshold, left, right, default_left, value, roots, base_margin,
                log_target, predict_row, fast_feat, fast_thr, fast_left, max_depth, use_fast,
-               step_noise_cv, seed, record_steps):
+               fold_mask, step_noise_cv, seed, record_steps):
     """Simulate one deployment; returns per-request arrays, token times and (optionally) steps.
 
     Returns:
@@ -755,9 +757,16 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             finite = use_fast
             if finite:
                 for c in range(n_features):
-                    if np.isnan(fbuf[c]):
+                    # the folded forest is exact while exactly the folded features are NaN
+                    if np.isnan(fbuf[c]) != (fold_mask[c] != 0):
                         finite = False
                         break
+                if finite:
+                    # features that are NaN for the whole run (an unknown engine knob): their
+                    # splits were folded to the missing-value direction, any value walks them
+                    for c in range(n_features):
+                        if fold_mask[c] != 0:
+                            fbuf[c] = 0.0
             if finite:
                 inside = box_valid[r]
                 if inside:

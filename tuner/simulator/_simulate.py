@@ -108,13 +108,26 @@ class Simulator:
                 raise ConfigError(f"step_model must be a CompiledStepTime (has no {name!r}); "
                                   "get one with StepTimeModel.compile()")
 
-    def _packed(self) -> tuple:
+    def _packed(self, knobs: np.ndarray) -> tuple:
+        """The branch-free forest for this run, with splits on run-constant NaN features (an
+        unknown knob) folded into their missing-value direction, and the mask of those
+        features."""
         forest = getattr(self.step_model, "forest", None)
+        n_features = int(self.step_model.n_features)
         if forest is None or not self.fast_forest or self.predict_row is not None:
             empty_i, empty_f = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.float32)
-            return empty_i, empty_f, empty_i, 0, False
+            return empty_i, empty_f, empty_i, 0, False, np.zeros(n_features, dtype=np.uint8)
         feat, thr, left, max_depth, ok = pack_forest(forest)
-        return feat, thr, left, max_depth, ok
+        probe = np.empty(n_features, dtype=np.float32)
+        self.step_model.kernel(np.array([2.0, 1, 1, 64, 1, 128, 96, 4096]), knobs, probe)
+        fold = np.isnan(probe).astype(np.uint8)
+        if fold.any():
+            splits = forest.feature >= 0
+            folded = splits & (fold[np.where(splits, forest.feature, 0)] == 1)
+            direction = np.where(forest.default_left == 1, np.float32(np.inf),
+                                 np.float32(-np.inf))
+            thr = np.where(folded, direction, thr).astype(np.float32)
+        return feat, thr, left, max_depth, ok, fold
 
     def run(self, workload: Workload, seed: int = 0, *, record_steps: bool = False
             ) -> SimulationResult:
@@ -135,7 +148,7 @@ class Simulator:
             np.ascontiguousarray(workload.input_tokens, dtype=np.int64),
             np.ascontiguousarray(workload.output_tokens, dtype=np.int64),
             knobs, sm.kernel, int(sm.n_features), *arrays[:7], float(arrays[7]),
-            bool(sm.log_target), self.predict_row or forest_predict_row, *self._packed(),
+            bool(sm.log_target), self.predict_row or forest_predict_row, *self._packed(knobs),
             float(c["step_noise_cv"]),
             int(seed) & 0x7FFFFFFFFFFFFFFF, bool(record_steps))
         log.debug("%d steps, %d step times reused from the last walk's input box", total_steps,
