@@ -139,6 +139,7 @@ def accuracy(ws: Workspace, config: TrainConfig) -> dict:
                      "per_run_mape_5fold": {"max": round(float(per_run.max()), 3),
                                             "median": round(float(per_run.median()), 3)},
                      "cv_mape_search": round(result.metrics.get("cv_mape", float("nan")), 4),
+                     "search_trials": result.to_dict()["search_trials"],
                      "params": best, "n_trees": int(result.metrics["n_trees"]),
                      "train_seconds": round(pipeline_seconds, 2),
                      "model_uri": result.model_uri},
@@ -162,7 +163,8 @@ def speed(ws: Workspace, config: TrainConfig, n_rows: int, tmp: Path) -> dict:
     frame, _ = load_training_frame(store)
     runs = store.query("runs")
     steps = store.query("steps")
-    steps = steps[steps.run_id.isin(frame.run_id.unique())]
+    capture = steps.extra.fillna("").str.contains('"graph_captured":true', regex=False)
+    steps = steps[~capture & steps.run_id.isin(frame.run_id.unique())]  # rows training keeps
     big, runs = resampled(steps, runs, n_rows, seed=1)
     ws_big = _workspace_with((big, runs), tmp / "ws100k")
     t0 = time.perf_counter()

@@ -120,10 +120,13 @@ class TrainResult:
     params: dict
     seconds: float
     per_run: pd.DataFrame = field(repr=False, default=None)
+    search_trials: pd.DataFrame | None = field(repr=False, default=None)
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
-        out = {k: v for k, v in asdict(self).items() if k != "per_run"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("per_run", "search_trials")}
+        out["search_trials"] = ([] if self.search_trials is None else
+                                self.search_trials.to_dict(orient="records"))
         out["champion_uri"] = f"models:/{self.registered_model}@{CHAMPION}"
         return out
 
@@ -372,7 +375,8 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
                        registered_model=name, version=int(version), champion=champion,
                        metrics=metrics, champion_before=before, lineage=lineage,
                        params={k: v for k, v in model.get_params().items()},
-                       seconds=time.perf_counter() - started, per_run=per_run)
+                       seconds=time.perf_counter() - started, per_run=per_run,
+                       search_trials=trials)
 
 
 def _register(client, name: str, run_id: str, fs, metrics: dict, lineage: dict) -> str:
