@@ -1,8 +1,9 @@
 """The ``servetune`` command group: global options, error handling, sub-command registry.
 
 Each sub-command lives in its own module ``servetune.cli._<name>`` exposing ``command`` (a
-``click.Command``); the modules are imported only when the group is built, so ``import
-servetune`` stays light.
+``click.Command``). A module is imported only when its command runs (or ``--help`` lists it), so
+``servetune ingest`` does not pay for MLflow, numba or paramiko, and a GPU host without the
+tuner's dependencies can still run ``servetune collect``.
 """
 
 from __future__ import annotations
@@ -19,18 +20,31 @@ from servetune.data import Workspace
 
 __all__ = ["cli", "main", "Context", "emit_json"]
 
-# Sub-command modules, in the order ``servetune --help`` lists them.
-_COMMAND_MODULES = (
-    "_ingest",
-    "_data",
-    "_collect",
-    "_train",
-    "_models",
-    "_simulate",
-    "_tune",
-    "_report",
-    "_validate",
-)
+# Sub-command name -> module under servetune.cli, in the order ``servetune --help`` lists them.
+_COMMAND_MODULES = {
+    "ingest": "_ingest",
+    "data": "_data",
+    "collect": "_collect",
+    "train": "_train",
+    "models": "_models",
+    "simulate": "_simulate",
+    "tune": "_tune",
+    "report": "_report",
+    "validate": "_validate",
+}
+
+
+class _LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        return importlib.import_module(f"servetune.cli.{module}").command
 
 
 class Context:
@@ -46,7 +60,7 @@ def emit_json(payload: object) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--workspace", type=click.Path(file_okay=False), default=None,
               help="Workspace directory (default: $SERVETUNE_WORKSPACE, else the current one).")
 @click.option("-v", "--verbose", count=True, help="More diagnostics on stderr (-vv for debug).")
@@ -58,10 +72,6 @@ def cli(ctx: click.Context, workspace: str | None, verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     ctx.obj = Context(Workspace.resolve(workspace), verbose)
-
-
-for _module in _COMMAND_MODULES:
-    cli.add_command(importlib.import_module(f"servetune.cli.{_module}").command)
 
 
 def main(argv: list[str] | None = None) -> int:
