@@ -102,7 +102,7 @@ def _study_dir(ctx: Context, study: str) -> Path:
               help="Accept hosts missing from known_hosts and record their keys (never a "
                    "changed key).")
 @click.option("--service-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--work-dir", default="/tmp/servetune", show_default=True)
+@click.option("--work-dir", default="/tmp/servetune-work", show_default=True)
 @click.option("--timeout", "candidate_timeout_s", type=float, default=None,
               help="Seconds one candidate may take in all (start, benchmark, stop).")
 @click.option("--health-timeout", "health_timeout_s", type=float, default=None)

@@ -62,7 +62,7 @@ class NodeSpec:
     user: str | None = None
     key: str | None = None
     gpus: tuple[int, ...] = ()
-    work_dir: str = "/tmp/servetune"
+    work_dir: str = "/tmp/servetune-work"
 
     @property
     def is_local(self) -> bool:
@@ -236,7 +236,7 @@ def _groups_from_hosts(hosts: list[NodeSpec], nodes_per_group: int, where: str,
 
 def parse_node_string(text: str, *, gpus_per_node: int = 0, port: int = 22,
                       user: str | None = None, key: str | None = None,
-                      work_dir: str = "/tmp/servetune", service_port: int = 8000,
+                      work_dir: str = "/tmp/servetune-work", service_port: int = 8000,
                       **settings) -> ClusterSpec:
     """Groups from ``"n0,n1:n2,n3"`` (``:`` separates groups, ``,`` nodes of a group)."""
     groups = []
@@ -252,7 +252,7 @@ def parse_node_string(text: str, *, gpus_per_node: int = 0, port: int = 22,
 
 def read_hostfile(path: str | Path, *, nodes_per_group: int = 1, gpus_per_node: int = 0,
                   port: int = 22, user: str | None = None, key: str | None = None,
-                  work_dir: str = "/tmp/servetune", service_port: int = 8000,
+                  work_dir: str = "/tmp/servetune-work", service_port: int = 8000,
                   **settings) -> ClusterSpec:
     """Groups of ``nodes_per_group`` consecutive hosts of a hostfile."""
     path = Path(path)
@@ -420,7 +420,7 @@ def _node_from_table(r: _Reader, table: Mapping, where: str) -> NodeSpec:
     return NodeSpec(host=host, port=_port(table.get("port", 22), f"{r.path}: {where}.port"),
                     user=r.value(table, "user", str, where),
                     key=str(Path(key).expanduser()) if key else None, gpus=tuple(gpus),
-                    work_dir=r.value(table, "work_dir", str, where, "/tmp/servetune"))
+                    work_dir=r.value(table, "work_dir", str, where, "/tmp/servetune-work"))
 
 
 def load_cluster(source: str, *, nodes_per_group: int = 1, gpus_per_node: int = 0,
