@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_DRIFT, EXIT_FAILED = 0, 3, 4
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DEFAULT_WORKLOAD = "poisson:rate=2,n=32,input=const:128,output=const:32"
 
 
 def parse_duration(text: str) -> float:
@@ -52,6 +53,19 @@ def parse_duration(text: str) -> float:
         raise InputError(f"expected a duration like 30s, 10m, 1h or 1d, got {text!r}",
                          field="--every")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _study_workload(study_dir: Path | None, qps: float | None, limit: int | None, seed: int
+                    ) -> tuple[str, float | None, int | None, int]:
+    """The workload a study was tuned on (its ``study.json``: spec, rate, limit and the seed
+    its synthetic arrivals were drawn with), else the default spec."""
+    try:
+        info = json.loads((study_dir / "study.json").read_text())["evaluator"]
+        return (str(info["workload"]), qps if qps is not None else info.get("qps"),
+                limit if limit is not None else info.get("limit"),
+                int(info.get("sim_seed", seed)))
+    except (TypeError, OSError, ValueError, KeyError):
+        return _DEFAULT_WORKLOAD, qps, limit, seed
 
 
 def _study_dir(ctx: Context, study: str) -> Path:
@@ -75,11 +89,15 @@ def _study_dir(ctx: Context, study: str) -> Path:
               help="Only the top K candidates of the study (plus its baseline).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="One candidate from knob values (repeatable), instead of --candidates.")
+@click.option("--base-set", "base_settings", multiple=True, metavar="KEY=VALUE",
+              help="Engine knobs applied under every candidate, not tuned (e.g. device=cuda, "
+                   "dtype=bfloat16).")
 @click.option("--engine", default=None, help="vllm, sglang, transformers or script "
                                              "(default: the cluster file's, else vllm).")
 @click.option("--model", default=None, help="Model path or id served by the engine.")
-@click.option("--workload", default="poisson:rate=2,n=32,input=const:128,output=const:32",
-              show_default=True, help="Request-arrival trace file or synthetic spec.")
+@click.option("--workload", default=None,
+              help="Request-arrival trace file or synthetic spec (default: the study's workload "
+                   f"with --candidates, else {_DEFAULT_WORKLOAD}).")
 @click.option("--requests", "limit", type=click.IntRange(min=1), default=None,
               help="Replay only the first N requests.")
 @click.option("--qps", type=float, default=None, help="Rescale arrivals to this mean rate.")
@@ -128,7 +146,8 @@ def _study_dir(ctx: Context, study: str) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document per round.")
 @click.pass_obj
 def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_node: int,
-            study: str | None, top: int | None, settings: tuple[str, ...], engine: str | None,
+            study: str | None, top: int | None, settings: tuple[str, ...],
+            base_settings: tuple[str, ...], engine: str | None,
             model: str | None, workload: str, limit: int | None, qps: float | None, api: str,
             repeats: int, calibrate: bool, hardware: str, slo_ttft_ms: float | None,
             slo_tpot_ms: float | None, ssh_user: str | None, ssh_key: str | None,
@@ -165,10 +184,16 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
     study_dir = _study_dir(ctx, study) if study else None
     candidates = (load_study_candidates(study_dir, top=top) if study_dir
                   else candidates_from_sets(settings))
+    if base_settings:
+        base = candidates_from_sets(base_settings)[0].config
+        candidates = [dataclasses.replace(c, config={**base, **c.config}) for c in candidates]
+    workload_seed = seed
+    if workload is None:
+        workload, qps, limit, workload_seed = _study_workload(study_dir, qps, limit, seed)
     for candidate in candidates:  # refuse unsupported knobs before touching any host
         for group in cluster.groups:
             launcher.render(candidate.config, group, model=cluster.model or "model")
-    replayed = resolve_workload(workload, seed=seed, qps=qps, limit=limit)
+    replayed = resolve_workload(workload, seed=workload_seed, qps=qps, limit=limit)
     client = ClientOptions(model=cluster.model or "model", api=api,
                            extra_body=dict(launcher.request_extras), seed=seed)
     options = DispatchOptions(repeats=repeats, calibrate=calibrate, hardware=hardware,

@@ -269,3 +269,21 @@ def test_cli_every_repeats_rounds(tmp_path, capsys):
     assert code == 0
     assert out.out.count('"exit_code"') == 2
     assert len(TraceStore(tmp_path / "ws" / "traces").query("runs")) == 2
+
+
+def test_cli_study_defaults_to_its_workload_and_base_knobs(tmp_path, capsys):
+    study = tmp_path / "ws" / "studies" / "s2"
+    study.mkdir(parents=True)
+    (study / "study.json").write_text(json.dumps({"evaluator": {
+        "workload": "poisson:rate=30,n=3,input=const:8,output=const:3", "sim_seed": 7}}))
+    (study / "candidates.json").write_text(json.dumps([{"name": "only", "config": {"b": 1}}]))
+    code = main(["--workspace", str(tmp_path / "ws"), "validate", "--cluster",
+                 str(cluster_file(tmp_path)), "--candidates", "s2", "--base-set", "flavour=x",
+                 "--no-calibrate", "--warmup", "0", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert doc["outcomes"][0]["config"] == {"flavour": "x", "b": 1}
+    metrics = doc["outcomes"][0]["measurements"][0]["metrics"]
+    assert metrics["num_requests"] == 3 and metrics["output_throughput_tok_s"] > 0
+    runs = TraceStore(tmp_path / "ws" / "traces").query("runs")
+    assert json.loads(runs["workload"].iloc[0])["seed"] == 7
