@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from servetune import InputError, ModelError
 from servetune.data import TraceStore, schema_for
-from servetune.data._schemas import PARTITION_COLUMNS
+from servetune.data._schemas import PARTITION_COLUMNS, partition_value
 from servetune.features import (
     DEFAULT_FEATURE_SET,
     KNOB_COLUMNS,
@@ -175,7 +175,7 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
     filter keeps the steps of the matching runs).
     """
     where = dict(where or {})
-    part = {k: str(where.pop(k)) for k in list(where) if k in PARTITION_COLUMNS}
+    part = {k: partition_value(str(where.pop(k))) for k in list(where) if k in PARTITION_COLUMNS}
     run_ids = where.pop("run_id", None)
     step_names = set(schema_for("steps").names)
     step_where = {k: v for k, v in where.items() if k in step_names}

@@ -180,6 +180,7 @@ def test_graph_capture_steps_are_excluded_and_counted(tmp_path):
     ws = Workspace.resolve(tmp_path / "ws")
     steps, runs = synthetic_traces(n_runs=2, steps_per_run=50, seed=6)
     steps["extra"] = '{"waiting":0}'
+    steps["hardware"] = runs["hardware"] = "Tiny GPU"  # stored as the partition value Tiny-GPU
     steps.loc[[0, 50], "extra"] = '{"waiting":0, "graph_captured": true}'
     steps.loc[[0, 50], "duration_ms"] = 2500.0  # a capture step costs seconds
     TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="g",
@@ -187,3 +188,6 @@ def test_graph_capture_steps_are_excluded_and_counted(tmp_path):
     frame, lineage = load_training_frame(TraceStore.for_workspace(ws))
     assert lineage["excluded_graph_capture_steps"] == 2 and len(frame) == 98
     assert frame.duration_ms.max() < 2500.0 and "extra" not in frame.columns
+    spelled, _ = load_training_frame(TraceStore.for_workspace(ws),
+                                     parse_where(["hardware=Tiny GPU"]))
+    assert len(spelled) == 98  # a filter is normalised like the store's partition values
