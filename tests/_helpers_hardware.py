@@ -43,6 +43,19 @@ def sshd_unavailable_reason() -> str | None:
     return None
 
 
+def sshd_kit_or_skip(root: Path) -> "SshKit":
+    """A fresh :class:`SshKit`; skips the test - or fails it when ``SERVETUNE_REQUIRE_SSHD=1``
+    (CI) - where real sshd hosts cannot run."""
+    import pytest
+
+    reason = sshd_unavailable_reason()
+    if reason:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but real sshd test hosts cannot run: {reason}")
+        pytest.skip(reason)
+    return SshKit.create(root)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

@@ -21,12 +21,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _helpers_hardware import (  # noqa: E402
-    REQUIRE_ENV,
-    SshKit,
     free_port,
     make_tiny_model,
     session_alive,
-    sshd_unavailable_reason,
+    sshd_kit_or_skip,
 )
 
 from servetune.data import TraceStore, Workload  # noqa: E402
@@ -50,12 +48,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    reason = sshd_unavailable_reason()
-    if reason:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but real sshd test hosts cannot run: {reason}")
-        pytest.skip(reason)
-    kit = SshKit.create(tmp_path_factory.mktemp("ssh"))
+    kit = sshd_kit_or_skip(tmp_path_factory.mktemp("ssh"))
     yield kit
     kit.close()
 

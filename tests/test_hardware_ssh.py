@@ -3,14 +3,13 @@ timeouts, host-key verification, authentication, SFTP, and stopping exactly one 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _helpers_hardware import REQUIRE_ENV, SshKit, session_alive, sshd_unavailable_reason  # noqa: E402
+from _helpers_hardware import session_alive, sshd_kit_or_skip  # noqa: E402
 
 from servetune.tuner.hardware import (  # noqa: E402
     AuthenticationFailed,
@@ -27,12 +26,7 @@ from servetune.tuner.hardware import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    reason = sshd_unavailable_reason()
-    if reason:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but real sshd test hosts cannot run: {reason}")
-        pytest.skip(reason)
-    kit = SshKit.create(tmp_path_factory.mktemp("ssh"))
+    kit = sshd_kit_or_skip(tmp_path_factory.mktemp("ssh"))
     kit.start_host("h0")
     yield kit
     kit.close()

@@ -49,7 +49,6 @@ from servetune.tuner.hardware._errors import (
     BenchmarkFailed,
     BenchmarkTimeout,
     HardwareError,
-    ServiceLost,
 )
 from servetune.tuner.hardware._launchers import EngineLauncher
 from servetune.tuner.hardware._records import (
@@ -529,8 +528,10 @@ class Dispatcher:
             raise
         metrics = metrics_from_row(row, [*REPORT_METRICS, "completed", "failed", "success_rate",
                                          "duration_s", "num_requests"])
-        measurement = Measurement(candidate.name, group.name, repeat, run_id, metrics,
-                                  group.head.host)
+        self._record(outcome, Measurement(candidate.name, group.name, repeat, run_id, metrics,
+                                          group.head.host))
+
+    def _record(self, outcome: CandidateOutcome, measurement: Measurement) -> None:
         with self._lock:
             outcome.measurements.append(measurement)
         if self.on_measurement:
@@ -602,9 +603,5 @@ class Dispatcher:
             with self._store_lock:
                 self.store.ingest(tables, source=f"servetune-validate:{run_id}", sha256=digest,
                                   format="servetune-measured", progress=False)
-        measurement = Measurement(candidate.name, group.name, repeat, run_id, metrics,
-                                  group.head.host)
-        with self._lock:
-            outcome.measurements.append(measurement)
-        if self.on_measurement:
-            self.on_measurement(measurement)
+        self._record(outcome, Measurement(candidate.name, group.name, repeat, run_id, metrics,
+                                          group.head.host))
