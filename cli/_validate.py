@@ -187,9 +187,10 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
     if base_settings:
         base = candidates_from_sets(base_settings)[0].config
         candidates = [dataclasses.replace(c, config={**base, **c.config}) for c in candidates]
+    study_spec, study_qps, study_limit, study_seed = _study_workload(study_dir, qps, limit, seed)
     workload_seed = seed
-    if workload is None:
-        workload, qps, limit, workload_seed = _study_workload(study_dir, qps, limit, seed)
+    if workload is None or workload == study_spec:  # replay exactly what was simulated
+        workload, qps, limit, workload_seed = study_spec, study_qps, study_limit, study_seed
     for candidate in candidates:  # refuse unsupported knobs before touching any host
         for group in cluster.groups:
             launcher.render(candidate.config, group, model=cluster.model or "model")

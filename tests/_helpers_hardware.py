@@ -228,6 +228,9 @@ def _serve(argv: list[str]) -> None:
             handle.write(json.dumps({"argv": argv, "unknown": unknown,
                                      "env": {k: v for k, v in os.environ.items()
                                              if k.startswith("SERVETUNE_")}}) + "\n")
+    if os.environ.get("SERVETUNE_NODE_RANK", "0") != "0":
+        while True:  # a worker node of a multi-node group: stays up, serves nothing
+            time.sleep(3600)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

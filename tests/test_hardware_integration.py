@@ -302,3 +302,23 @@ def test_engine_benchmark_json_is_fetched_over_sftp_and_ingested(kit, hosts, tmp
     assert argv[argv.index("--num-prompts") + 1] == "6" and "--ignore-eos" in argv
     assert build_report(result).rows[0]["measured_mean"] == pytest.approx(66.49527438861105)
     assert_nothing_survives(result)
+
+
+def test_multi_node_group_runs_one_command_per_node_and_stops_both(kit, hosts, tmp_path):
+    record = tmp_path / "roles.jsonl"
+    group = ServiceGroupSpec("pair", (node(kit, hosts[1], tmp_path / "n0"),
+                                      node(kit, hosts[2], tmp_path / "n1")),
+                             service_port=free_port(),
+                             start_command=(sys.executable, HELPER, "--record", str(record)))
+    result, _ = dispatch(cluster(kit, [group]), [Candidate("c", {"k": 1})], tmp_path)
+    (outcome,) = result.outcomes
+    assert outcome.status == "measured", outcome.reason
+    (attempt,) = outcome.attempts
+    assert [label for label, _ in attempt.sessions] == [  # the worker starts before the head
+        f"root@127.0.0.1:{hosts[2].port}", f"root@127.0.0.1:{hosts[1].port}"]
+    started = [json.loads(line) for line in record.read_text().splitlines()
+               if line.startswith('{"argv"')]
+    ranks = sorted(entry["env"]["SERVETUNE_NODE_RANK"] for entry in started)
+    assert ranks == ["0", "1"]
+    assert {entry["env"]["SERVETUNE_NUM_NODES"] for entry in started} == {"2"}
+    assert_nothing_survives(result)
