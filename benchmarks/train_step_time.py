@@ -123,6 +123,12 @@ def accuracy(ws: Workspace, config: TrainConfig) -> dict:
         oof_recipe[te] = _recipe_model(X[tr], y[tr]).predict(X[te])
     per_run = (pd.DataFrame({"run": groups, "ape": np.abs(oof_pipe - y) / y * 100})
                .groupby("run").ape.mean())
+    mode = (np.where(frame.cuda_graph.to_numpy() == 1, "graphs", "eager") + "+"
+            + np.where(frame.async_batching.to_numpy() == 1, "async", "sync"))
+    by_mode = {m: {"runs": int(np.unique(groups[mode == m]).size),
+                   "pipeline": _score(y[mode == m], oof_pipe[mode == m]),
+                   "common_recipe": _score(y[mode == m], oof_recipe[mode == m])}
+               for m in sorted(set(mode))}
     return {
         "data": {"rows": lineage["rows"], "runs": lineage["runs"],
                  "content_sha256": lineage["content_sha256"],
@@ -143,6 +149,7 @@ def accuracy(ws: Workspace, config: TrainConfig) -> dict:
                      "params": best, "n_trees": int(result.metrics["n_trees"]),
                      "train_seconds": round(pipeline_seconds, 2),
                      "model_uri": result.model_uri},
+        "group_5fold_by_mode": by_mode,
         "common_recipe": {"held_out_runs": recipe_test, "shuffled_rows_leaky": recipe_leaky,
                           "held_out_total_time": total_time(recipe_pred),
                           "group_5fold": _score(y, oof_recipe)},

@@ -223,9 +223,10 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
 
 
 def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
-                          config: TrainConfig = TrainConfig(), *,
+                          config: TrainConfig | None = None, *,
                           progress: bool | None = None) -> TrainResult:
     """Train, evaluate, log and register one step-time model from the workspace's store."""
+    config = config or TrainConfig()
     started = time.perf_counter()
     stages = tqdm(total=6, desc="train", unit="stage", disable=None if progress is None
                   else not progress, delay=0.5)
@@ -433,7 +434,7 @@ def _maybe_promote(client, workspace, name: str, version: str, test_frame: pd.Da
 
 
 def ensure_champion(workspace, where: Mapping[str, object] | None = None, *,
-                    config: TrainConfig = TrainConfig(), progress: bool | None = None) -> str:
+                    config: TrainConfig | None = None, progress: bool | None = None) -> str:
     """The URI ``models:/NAME@champion`` of the store's data, training one if none exists.
 
     Ingests the bundled samples first when the store has no step traces.
