@@ -69,7 +69,7 @@ def _chunk(evaluator, configs):
     return [evaluator(c) for c in configs]
 
 
-def run_study(space, objective, optimizer, seed, table, folder) -> tuple[float, int]:
+def run_study(space, objective, optimizer, seed, table, folder) -> tuple[float, int, int]:
     study = Study.create(folder, space=space, objective=objective, optimizer=optimizer,
                          seed=seed)
     study.run(LookupEvaluator(table))
@@ -77,7 +77,29 @@ def run_study(space, objective, optimizer, seed, table, folder) -> tuple[float, 
     return study.best().score, distinct, len(study.records)
 
 
-def run_tpe(space, objective, seed, budget, table) -> tuple[float, int]:
+def best_within_simulations(scored: list[tuple[str, float]], budget: int) -> tuple[float, int]:
+    """Best score among proposals until ``budget`` distinct configurations were simulated
+    (repeats of a configuration cost nothing: the study serves them from its cache)."""
+    seen: set[str] = set()
+    best = -float("inf")
+    for key, score in scored:
+        if key not in seen:
+            if len(seen) == budget:
+                break
+            seen.add(key)
+        best = max(best, score)
+    return best, len(seen)
+
+
+def study_scores(space, objective, optimizer, seed, table, folder) -> list[tuple[str, float]]:
+    study = Study.create(folder, space=space, objective=objective, optimizer=optimizer,
+                         seed=seed)
+    study.run(LookupEvaluator(table))
+    return [(config_key(r.config), r.score) for r in study.records]
+
+
+def run_tpe(space, objective, seed, budget, table, distinct_budget: bool = False
+            ) -> tuple[float, int, int]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -94,14 +116,24 @@ def run_tpe(space, objective, seed, budget, table) -> tuple[float, int]:
                 tunables[p.name] = trial.suggest_categorical(p.name, list(p.choices))
         return space.resolve(tunables).config
 
+    scored: list[tuple[str, float]] = []
+    seen: set[str] = set()
+
     def objective_fn(trial):
-        return objective.score(table[config_key(trial_config(trial))])
+        key = config_key(trial_config(trial))
+        scored.append((key, objective.score(table[key])))
+        seen.add(key)
+        if distinct_budget and len(seen) >= budget:
+            trial.study.stop()
+        return scored[-1][1]
 
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective_fn, n_trials=budget)
-    distinct = len({json.dumps(t.params, sort_keys=True) for t in study.trials})
-    return study.best_value, distinct, budget
+    study.optimize(objective_fn, n_trials=budget * 20 if distinct_budget else budget)
+    if distinct_budget:
+        best, n = best_within_simulations(scored, budget)
+        return best, n, len(scored)
+    return study.best_value, len(seen), budget
 
 
 def summarise(values: list[float], best: float) -> dict:
@@ -131,6 +163,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--grid-cache", default=None,
+                        help="JSON file of the grid's simulated metrics: read when it matches "
+                             "this model version, workload and space, else written")
     args = parser.parse_args()
 
     from servetune.models import StepTimeModel, ensure_champion
@@ -150,7 +185,18 @@ def main() -> None:
     evaluator(space.resolve(space.default_tunables()).config)  # JIT warm-up before forking
     warmup_s = time.perf_counter() - t0
 
-    table, grid_s = evaluate_grid(space, evaluator, args.jobs)
+    identity = {"model": f"{model.name}/{model.version}", "requests": len(workload),
+                "qps": args.qps, "space": space.fingerprint(), "slo": [objective.slo.ttft_ms,
+                                                                     objective.slo.tpot_ms]}
+    cache = Path(args.grid_cache) if args.grid_cache else None
+    if cache and cache.exists() and json.loads(cache.read_text())["identity"] == identity:
+        saved = json.loads(cache.read_text())
+        table, grid_s = saved["table"], saved["seconds"]
+    else:
+        table, grid_s = evaluate_grid(space, evaluator, args.jobs)
+        if cache:
+            cache.write_text(json.dumps({"identity": identity, "seconds": grid_s,
+                                         "table": table}))
     scores = {k: objective.score(m) for k, m in table.items()}
     best_key = max(scores, key=scores.get)
     grid_best = scores[best_key]
@@ -159,6 +205,9 @@ def main() -> None:
 
     results: dict = {"pso": [], "random": [], "tpe": []}
     distinct: dict = {"pso": [], "random": [], "tpe": []}
+    by_sims: dict = {"pso": [], "random": [], "tpe": []}
+    sims: dict = {"pso": [], "random": [], "tpe": []}
+    proposals: dict = {"pso": [], "random": [], "tpe": []}
     iterations = args.budget // args.particles
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
@@ -176,6 +225,22 @@ def main() -> None:
             distinct["tpe"].append(n_distinct)
             print(f"seed {seed}: " + "  ".join(f"{k} {v[-1]:.4f}" for k, v in results.items()),
                   file=sys.stderr)
+            # equal number of *simulations*: run on until `budget` distinct configurations
+            for name, spec in (("pso", {"name": "pso", "particles": args.particles,
+                                        "iterations": 20 * iterations}),
+                               ("random", {"name": "random", "budget": 20 * args.budget,
+                                           "batch_size": args.particles})):
+                scored = study_scores(space, objective, spec, seed, table,
+                                      Path(tmp) / f"sim-{name}-{seed}")
+                score, n_sims = best_within_simulations(scored, args.budget)
+                by_sims[name].append(score)
+                proposals[name].append(len(scored))
+                sims[name].append(n_sims)
+            score, n_sims, n_props = run_tpe(space, objective, seed, args.budget, table,
+                                             distinct_budget=True)
+            by_sims["tpe"].append(score)
+            sims["tpe"].append(n_sims)
+            proposals["tpe"].append(n_props)
 
     # wall time: a fresh PSO study on the real simulator (no lookups), process pool
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,6 +284,11 @@ def main() -> None:
         "results": {k: summarise(v, grid_best) for k, v in results.items()},
         "raw": results, "distinct_configs": {k: statistics.median(v)
                                              for k, v in distinct.items()},
+        "equal_simulations": {
+            "results": {k: summarise(v, grid_best) for k, v in by_sims.items()},
+            "raw": by_sims, "simulations_median": {k: statistics.median(v)
+                                                   for k, v in sims.items()},
+            "proposals_median": {k: statistics.median(v) for k, v in proposals.items()}},
         "wall": {"particles": args.wall_particles, "iterations": args.wall_iterations,
                  "jobs": args.jobs, "study_s": wall_s, "simulated": wall_distinct,
                  "best": wall_best, "cli": cli},
