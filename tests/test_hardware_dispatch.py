@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -287,3 +289,20 @@ def test_cli_study_defaults_to_its_workload_and_base_knobs(tmp_path, capsys):
     assert metrics["num_requests"] == 3 and metrics["output_throughput_tok_s"] > 0
     runs = TraceStore(tmp_path / "ws" / "traces").query("runs")
     assert json.loads(runs["workload"].iloc[0])["seed"] == 7
+
+
+def test_cancel_stops_the_running_service_and_fails_with_reason(tmp_path):
+    group = local_group("g", tmp_path, "--token-ms", "200")
+    cluster = ClusterSpec(groups=(group,), engine="script", model="m", health_timeout_s=15,
+                          candidate_timeout_s=60, stop_grace_s=3)
+    workload = Workload.from_arrays([0, 0.1], [8, 8], [40, 40], name="slow")
+    dispatcher = Dispatcher(cluster, launcher_for("script"), workload,
+                            client=ClientOptions(model="m"),
+                            options=DispatchOptions(warmup_requests=0))
+    threading.Timer(2.0, dispatcher.cancel.set).start()  # as Ctrl-C does, mid-benchmark
+    started = time.monotonic()
+    result = dispatcher.run([Candidate("c", {})])
+    (outcome,) = result.outcomes
+    assert outcome.status == "failed" and outcome.error_kind == "cancelled"
+    assert time.monotonic() - started < 8  # the 8 s benchmark did not run to its end
+    no_survivors(result)

@@ -257,6 +257,7 @@ class Dispatcher:
         names = [c.name for c in candidates]
         if len(set(names)) != len(names):
             raise ConfigError(f"candidate names must be unique, got {names}")
+        self.cancel.clear()
         self._rng = np.random.default_rng(self.options.seed)
         self._lock = threading.Condition()
         self._store_lock = threading.Lock()

@@ -40,12 +40,19 @@ LAUNCH_SCRIPT = (
     "setsid sh -c 'echo $$; exec \"$@\" >>\"$0\" 2>&1 </dev/null' \"$log\" \"$@\" </dev/null &"
 )
 
-# Counts the live (non-zombie) processes of session "$1", then sends them signal "$2" (0 only
-# probes): the process group, plus any member that moved to another group inside the session.
+# Lists the live (non-zombie) pids of session $sid from /proc with shell builtins only (no ps,
+# awk or a fork per process): field 3 of /proc/PID/stat after the command name is the state,
+# field 6 the session id.
+_ALIVE = (
+    'alive() { for d in /proc/[0-9]*; do read -r s 2>/dev/null < "$d/stat" || continue; '
+    'set -- ${s##*) }; [ "$4" = "$sid" ] && [ "$1" != Z ] && echo "${d#/proc/}"; done; }; '
+)
+
+# Counts the live processes of session "$1", then sends them signal "$2" (0 only probes): the
+# process group, plus any member that moved to another group inside the session.
 SESSION_SCRIPT = (
-    'sid="$1"; sig="$2"; '
-    'pids=$(ps -e -o pid= -o sid= -o stat= | awk -v s="$sid" \'$2 == s && $3 !~ /^Z/ {print $1}\'); '
-    'n=$(echo $pids | wc -w); echo "$n"; '
+    'sid="$1"; sig="$2"; ' + _ALIVE
+    + 'pids=$(alive); n=0; for p in $pids; do n=$((n+1)); done; echo "$n"; '
     '[ "$n" -eq 0 ] || [ "$sig" = 0 ] && exit 0; '
     'kill -s "$sig" -- -"$sid" 2>/dev/null; kill -s "$sig" $pids 2>/dev/null; exit 0'
 )
@@ -53,15 +60,14 @@ SESSION_SCRIPT = (
 # Stops session "$1": SIGTERM, up to "$2" polls 50 ms apart, then SIGKILL and up to 5 s more;
 # prints how many processes survived (0 on success).
 STOP_SCRIPT = (
-    'sid="$1"; polls="$2"; '
-    'alive() { ps -e -o pid= -o sid= -o stat= | awk -v s="$sid" \'$2 == s && $3 !~ /^Z/ {print $1}\'; }; '
-    'wait_gone() { i=0; while [ "$i" -lt "$1" ]; do pids=$(alive); '
+    'sid="$1"; polls="$2"; ' + _ALIVE
+    + 'wait_gone() { i=0; while [ "$i" -lt "$1" ]; do pids=$(alive); '
     '[ -z "$pids" ] && { echo 0; exit 0; }; sleep 0.05; i=$((i+1)); done; }; '
     'pids=$(alive); [ -z "$pids" ] && { echo 0; exit 0; }; '
     'kill -s TERM -- -"$sid" 2>/dev/null; kill -s TERM $pids 2>/dev/null; '
     'wait_gone "$polls"; '
     'pids=$(alive); kill -s KILL -- -"$sid" 2>/dev/null; kill -s KILL $pids 2>/dev/null; '
-    'wait_gone 100; echo $(alive | wc -l)'
+    'wait_gone 100; n=0; for p in $(alive); do n=$((n+1)); done; echo "$n"'
 )
 
 _OUTPUT_LIMIT = 1 << 20
