@@ -291,9 +291,12 @@ class Dispatcher:
             for worker in workers:
                 worker.join()
             raise
-        for task in self._tasks:  # left over: every group gave up
-            self._finish_failed(task.index, "no-group", "no service group could take it: "
-                                + self._breaker_summary())
+        for task in self._tasks:  # left over: cancelled, or every group gave up
+            if self.cancel.is_set():
+                self._finish_failed(task.index, "cancelled", "cancelled before it ran")
+            else:
+                self._finish_failed(task.index, "no-group", "no service group could take it: "
+                                    + self._breaker_summary())
         for outcome in self._outcomes:
             if outcome.status == "pending" and outcome.measurements:
                 outcome.status = "measured"
