@@ -79,14 +79,31 @@ def run_workload(requests: pd.DataFrame) -> tuple[Workload, float]:
     return w, float(r.arrival_s.min())
 
 
-def simulated_metrics(result, offset: float) -> dict:
-    """Mean TTFT/TPOT and output throughput, the duration measured from the run's clock start
-    (the collector's ``duration_s`` is the last finish since its clock started)."""
-    m = result.metrics
-    duration = m["duration_s"] + offset
-    return {"ttft_ms": m["ttft_ms"]["mean"], "tpot_ms": m["tpot_ms"]["mean"],
-            "output_throughput_tok_s": int(result.workload.output_tokens.sum()) / duration,
-            "steps": m["steps"]}
+WARMUP_GAP_S = 30.0  # the collector's warm-up requests run this long before the clock starts
+
+
+def with_warmup(workload: Workload, n: int) -> Workload:
+    """The collector's ``n`` unrecorded warm-up requests (32 input, 4 output tokens, all at
+    once; they capture the small graph shapes) ahead of the replayed requests."""
+    if n == 0:
+        return workload
+    return Workload.from_arrays(
+        np.concatenate([np.zeros(n), workload.arrival_s + WARMUP_GAP_S]),
+        np.concatenate([np.full(n, 32), workload.input_tokens]),
+        np.concatenate([np.full(n, 4), workload.output_tokens]), name="replay+warmup")
+
+
+def simulated_metrics(result, offset: float, n_warmup: int) -> dict:
+    """Mean TTFT/TPOT and output throughput of the replayed requests (warm-up ones dropped);
+    the duration is measured from the run's clock start, as the collector's ``duration_s``."""
+    real = slice(n_warmup, None)
+    start = WARMUP_GAP_S if n_warmup else 0.0
+    ttft = result.ttft_ms[real]
+    tpot = result.tpot_ms[real]
+    duration = float(np.nanmax(result.finish_s[real])) - start + offset
+    return {"ttft_ms": float(np.nanmean(ttft)), "tpot_ms": float(np.nanmean(tpot)),
+            "output_throughput_tok_s": int(result.workload.output_tokens[real].sum()) / duration,
+            "steps": int(result.metrics["steps"])}
 
 
 def noise_floor(runs: pd.DataFrame) -> pd.DataFrame:
@@ -114,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--search-trials", type=int, default=6,
                         help="hyperparameter settings tried (as `servetune train`); 1: defaults")
+    parser.add_argument("--collector-warmup", type=int, default=4,
+                        help="warm-up requests the collector ran before each run's clock")
     parser.add_argument("--in-sample", action="store_true",
                         help="train on ALL runs (held-out ones too): isolates the simulator's "
                              "own error from the step-time model's")
@@ -156,14 +175,17 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         config = {**sim_config(run), "cuda_graph_capture_ms": capture_ms,
                   "cuda_graph_capture_ms_per_token": capture_ms_per_token}
-        result = Simulator("transformers", config, compiled).run(w, seed=args.seed)
+        result = Simulator("transformers", config, compiled).run(
+            with_warmup(w, args.collector_warmup), seed=args.seed, record_steps=True)
         sim_s = time.perf_counter() - t
-        sim = simulated_metrics(result, offset)
+        sim = simulated_metrics(result, offset, args.collector_warmup)
+        clock = WARMUP_GAP_S if args.collector_warmup else 0.0
+        sim["steps"] = int((result.steps[:, 1] >= clock).sum())
         row = {"run_id": run.run_id, "config": run.config_name, "workload": run.workload_name,
                "measured_steps": int(json.loads(run["extra"])["steps"]),
                "sim_steps": sim["steps"], "sim_s": sim_s,
                "measured_captures": int(capture[frame.run_id == run.run_id].sum()),
-               "sim_captures": result.metrics["graph_captures"]}
+               "sim_captures_total": result.metrics["graph_captures"]}
         for column, label in METRICS:
             row[f"{label}_measured"] = float(run[column])
             row[f"{label}_sim"] = float(sim[label])
@@ -182,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
             ranks[f"{workload}/{label}"] = float(rho)
     noise = noise_floor(runs)
     report = {"held_out_configs": list(HELD_OUT), "in_sample_model": args.in_sample,
+              "collector_warmup_requests": args.collector_warmup,
               "model_params": {k: v for k, v in model.get_params().items()
                                if k in ("max_depth", "learning_rate", "min_child_weight",
                                         "subsample")},
@@ -196,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
               "noise_floor": noise.to_dict(orient="records")}
     pd.set_option("display.width", 200)
     print(table[["config", "workload", "measured_steps", "sim_steps", "measured_captures",
-                 "sim_captures",
+                 "sim_captures_total",
                  *[f"{l}_err_%" for _, l in METRICS]]].round(1).to_string(), file=sys.stderr)
     print(noise.round(1).to_string(), file=sys.stderr)
     print(json.dumps({k: v for k, v in report.items() if k not in ("runs", "noise_floor")},

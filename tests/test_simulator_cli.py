@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from _helpers_models import synthetic_traces
+from _helpers_simulator import SPLITWISE
 
 from servetune.data import TraceStore, Workspace
 from servetune.models import TrainConfig, train_step_time_model
@@ -55,8 +56,11 @@ def test_workspace_champion_is_used_without_a_model_uri(workspace):
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
     assert payload["model_uri"].endswith("@champion") and payload["metrics"]["completed"] == 40
-    text = _simulate(ws, "--engine", "static", "--workload", "poisson:rate=4,n=20")
-    assert text.returncode == 0 and "completed 20/20" in text.stdout
+    # a real trace file, truncated and rescaled, in text mode
+    text = _simulate(ws, "--engine", "static", "--workload", str(SPLITWISE), "--limit", "300",
+                     "--qps", "20")
+    assert text.returncode == 0, text.stderr
+    assert "completed 300/300" in text.stdout and "ttft_ms" in text.stdout
 
 
 def test_unknown_key_exits_2_with_the_valid_keys(workspace):

@@ -275,3 +275,18 @@ def test_unknown_knobs_take_the_missing_value_branches_exactly(caplog):
         reused[-1].getMessage()
     slow = Simulator("static", {"max_batch_size": 16}, model, fast_forest=False).run(w)
     assert np.array_equal(fast.token_s, slow.token_s)
+
+
+def test_async_batching_sees_arrivals_one_step_later():
+    # request 1 arrives while request 0's first step runs; the sync engine schedules it next,
+    # the async one already scheduled that next batch when step 0 started
+    w = Workload.from_arrays([0.0, 0.005], [10, 10], [4, 4])
+    base = {"block_size": 16, "num_blocks": 100}
+    sync = simulate("transformers", base, w, STEP)
+    asyn = simulate("transformers", {**base, "use_async_batching": True}, w, STEP)
+    assert sync.first_scheduled_s[1] == pytest.approx(0.01)
+    assert asyn.first_scheduled_s[1] == pytest.approx(0.02)
+    # an idle engine picks a new arrival up at once in both modes
+    late = Workload.from_arrays([0.0, 1.0], [10, 10], [4, 4])
+    assert simulate("transformers", {**base, "use_async_batching": True}, late,
+                    STEP).first_scheduled_s[1] == 1.0

@@ -151,13 +151,15 @@ def _reset_for_recompute(st, rs, i):
 # ---------------------------------------------------------------------------------------------
 
 @numba.njit(cache=True)
-def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand):
+def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival, cutoff):
     """One ``schedule_batch`` call; returns (scheduled count, one_allocation_failed, n_starved).
 
     Mirrors ``Scheduler._process_candidates``: candidates are active DECODING then PREFILLING
     requests (FIFO) or the reverse (prefill-first), then waiting requests unless new requests are
     blocked; the safety margin stops non-decoding candidates once a batch has started; a failed
     block allocation skips the candidate (or stops at a waiting one when no block is free).
+    Waiting requests that arrived after ``cutoff`` are not seen yet: with async batching the
+    engine schedules batch N+1 while batch N runs, so it sees arrivals up to N's start.
     """
     bs = np.int64(p[_BS])
     nb = np.int64(p[_NB])
@@ -194,6 +196,9 @@ def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand):
     prefix = True  # the waiting requests taken so far are a prefix of the queue
     for c in range(n_cand):
         i = cand[c] if c < n_active else wq[r, w_head + c - n_active]
+        if c >= n_active and arrival[i] > cutoff:
+            prefix = False  # arrived after this schedule ran (async: during the last step)
+            continue
         num_free = rs[r, _FREE]
         if num_free < margin and n_sched > 0 and st[i, _TSTAT] != _DECODING:
             break
@@ -283,12 +288,14 @@ def _tf_offload(r, st, rs, run, wq, starved, n_starved):
 
 
 @numba.njit(cache=True)
-def _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand):
-    n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand)
+def _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival, cutoff):
+    n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival,
+                                          cutoff)
     while n_sched == 0 and failed:
         if _tf_offload(r, st, rs, run, wq, starved, n_starved) == 0:
             return -1  # the engine raises "No requests can be scheduled and no requests can be offloaded"
-        n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand)
+        n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival,
+                                          cutoff)
     if n_sched > 0 and n_starved > 0:
         _tf_offload(r, st, rs, run, wq, starved, n_starved)
     return n_sched
@@ -610,6 +617,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     kicked = np.zeros(n_rep, dtype=np.int64)
     n_kicked = 0
     t_now = 0.0
+    from_step = False
     min_step_s = p[_MINSTEP] / 1e3
     overhead_ms = p[_OVERHEAD]
     sigma = np.sqrt(np.log(1.0 + step_noise_cv * step_noise_cv)) if step_noise_cv > 0 else 0.0
@@ -646,6 +654,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             if n_kicked == 0 or (nxt < n and arrival[nxt] <= now):
                 continue  # route every arrival of this instant before scheduling
             t_now = now
+            from_step = False
         elif r_min >= 0:
             # finish replica r_min's step
             r = r_min
@@ -687,21 +696,29 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             rs[r, _BUSY] = 0
             kicked[0] = r
             n_kicked = 1
+            from_step = True
         else:
             break
 
         for q in range(n_kicked):
             r = kicked[q]
             kick[r] = 0
+            cutoff = t_now
+            if p[_ASYNC] != 0.0 and from_step:
+                cutoff = t_start[r]
             while True:
                 if policy == POLICY_TRANSFORMERS:
-                    got = _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand)
+                    got = _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand,
+                                                 arrival, cutoff)
                 elif policy == POLICY_VLLM:
                     got = _schedule_vllm(r, p, st, rs, run, wq, bq, bl)
                 else:
                     got = _schedule_static(r, p, st, rs, run, wq, bq, bl)
                 if got > 0:
                     break
+                if cutoff < t_now:
+                    cutoff = t_now  # an empty batch: the engine loops and sees the new arrivals
+                    continue
                 # nothing schedulable although requests wait: a request larger than the whole cache
                 # (the engine would raise or stall forever); fail it and try again
                 if rs[r, _RUNCNT] > 0:
