@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from servetune import ConfigError
+from servetune import ConfigError, ServetuneError
 from servetune.data import Workload
-from servetune.features import KNOB_COLUMNS
-from servetune.models import forest_predict_row
+from servetune.features import KNOB_COLUMNS, get_feature_set
+from servetune.models import CompiledStepTime, forest_predict_row
 from servetune.tuner.simulator import _kernel as K
 from servetune.tuner.simulator._policies import EnginePolicy, get_policy
 from servetune.tuner.simulator._result import SLO, SimulationResult
@@ -108,6 +108,22 @@ class Simulator:
                 raise ConfigError(f"step_model must be a CompiledStepTime (has no {name!r}); "
                                   "get one with StepTimeModel.compile()")
 
+    def __reduce__(self):
+        """Pickle the step model as its forest plus the name of its (registered) feature set:
+        feature-set kernels are numba closures that plain pickle cannot always carry."""
+        sm = self.step_model
+        forest, fs = getattr(sm, "forest", None), getattr(sm, "feature_set", None)
+        if forest is not None and fs is not None:
+            try:
+                registered = get_feature_set(fs.name)
+            except ServetuneError:
+                registered = None
+            if registered is not None and registered.version == fs.version:
+                return (_rebuild_simulator, (self.engine, dict(self.config), forest, fs.name,
+                                             self.slo, dict(self.labels), self.fast_forest))
+        return (_rebuild_plain, (self.engine, dict(self.config), sm, self.slo, dict(self.labels),
+                                 self.predict_row, self.fast_forest))
+
     def _packed(self, knobs: np.ndarray) -> tuple:
         """The branch-free forest for this run, with splits on run-constant NaN features (an
         unknown knob) folded into their missing-value direction, and the mask of those
@@ -165,6 +181,16 @@ class Simulator:
             token_s=token_s, token_offset=token_offset, num_steps=int(total_steps),
             steps=steps if record_steps else None, labels=dict(self.labels),
             graph_captures=int(n_captures))
+
+
+def _rebuild_simulator(engine, config, forest, feature_set, slo, labels, fast_forest):
+    step_model = CompiledStepTime(forest, get_feature_set(feature_set))
+    return Simulator(engine, config, step_model, slo=slo, labels=labels, fast_forest=fast_forest)
+
+
+def _rebuild_plain(engine, config, step_model, slo, labels, predict_row, fast_forest):
+    return Simulator(engine, config, step_model, slo=slo, labels=labels,
+                     predict_row=predict_row, fast_forest=fast_forest)
 
 
 def simulate(engine: str, config: Mapping[str, object] | None, workload: Workload,
