@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
                     train["run_id"].to_numpy())
     base = StepTimeRegressor(n_jobs=1, random_state=args.seed)
     if args.search_trials > 1:
+        # a generous time budget so that every trial runs on a loaded machine too (determinism)
         base.set_params(**search_hyperparameters(base, X, y, groups, n_trials=args.search_trials,
-                                                 seed=args.seed).best_params)
+                                                 seed=args.seed, time_budget_s=3600).best_params)
     model = base.fit(X, y, groups=groups)
     train_s = time.perf_counter() - t
     compiled = model.compile()

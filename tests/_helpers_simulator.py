@@ -13,7 +13,7 @@ import pandas as pd
 
 import servetune
 from servetune.data import Workload
-from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, get_feature_set
+from servetune.features import get_feature_set
 from servetune.models import CompiledForest, CompiledStepTime
 
 SPLITWISE = Path(servetune.__file__).resolve().parent.parent / "shared/workloads/splitwise_conv.csv"

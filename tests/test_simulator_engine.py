@@ -190,8 +190,7 @@ def test_branch_free_forest_is_bit_identical_to_the_reference():
     from _helpers_simulator import synthetic_steps
 
     from servetune.models import forest_predict_row
-    from servetune.tuner.simulator._kernel import fast_forest_margin
-    from servetune.tuner.simulator._simulate import pack_forest
+    from servetune.tuner.simulator._forest import fast_forest_margin, pack_forest
 
     model, _ = trained_step_model(n_trees=70, depth=7, seed=1)
     feat, thr, left, max_depth, ok = pack_forest(model.forest)
@@ -203,7 +202,7 @@ def test_branch_free_forest_is_bit_identical_to_the_reference():
         assert fast_forest_margin(feat, thr, left, model.forest.value, model.forest.roots,
                                   max_depth, model.forest.base_margin, x, nodes) == ref
     # the input box of a walk: every row inside it has exactly the reference margin
-    from servetune.tuner.simulator._kernel import fast_forest_margin_box
+    from servetune.tuner.simulator._forest import fast_forest_margin_box
 
     inside = 0
     for a in range(0, 600, 2):

@@ -22,6 +22,7 @@ from servetune.data import Workload
 from servetune.features import KNOB_COLUMNS, get_feature_set
 from servetune.models import CompiledStepTime, forest_predict_row
 from servetune.tuner.simulator import _kernel as K
+from servetune.tuner.simulator._forest import pack_forest
 from servetune.tuner.simulator._policies import EnginePolicy, get_policy
 from servetune.tuner.simulator._result import SLO, SimulationResult
 
@@ -31,29 +32,6 @@ log = logging.getLogger(__name__)
 
 _STORE_ENGINE = {"transformers": "transformers-cb"}
 _ROUTERS = {"round_robin": K.ROUTER_ROUND_ROBIN, "least_pending_tokens": K.ROUTER_LEAST_PENDING}
-
-
-def pack_forest(forest) -> tuple:
-    """The branch-free layout of a ``CompiledForest``: ``(feat, thr, left, max_depth, ok)``.
-
-    Leaves get feature 0, threshold +inf and ``left`` = themselves, so a walk of ``max_depth``
-    steps ``node = left[node] + (x[feat] >= thr)`` ends on each tree's leaf. ``ok`` is False
-    when some split's right child is not ``left + 1`` (then the generic evaluator is used).
-    """
-    is_leaf = forest.feature < 0
-    n = forest.feature.shape[0]
-    ok = bool(np.all(is_leaf | (forest.right == forest.left + 1)))
-    feat = np.where(is_leaf, 0, forest.feature).astype(np.int32)
-    thr = np.where(is_leaf, np.float32(np.inf), forest.threshold).astype(np.float32)
-    left = np.where(is_leaf, np.arange(n), forest.left).astype(np.int32)
-    max_depth = -1
-    frontier = np.asarray(forest.roots, dtype=np.int64)
-    while frontier.size:  # one tree level at a time
-        max_depth += 1
-        inner = frontier[~is_leaf[frontier]]
-        frontier = np.concatenate([forest.left[inner], forest.right[inner]]).astype(np.int64)
-    max_depth = max(max_depth, 0)
-    return feat, thr, left, max_depth, ok
 
 
 def model_knobs(policy: EnginePolicy, resolved: Mapping[str, object]) -> np.ndarray:

@@ -1,0 +1,137 @@
+"""Shared state layout of the simulation kernel: parameter indices, request and replica columns,
+and the small queue / block helpers every policy uses (all ``numba.njit``).
+"""
+
+from __future__ import annotations
+
+import numba
+
+__all__ = ["POLICY_TRANSFORMERS", "POLICY_VLLM", "POLICY_STATIC", "ROUTER_ROUND_ROBIN",
+           "ROUTER_LEAST_PENDING", "P_NAMES", "N_PARAMS", "STEP_COLUMNS"]
+
+POLICY_TRANSFORMERS = 0
+POLICY_VLLM = 1
+POLICY_STATIC = 2
+
+ROUTER_ROUND_ROBIN = 0
+ROUTER_LEAST_PENDING = 1
+
+# Indices of the float64 parameter vector every policy reads from.
+P_NAMES = (
+    "block_size",            # 0  tokens per KV block
+    "num_blocks",            # 1  KV blocks per replica
+    "max_tokens",            # 2  token budget per step (max_batch_tokens / max_num_batched_tokens)
+    "max_seqs",              # 3  sequences per step (max_requests_per_batch / max_num_seqs)
+    "safety_margin",         # 4  transformers: free-block fraction below which prefills stop;
+                             #    vLLM: watermark fraction kept free when admitting new requests
+    "async_batching",        # 5  transformers: finished requests take one more step slot
+    "max_blocks_per_request",  # 6 transformers decode fast path (0 disables it)
+    "prefill_first",         # 7  transformers: PrefillFirstScheduler instead of FIFO
+    "long_prefill_threshold",  # 8 vLLM: cap on one request's prefill chunk (0 = none)
+    "max_partial_prefills",  # 9  vLLM: sequences with a partial prefill per step (0 = no limit)
+    "chunked_prefill",       # 10 vLLM: split prompts over steps
+    "min_step_ms",           # 11 floor on a predicted step time
+    "step_overhead_ms",      # 12 constant added to every predicted step
+    "cuda_graph",            # 13 transformers: CUDA graphs, captured the first time a padded
+                             #    batch shape is seen (per IO pair with async batching)
+    "q_padding",             # 14 transformers: query padding interval (tokens)
+    "kv_padding",            # 15 transformers: KV read padding interval (tokens)
+    "graph_capture_ms",      # 16 transformers: cost of one graph capture ...
+    "graph_capture_ms_per_token",  # 17 ... plus this per padded query token
+)
+N_PARAMS = len(P_NAMES)
+_BS, _NB, _MAXTOK, _MAXSEQ, _SAFETY, _ASYNC, _MAXBPR, _PFIRST, _LONGTHR, _MAXPART, _CHUNKED = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+_MINSTEP, _OVERHEAD = 11, 12
+_GRAPHS, _QPAD, _KVPAD, _CAPMS, _CAPTOK = 13, 14, 15, 16, 17
+_GRAPH_SLOTS = 1 << 13  # graph shapes remembered per replica (open addressing)
+
+# Per-request integer state columns.
+_REP, _INP, _OUT, _KNOWN, _COMP, _GEN, _BLOCKS, _STATE, _TSTAT, _PREEMPT, _PTGT = range(11)
+_NCOL = 11
+# _STATE values
+_NOT_ARRIVED, _WAITING, _RUNNING, _DONE, _FAILED, _ZOMBIE = 0, 1, 2, 3, 4, 5
+# _TSTAT values (transformers RequestStatus)
+_PENDING, _PREFILLING, _DECODING = 0, 1, 2
+
+# Per-replica integer state columns.
+_FREE, _BUSY, _RUNCNT, _WHEAD, _WTAIL, _BLOCKNEW, _BATCHCNT, _PENDTOK, _NSTEPS, _FASTPATH = (
+    range(10))
+_NRCOL = 10
+
+# Recorded step columns (float64): replica, start_s, duration_ms, then RAW_COLUMNS.
+STEP_COLUMNS = ("dp_rank", "start_s", "duration_ms", "num_seqs", "num_prefill_seqs",
+                "num_decode_seqs", "prefill_tokens", "decode_tokens", "kv_tokens_sum",
+                "kv_tokens_max", "prefill_attn_work")
+
+
+@numba.njit(cache=True)
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+@numba.njit(cache=True)
+def _push_back(wq, rs, r, i):
+    wq[r, rs[r, _WTAIL]] = i
+    rs[r, _WTAIL] += 1
+
+
+@numba.njit(cache=True)
+def _push_front(wq, rs, r, i):
+    rs[r, _WHEAD] -= 1
+    wq[r, rs[r, _WHEAD]] = i
+
+
+@numba.njit(cache=True)
+def _compact_waiting(wq, rs, r, st):
+    """Drop entries of replica ``r``'s waiting queue that are no longer waiting (order kept)."""
+    h = rs[r, _WHEAD]
+    w = h
+    for k in range(h, rs[r, _WTAIL]):
+        i = wq[r, k]
+        if st[i, _STATE] == _WAITING:
+            wq[r, w] = i
+            w += 1
+    rs[r, _WTAIL] = w
+
+
+@numba.njit(cache=True)
+def _compact_running(run, rs, r, st):
+    """Drop entries of replica ``r``'s active list that are not running (order kept)."""
+    w = 0
+    for k in range(rs[r, _RUNCNT]):
+        i = run[r, k]
+        s = st[i, _STATE]
+        if s == _RUNNING or s == _ZOMBIE:
+            run[r, w] = i
+            w += 1
+    rs[r, _RUNCNT] = w
+
+
+@numba.njit(cache=True)
+def _add_to_batch(bq, bl, rs, r, i, length):
+    k = rs[r, _BATCHCNT]
+    bq[r, k] = i
+    bl[r, k] = length
+    rs[r, _BATCHCNT] = k + 1
+
+
+@numba.njit(cache=True)
+def _release(st, rs, i):
+    """Free request ``i``'s KV blocks."""
+    r = st[i, _REP]
+    rs[r, _FREE] += st[i, _BLOCKS]
+    st[i, _BLOCKS] = 0
+
+
+@numba.njit(cache=True)
+def _reset_for_recompute(st, rs, i):
+    """Preemption by recompute: drop the KV cache; prompt + generated tokens are prefilled again."""
+    _release(st, rs, i)
+    r = st[i, _REP]
+    rs[r, _PENDTOK] += st[i, _COMP]
+    st[i, _COMP] = 0
+    st[i, _PTGT] = st[i, _KNOWN]
+    st[i, _STATE] = _WAITING
+    st[i, _TSTAT] = _PENDING
+    st[i, _PREEMPT] += 1

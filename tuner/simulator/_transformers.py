@@ -1,0 +1,258 @@
+"""transformers continuous batching (transformers 5.x): FIFOScheduler / PrefillFirstScheduler,
+soft-reset offloading when blocks run out, and the CUDA graph shapes the engine captures.
+
+Mirrors ``transformers/generation/continuous_batching/scheduler.py`` (``_process_candidates``),
+``offloading_manager.py`` (``offload_requests`` without a CPU pool) and ``input_outputs.py``
+(``_get_graph_key``) of transformers 5.17.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from servetune.tuner.simulator._state import (
+    _BATCHCNT,
+    _BLOCKNEW,
+    _BLOCKS,
+    _BS,
+    _COMP,
+    _DECODING,
+    _FASTPATH,
+    _FREE,
+    _GRAPH_SLOTS,
+    _KNOWN,
+    _KVPAD,
+    _MAXBPR,
+    _MAXSEQ,
+    _MAXTOK,
+    _NB,
+    _PFIRST,
+    _PREFILLING,
+    _QPAD,
+    _RUNCNT,
+    _RUNNING,
+    _SAFETY,
+    _STATE,
+    _TSTAT,
+    _WAITING,
+    _WHEAD,
+    _WTAIL,
+    _add_to_batch,
+    _cdiv,
+    _compact_running,
+    _compact_waiting,
+    _push_back,
+    _reset_for_recompute,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers continuous batching (FIFOScheduler / PrefillFirstScheduler, transformers 5.x)
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival, cutoff):
+    """One ``schedule_batch`` call; returns (scheduled count, one_allocation_failed, n_starved).
+
+    Mirrors ``Scheduler._process_candidates``: candidates are active DECODING then PREFILLING
+    requests (FIFO) or the reverse (prefill-first), then waiting requests unless new requests are
+    blocked; the safety margin stops non-decoding candidates once a batch has started; a failed
+    block allocation skips the candidate (or stops at a waiting one when no block is free).
+    Waiting requests that arrived after ``cutoff`` are not seen yet: with async batching the
+    engine schedules batch N+1 while batch N runs, so it sees arrivals up to N's start.
+    """
+    bs = np.int64(p[_BS])
+    nb = np.int64(p[_NB])
+    rs[r, _BATCHCNT] = 0
+    n_cand = 0
+    first = _DECODING if p[_PFIRST] == 0.0 else _PREFILLING
+    second = _PREFILLING if first == _DECODING else _DECODING
+    for k in range(rs[r, _RUNCNT]):
+        i = run[r, k]
+        if st[i, _TSTAT] == first:
+            cand[n_cand] = i
+            n_cand += 1
+    for k in range(rs[r, _RUNCNT]):
+        i = run[r, k]
+        if st[i, _TSTAT] == second:
+            cand[n_cand] = i
+            n_cand += 1
+    n_active = n_cand
+    if rs[r, _BLOCKNEW] == 0:
+        n_cand += rs[r, _WTAIL] - rs[r, _WHEAD]
+    w_head = rs[r, _WHEAD]
+
+    token_budget = np.int64(p[_MAXTOK])
+    cache_budget = nb * bs
+    request_budget = np.int64(p[_MAXSEQ])
+    max_bpr = np.int64(p[_MAXBPR])
+    fast_path = max_bpr > 0
+    fast_len = max_bpr * bs
+    margin = p[_SAFETY] * nb
+    n_sched = 0
+    failed = False
+    n_starved = 0
+    n_taken = 0
+    prefix = True  # the waiting requests taken so far are a prefix of the queue
+    for c in range(n_cand):
+        i = cand[c] if c < n_active else wq[r, w_head + c - n_active]
+        if c >= n_active and arrival[i] > cutoff:
+            prefix = False  # arrived after this schedule ran (async: during the last step)
+            continue
+        num_free = rs[r, _FREE]
+        if num_free < margin and n_sched > 0 and st[i, _TSTAT] != _DECODING:
+            break
+        if st[i, _TSTAT] == _DECODING:
+            req_tokens = 1
+        else:
+            req_tokens = st[i, _KNOWN] - st[i, _COMP]
+        request_len = min(req_tokens, token_budget)
+        past = st[i, _COMP]
+        eligible = request_len == 1 and past < fast_len
+        if not (fast_path and eligible) and cache_budget < past:
+            if c >= n_active:
+                prefix = False
+            continue
+        # _allocate_blocks_if_needed
+        occupancy = st[i, _BLOCKS] * bs - past
+        if occupancy < request_len or st[i, _BLOCKS] == 0:
+            needed = ((request_len - occupancy + 1) // bs) + 1
+            if needed > rs[r, _FREE]:
+                failed = True
+                if st[i, _STATE] == _WAITING:
+                    if num_free == 0:
+                        break
+                    prefix = False
+                elif st[i, _STATE] == _RUNNING:
+                    starved[n_starved, 0] = i
+                    starved[n_starved, 1] = needed
+                    n_starved += 1
+                continue
+            rs[r, _FREE] -= needed
+            st[i, _BLOCKS] += needed
+        # _schedule_request
+        if st[i, _STATE] == _WAITING:
+            st[i, _STATE] = _RUNNING
+            run[r, rs[r, _RUNCNT]] = i
+            rs[r, _RUNCNT] += 1
+            n_taken += 1
+        if req_tokens <= token_budget:
+            length = req_tokens
+            if st[i, _TSTAT] != _DECODING:
+                st[i, _TSTAT] = _DECODING
+        else:
+            length = token_budget
+            st[i, _TSTAT] = _PREFILLING
+        _add_to_batch(bq, bl, rs, r, i, length)
+        n_sched += 1
+        fast_path = fast_path and length == 1 and past < fast_len
+        token_budget -= length
+        cache_budget -= past
+        request_budget -= 1
+        if token_budget == 0 or (cache_budget <= 0 and not fast_path) or request_budget <= 0:
+            break
+    rs[r, _FASTPATH] = 1 if fast_path else 0
+    if n_taken > 0:
+        if prefix:
+            rs[r, _WHEAD] += n_taken
+        else:
+            _compact_waiting(wq, rs, r, st)
+    return n_sched, failed, n_starved
+
+
+@numba.njit(cache=True)
+def _tf_offload(r, st, rs, run, wq, starved, n_starved):
+    """``OffloadingManager.offload_requests`` without a CPU pool: soft-reset starved requests,
+    newest first, until the rest fit; never the last active one. Returns the number evicted."""
+    free_blocks = rs[r, _FREE]
+    demand = 0
+    for k in range(n_starved):
+        demand += starved[k, 1]
+    num_active = rs[r, _RUNCNT]
+    n_victims = 0
+    while demand > free_blocks and n_starved > 0 and num_active - n_victims > 1:
+        n_starved -= 1
+        n_victims += 1
+        demand -= starved[n_starved, 1]
+        free_blocks += st[starved[n_starved, 0], _BLOCKS]
+    if n_victims == 0:
+        return 0
+    # victims are starved[n_starved : n_starved + n_victims], requeued oldest first
+    for k in range(n_starved, n_starved + n_victims):
+        i = starved[k, 0]
+        _reset_for_recompute(st, rs, i)
+        _push_back(wq, rs, r, i)
+    _compact_running(run, rs, r, st)
+    rs[r, _BLOCKNEW] = 1
+    return n_victims
+
+
+@numba.njit(cache=True)
+def _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival, cutoff):
+    n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival,
+                                          cutoff)
+    while n_sched == 0 and failed:
+        if _tf_offload(r, st, rs, run, wq, starved, n_starved) == 0:
+            return -1  # the engine raises "No requests can be scheduled and no requests can be offloaded"
+        n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival,
+                                          cutoff)
+    if n_sched > 0 and n_starved > 0:
+        _tf_offload(r, st, rs, run, wq, starved, n_starved)
+    return n_sched
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers CUDA graphs: padded batch shapes, captured once each
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _pad_to_interval(size, interval, max_value):
+    if interval <= 0:
+        return max_value
+    padded = _cdiv(size, interval) * interval if size > 0 else interval
+    return min(padded, max_value)
+
+
+@numba.njit(cache=True)
+def _pad_to_pow2(value, max_value, min_value):
+    value = max(value, max(1, min_value))
+    padded = 1
+    while padded < value:
+        padded *= 2
+    return min(padded, max_value)
+
+
+@numba.njit(cache=True)
+def _graph_key(p, n_seq, num_q, kv_read, kv_max, fast_path, pair):
+    """The engine's graph key (``ContinuousBatchingIOs._get_graph_key``) of a step, hashed:
+    decode fast path: padded request count; varlen path: padded query tokens, padded KV read,
+    padded longest key length; with async batching each IO pair has its own graphs."""
+    if fast_path:
+        q = _pad_to_pow2(n_seq, np.int64(p[_MAXSEQ]), 0)
+        key = q * np.int64(1000003) + np.int64(7)
+    else:
+        pages = np.int64(p[_NB]) * np.int64(p[_BS])
+        q = _pad_to_interval(num_q, np.int64(p[_QPAD]), np.int64(p[_MAXTOK]))
+        kv = _pad_to_interval(kv_read, np.int64(p[_KVPAD]), pages)
+        sk = _pad_to_pow2(kv_max, pages, 1024)
+        key = (q * np.int64(2654435761) + kv) * np.int64(40503) + sk
+    key = key * 2 + pair
+    if key < 0:
+        key = -key
+    return key, q
+
+
+@numba.njit(cache=True)
+def _graph_seen(graphs, r, key):
+    """True if replica ``r`` already captured ``key``; otherwise remember it and return False."""
+    slot = key % _GRAPH_SLOTS
+    for _ in range(_GRAPH_SLOTS):
+        k = graphs[r, slot]
+        if k == key:
+            return True
+        if k == -1:
+            graphs[r, slot] = key
+            return False
+        slot = (slot + 1) % _GRAPH_SLOTS
+    return True  # table full: treat further shapes as captured
