@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-requests", type=int, default=None,
                         help="requests of the trace for the side-by-side runs (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--policy", action="append", default=None,
+                        help="only these policies (transformers/fifo, transformers/prefill_first,"
+                             " vllm, static); repeatable")
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this core")
     parser.add_argument("--json", dest="json_out", default=None)
     args = parser.parse_args(argv)
@@ -130,14 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
                                 trace.num_decode_tokens, name="splitwise_conv")
     side = full.head(args.baseline_requests) if args.baseline_requests else full
 
+    def label(engine: str, cfg: dict) -> str:
+        return engine + (f"/{cfg['scheduler_type']}" if "scheduler_type" in cfg else "")
+
+    policies = [(e, c) for e, c in POLICIES if not args.policy or label(e, c) in args.policy]
     t = time.perf_counter()
-    for engine, cfg in POLICIES:  # compile both loops once
+    for engine, cfg in policies:  # compile both loops once
         Simulator(engine, cfg, compiled).run(full.head(20))
         Simulator(engine, cfg, compiled, predict_row=booster_predict_row).run(full.head(20))
     compile_s = time.perf_counter() - t
     rss_before = peak_rss_mib()
     rows = []
-    for engine, cfg in POLICIES:
+    for engine, cfg in policies:
         fast = Simulator(engine, cfg, compiled)
         times = []
         for _ in range(args.repeats):
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         side_slow = Simulator(engine, cfg, compiled, predict_row=booster_predict_row).run(side)
         side_slow_s = time.perf_counter() - t
         a, b = side_fast.metrics, side_slow.metrics
-        row = {"policy": engine + (f"/{cfg['scheduler_type']}" if "scheduler_type" in cfg else ""),
+        row = {"policy": label(engine, cfg),
                "requests": len(full), "steps": result.metrics["steps"],
                "completed": result.metrics["completed"],
                "compiled_s_best": min(times), "compiled_s_all": times,
