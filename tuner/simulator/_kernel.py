@@ -3,7 +3,8 @@
 Nothing here is Python at run time: arrivals, routing, scheduling, block allocation, preemption,
 the step composition, the feature kernel and the forest are all evaluated inside
 :func:`run_kernel`, one simulated step at a time. The policies are plain ``@njit`` functions chosen
-by an integer code; :mod:`servetune.tuner.simulator._policies` documents their knobs.
+by an integer code (``_transformers``, ``_vllm``, ``_static``) over the shared state layout of
+``_state``; ``_forest`` walks the trees; ``_policies`` documents every configuration key.
 
 Time is in seconds (float64). Ties between events break deterministically: an arrival at the same
 instant as a step end is routed first (so the next schedule sees it), and replicas finishing at
