@@ -135,3 +135,17 @@ def _reset_for_recompute(st, rs, i):
     st[i, _STATE] = _WAITING
     st[i, _TSTAT] = _PENDING
     st[i, _PREEMPT] += 1
+
+
+@numba.njit(cache=True)
+def _admit_head(st, rs, run, wq, r, need):
+    """Move replica ``r``'s first waiting request to its running list with ``need`` more blocks;
+    returns the request."""
+    i = wq[r, rs[r, _WHEAD]]
+    rs[r, _FREE] -= need
+    st[i, _BLOCKS] += need
+    rs[r, _WHEAD] += 1
+    st[i, _STATE] = _RUNNING
+    run[r, rs[r, _RUNCNT]] = i
+    rs[r, _RUNCNT] += 1
+    return i

@@ -16,11 +16,10 @@ from servetune.tuner.simulator._state import (
     _MAXSEQ,
     _OUT,
     _RUNCNT,
-    _RUNNING,
-    _STATE,
     _WHEAD,
     _WTAIL,
     _add_to_batch,
+    _admit_head,
     _cdiv,
 )
 
@@ -43,12 +42,7 @@ def _schedule_static(r, p, st, rs, run, wq, bq, bl):
             need = _cdiv(st[i, _INP] + st[i, _OUT], bs) - st[i, _BLOCKS]
             if need > rs[r, _FREE]:
                 break
-            rs[r, _FREE] -= need
-            st[i, _BLOCKS] += need
-            rs[r, _WHEAD] += 1
-            st[i, _STATE] = _RUNNING
-            run[r, rs[r, _RUNCNT]] = i
-            rs[r, _RUNCNT] += 1
+            _admit_head(st, rs, run, wq, r, need)
     for k in range(rs[r, _RUNCNT]):
         i = run[r, k]
         new = st[i, _KNOWN] - st[i, _COMP]

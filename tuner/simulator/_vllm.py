@@ -25,13 +25,13 @@ from servetune.tuner.simulator._state import (
     _NB,
     _PTGT,
     _RUNCNT,
-    _RUNNING,
     _SAFETY,
     _STATE,
     _WHEAD,
     _WTAIL,
     _ZOMBIE,
     _add_to_batch,
+    _admit_head,
     _cdiv,
     _push_front,
     _reset_for_recompute,
@@ -109,12 +109,7 @@ def _schedule_vllm(r, p, st, rs, run, wq, bq, bl):
             need = _cdiv(st[i, _COMP] + new, bs) - st[i, _BLOCKS]
             if need > rs[r, _FREE] - watermark:
                 break
-            rs[r, _FREE] -= need
-            st[i, _BLOCKS] += need
-            rs[r, _WHEAD] += 1
-            st[i, _STATE] = _RUNNING
-            run[r, rs[r, _RUNCNT]] = i
-            rs[r, _RUNCNT] += 1
+            _admit_head(st, rs, run, wq, r, need)
             _add_to_batch(bq, bl, rs, r, i, new)
             n_prefills += 1
             budget -= new
