@@ -87,6 +87,13 @@ class SimulatorEvaluator:
         chosen = {k: v for k, v in config.items() if not self.keys or k in self.keys}
         return {**self.base_config, **chosen}
 
+    def __reduce__(self):
+        # Ship the compiled forest (plain numpy arrays) and the feature set's name, and rebuild
+        # the step model in the worker: a FeatureSet holds JIT-compiled closures that need not
+        # pickle.
+        return (_rebuild, (self.engine, self.workload, _portable(self.step_model), self.slo,
+                           self.seed, self.base_config, self.keys))
+
     def __call__(self, config: dict) -> dict:
         from servetune.tuner.simulator import simulate
 
@@ -94,3 +101,29 @@ class SimulatorEvaluator:
                           self.step_model, self.seed,
                           slo={"ttft_ms": self.slo.ttft_ms, "tpot_ms": self.slo.tpot_ms})
         return result.flat_metrics()
+
+
+def _portable(step_model) -> tuple:
+    forest = getattr(step_model, "forest", None)
+    feature_set = getattr(step_model, "feature_set", None)
+    if forest is None or feature_set is None:
+        return ("object", step_model)
+    return ("forest", forest, feature_set.name, feature_set.version)
+
+
+def _rebuild(engine, workload, portable, slo, seed, base_config, keys) -> SimulatorEvaluator:
+    if portable[0] == "object":
+        step_model = portable[1]
+    else:
+        from servetune.features import get_feature_set
+        from servetune.models import CompiledStepTime
+
+        _, forest, name, version = portable
+        feature_set = get_feature_set(name)
+        if feature_set.version != version:
+            raise ConfigError(f"worker has feature set {name} version {feature_set.version}, "
+                              f"the model needs version {version}: mismatched servetune "
+                              "installations")
+        step_model = CompiledStepTime(forest, feature_set)
+    return SimulatorEvaluator(engine, workload, step_model, slo=slo, seed=seed,
+                              base_config=base_config, keys=keys)

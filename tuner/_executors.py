@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
@@ -54,9 +53,12 @@ def open_executor(jobs: int = 1, url: str | None = None,
     if jobs == 1:
         yield None
         return
-    # fork shares the already-imported (and JIT-compiled) modules with the workers; spawn
-    # elsewhere, where fork is unavailable or unsafe.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    # Never fork this process: it has threads (pyarrow's jemalloc background thread, MLflow,
+    # numba) whose locks a forked child inherits mid-use and can deadlock on. A forkserver
+    # (spawn where there is none) starts workers from a clean single-threaded process; each
+    # worker imports servetune and JIT-compiles the simulator on its first evaluation.
+    method = ("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+              else "spawn")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method))
     try:
         yield pool
