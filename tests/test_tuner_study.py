@@ -122,32 +122,48 @@ def test_create_refuses_an_existing_study_and_load_a_missing_one(tmp_path):
 
 
 def test_kill_9_at_many_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """A real subprocess is SIGKILLed again and again: once before its first checkpoint, then
+    each time at a random moment after it checkpointed a new iteration (mid-iteration, or at the
+    instant the checkpoint appeared); every restart resumes from the last checkpoint."""
     reference = tmp_path / "reference"
     run_bowl_study(str(reference))
     expected = json.loads((reference / "checkpoint.json").read_text())["records"]
     target = tmp_path / "killed"
+    checkpoint = target / "checkpoint.json"
     rng = np.random.default_rng(0)
     env = {**os.environ, "PYTHONPATH": str(HELPERS.parent)}
-    kills = 0
+
+    def iteration() -> int | None:
+        try:
+            return json.loads(checkpoint.read_text())["iteration"]
+        except FileNotFoundError:
+            return None
+
     killed_at: list[int | None] = []
-    for _ in range(30):
+    for round_ in range(40):
+        before = iteration()
         proc = subprocess.Popen([sys.executable, str(HELPERS), str(target), "0.02"], env=env)
-        time.sleep(float(rng.uniform(0.3, 1.0)))
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if round_ == 0 and (target / "study.json").exists():
+                break  # first round: before any checkpoint
+            if round_ > 0 and iteration() != before:
+                break
+            time.sleep(0.002)
         if proc.poll() is not None:
             assert proc.returncode == 0
             break
+        time.sleep(float(rng.choice([0.0, rng.uniform(0.0, 0.15)])))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kills += 1
-        checkpoint = target / "checkpoint.json"
-        killed_at.append(json.loads(checkpoint.read_text())["iteration"]
-                         if checkpoint.exists() else None)
-    assert kills >= 3, "the study finished before it could be killed several times"
-    assert len(set(killed_at)) >= 3, f"kills all landed at the same state: {killed_at}"
+        killed_at.append(iteration())
+    assert len(killed_at) >= 4, killed_at
+    assert killed_at[0] is None, "the first kill should land before any checkpoint"
+    assert len(set(killed_at)) >= 4, f"kills landed at too few states: {killed_at}"
     final = subprocess.run([sys.executable, str(HELPERS), str(target), "0"], env=env,
                            timeout=120)
     assert final.returncode == 0
-    state = json.loads((target / "checkpoint.json").read_text())
+    state = json.loads(checkpoint.read_text())
     assert state["status"] == "finished"
     assert state["records"] == expected
     assert not list(target.glob("checkpoint.json.tmp-*"))
