@@ -47,11 +47,16 @@ def _step_model(ctx: Context, model_uri: str | None):
                    "trained from the bundled samples when there is none.")
 @click.option("--slo-ttft-ms", type=float, default=None, help="TTFT SLO for goodput.")
 @click.option("--slo-tpot-ms", type=float, default=None, help="TPOT SLO for goodput.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write requests/runs (and with --record-steps steps) Parquet files here "
+                   "(source=simulated; `servetune ingest DIR/*.parquet` stores them).")
+@click.option("--record-steps", is_flag=True, help="Record every simulated step (with --out).")
 @click.option("--json", "as_json", is_flag=True, help="Print config, seed and metrics as JSON.")
 @click.pass_obj
 def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps: float | None,
             limit: int | None, seed: int, model_uri: str | None, slo_ttft_ms: float | None,
-            slo_tpot_ms: float | None, as_json: bool) -> None:
+            slo_tpot_ms: float | None, out_dir: str | None, record_steps: bool,
+            as_json: bool) -> None:
     """Simulate one engine configuration serving a workload with the learned step-time model."""
     from servetune.data import resolve_workload
     from servetune.tuner.simulator import SLO, Simulator
@@ -63,9 +68,12 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     trace = resolve_workload(workload, seed=seed, qps=qps, limit=limit)
     uri, step_model = _step_model(ctx, model_uri)
     simulator = Simulator(engine, config, step_model, slo=slo, labels={"model_uri": uri})
-    result = simulator.run(trace, seed)
+    result = simulator.run(trace, seed, record_steps=record_steps and out_dir is not None)
     payload = {"engine": simulator.engine, "config": result.config, "seed": seed,
                "workload": trace.descriptor, "model_uri": uri, "metrics": result.metrics}
+    if out_dir is not None:
+        written = result.write_parquet(out_dir)
+        payload["files"] = {kind: str(path) for kind, path in written.items()}
     if as_json:
         emit_json(payload)
         return
@@ -86,6 +94,8 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
                f"{m['goodput_rps'] or 0:.2f} req/s")
     for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_ms"):
         click.echo(f"{name:9s} {fmt(m[name])}")
+    for kind, path in payload.get("files", {}).items():
+        click.echo(f"wrote {kind:8s} {path}")
 
 
 class _ConfigOnly:

@@ -56,11 +56,20 @@ def test_workspace_champion_is_used_without_a_model_uri(workspace):
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
     assert payload["model_uri"].endswith("@champion") and payload["metrics"]["completed"] == 40
-    # a real trace file, truncated and rescaled, in text mode
+    # a real trace file, truncated and rescaled, in text mode, records written and ingested
+    out_dir = ws.root / "sim-out"
     text = _simulate(ws, "--engine", "static", "--workload", str(SPLITWISE), "--limit", "300",
-                     "--qps", "20")
+                     "--qps", "20", "--out", str(out_dir), "--record-steps")
     assert text.returncode == 0, text.stderr
     assert "completed 300/300" in text.stdout and "ttft_ms" in text.stdout
+    files = sorted(p.name for p in out_dir.iterdir())
+    assert files == ["requests.parquet", "runs.parquet", "steps.parquet"]
+    ingest = subprocess.run([sys.executable, "-m", "servetune.cli._main", "--workspace",
+                             str(ws.root), "ingest", *map(str, sorted(out_dir.iterdir())),
+                             "--json"], capture_output=True, text=True, timeout=300)
+    assert ingest.returncode == 0, ingest.stderr
+    simulated = TraceStore.for_workspace(ws).query("requests", where={"source": "simulated"})
+    assert len(simulated) == 300 and set(simulated["engine"]) == {"static"}
 
 
 def test_unknown_key_exits_2_with_the_valid_keys(workspace):

@@ -9,15 +9,18 @@ token have none), goodput counts completed requests within every given SLO.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from servetune.data import Workload, conform
+from servetune.data import Workload, atomic_write_bytes, conform
 from servetune.tuner.simulator import _kernel as K
 
 __all__ = ["SLO", "SimulationResult"]
@@ -283,6 +286,27 @@ class SimulationResult:
                 row[f"{metric}_{stat}_ms"] = m[f"{metric}_ms"][stat]
         columns = {**self._identity(1), **{k: [v] for k, v in row.items()}}
         return conform(columns, "runs")
+
+    def write_parquet(self, directory: str | Path) -> dict[str, Path]:
+        """Write ``requests.parquet``, ``runs.parquet`` (and ``steps.parquet`` when steps were
+        recorded) into ``directory``, each atomically; ``servetune ingest`` reads them back.
+
+        Returns:
+            trace kind -> written path.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tables = {"requests": self.requests_table(), "runs": self.runs_row()}
+        if self.steps is not None:
+            tables["steps"] = self.steps_table()
+        written = {}
+        for kind, table in tables.items():
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            path = directory / f"{kind}.parquet"
+            atomic_write_bytes(path, buffer.getvalue())
+            written[kind] = path
+        return written
 
     def steps_table(self) -> pa.Table:
         """The simulated steps (``record_steps=True`` only) as ``steps`` rows."""
