@@ -15,6 +15,8 @@ bit for bit; ``tests/test_features_feature_set.py`` proves it.
 
 from __future__ import annotations
 
+import pickle
+
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -48,6 +50,21 @@ class FeatureSet:
     monotone: tuple[int, ...]
     formulas: Callable = field(repr=False, compare=False)
     kernel: Callable = field(repr=False, compare=False)
+
+    def __reduce__(self):
+        """Pickle by registry name: the formulas and numba kernel are rebuilt on load.
+
+        A process pool or Dask worker receives the shipped feature set of the same name; a set
+        that is not the registered one of its name (or of another version) cannot be sent.
+        """
+        from servetune.features._definitions import get_feature_set
+
+        registered = get_feature_set(self.name)
+        if registered.version != self.version or registered.feature_names != self.feature_names:
+            raise pickle.PicklingError(
+                f"feature set {self.qualified_name} is not the registered {self.name!r} "
+                f"({registered.qualified_name}); only registered feature sets can be pickled")
+        return (get_feature_set, (self.name,))
 
     @property
     def n_features(self) -> int:

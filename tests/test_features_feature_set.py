@@ -116,3 +116,16 @@ def test_step_v3_is_step_v2_without_block_size_features():
     assert v3.feature_names == tuple(v2.feature_names[i] for i in keep)
     assert v3.monotone == tuple(v2.monotone[i] for i in keep)
     assert np.array_equal(v3.frame(frame), v2.frame(frame)[:, keep])
+
+
+def test_registered_feature_sets_pickle_by_name_for_worker_processes():
+    """Process pools and Dask ship step models to workers: the feature set must pickle."""
+    import pickle
+
+    from servetune.features import get_feature_set
+
+    for name in ("raw_v1", "step_v1", "step_v2", "step_v3"):
+        feature_set = get_feature_set(name)
+        restored = pickle.loads(pickle.dumps(feature_set))
+        assert restored.qualified_name == feature_set.qualified_name
+        assert restored.feature_names == feature_set.feature_names
