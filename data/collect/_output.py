@@ -77,8 +77,8 @@ def merge_outputs(directories: Iterable[str | Path], out_dir: str | Path) -> dic
     owner: dict[str, str] = {}
     for directory in directories:
         tables = read_output(directory)
-        for run_id in set(tables.get("runs", pa.table({"run_id": []})).column("run_id")
-                          .to_pylist()):
+        for run_id in sorted(set(tables.get("runs", pa.table({"run_id": []})).column("run_id")
+                                 .to_pylist())):
             if run_id in owner:
                 raise InputError(f"run {run_id!r} is in both {owner[run_id]} and {directory}",
                                  path=str(directory), field="run_id")
