@@ -129,7 +129,7 @@ def run_tpe(space, objective, seed, budget, table, distinct_budget: bool = False
 
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective_fn, n_trials=budget * 20 if distinct_budget else budget)
+    study.optimize(objective_fn, n_trials=budget * 3 if distinct_budget else budget)
     if distinct_budget:
         best, n = best_within_simulations(scored, budget)
         return best, n, len(scored)
@@ -227,8 +227,8 @@ def main() -> None:
                   file=sys.stderr)
             # equal number of *simulations*: run on until `budget` distinct configurations
             for name, spec in (("pso", {"name": "pso", "particles": args.particles,
-                                        "iterations": 20 * iterations}),
-                               ("random", {"name": "random", "budget": 20 * args.budget,
+                                        "iterations": 10 * iterations}),
+                               ("random", {"name": "random", "budget": 3 * args.budget,
                                            "batch_size": args.particles})):
                 scored = study_scores(space, objective, spec, seed, table,
                                       Path(tmp) / f"sim-{name}-{seed}")

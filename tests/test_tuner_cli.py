@@ -4,6 +4,7 @@ SQLite store with a trained champion, the real simulator, process pools."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from _helpers_models import synthetic_traces
 from servetune.cli._main import main
 from servetune.data import TraceStore, Workspace
 from servetune.models import TrainConfig, train_step_time_model
+from servetune.tuner import Study
 
 WORKLOAD = "poisson:rate=40,n=150,input=lognormal:600:0.8:3000,output=lognormal:80:0.6:400"
 
@@ -48,7 +50,8 @@ def test_tune_json_contract_files_and_mlflow_run(workspace, capsys):
     assert result["baseline"]["config"]["max_batch_tokens"] == 8192  # the engine default
     assert "tune contract" in err  # progress bar on stderr
     folder = Path(result["study"]["path"])
-    for name in ("study.json", "checkpoint.json", "candidates.json", "candidates.md",
+    for name in ("study.json", "checkpoint.json", "evaluations.jsonl", "candidates.json",
+                 "candidates.md",
                  "plots/convergence.png", "plots/pareto.png"):
         assert (folder / name).exists(), name
 
@@ -181,7 +184,7 @@ def test_cli_study_killed_mid_run_resumes_to_the_uninterrupted_result(workspace,
     assert code == 0, capsys.readouterr().err
     capsys.readouterr()
     studies = workspace.studies_dir()
-    expected = json.loads((studies / "whole" / "checkpoint.json").read_text())["records"]
+    expected = [asdict(r) for r in Study.load(studies / "whole").records]
 
     servetune = str(Path(sys.executable).parent / "servetune")
     proc = subprocess.Popen([servetune, "--workspace", str(workspace.root), "tune", *flags,
@@ -201,4 +204,4 @@ def test_cli_study_killed_mid_run_resumes_to_the_uninterrupted_result(workspace,
     code = main(["--workspace", str(workspace.root), "tune", "--resume", "killed", "--json",
                  "--no-mlflow"])
     assert code == 0, capsys.readouterr().err
-    assert json.loads(checkpoint.read_text())["records"] == expected
+    assert [asdict(r) for r in Study.load(studies / "killed").records] == expected

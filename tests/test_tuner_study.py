@@ -113,6 +113,34 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert resumed.best().config == whole.best().config
 
 
+def test_log_lines_beyond_the_checkpoint_are_cut_off_on_resume(tmp_path):
+    """A kill between the log append and the checkpoint replace (or mid-append) leaves lines
+    the checkpoint does not cover: they are dropped and the iteration is redone."""
+    whole = _new(tmp_path, "whole")
+    whole.run(BowlEvaluator(whole.space.to_dict()))
+    part = _new(tmp_path, "part")
+    part.run(BowlEvaluator(part.space.to_dict()), max_iterations=2)
+    folder = tmp_path / "part"
+    saved = (folder / "checkpoint.json").read_text()
+    Study.load(folder).run(BowlEvaluator(part.space.to_dict()), max_iterations=1)
+    (folder / "checkpoint.json").write_text(saved)  # as if the third checkpoint never landed
+    with open(folder / "evaluations.jsonl", "a") as handle:
+        handle.write('{"index": 99, "iteration"')  # and a torn line after it
+    resumed = Study.load(folder)
+    assert resumed.iteration == 2 and len(resumed.records) == 12
+    resumed.run(BowlEvaluator(part.space.to_dict()))
+    assert _records(Study.load(folder)) == _records(whole)
+
+
+def test_a_damaged_log_is_reported(tmp_path):
+    study = _new(tmp_path)
+    study.run(BowlEvaluator(study.space.to_dict()), max_iterations=2)
+    log = tmp_path / "s" / "evaluations.jsonl"
+    log.write_bytes(log.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="the study folder is damaged"):
+        Study.load(tmp_path / "s")
+
+
 def test_create_refuses_an_existing_study_and_load_a_missing_one(tmp_path):
     _new(tmp_path)
     with pytest.raises(ConfigError, match="already holds a study"):
@@ -127,7 +155,7 @@ def test_kill_9_at_many_moments_then_resume_equals_an_uninterrupted_run(tmp_path
     instant the checkpoint appeared); every restart resumes from the last checkpoint."""
     reference = tmp_path / "reference"
     run_bowl_study(str(reference))
-    expected = json.loads((reference / "checkpoint.json").read_text())["records"]
+    expected = _records(Study.load(reference))
     target = tmp_path / "killed"
     checkpoint = target / "checkpoint.json"
     rng = np.random.default_rng(0)
@@ -163,9 +191,9 @@ def test_kill_9_at_many_moments_then_resume_equals_an_uninterrupted_run(tmp_path
     final = subprocess.run([sys.executable, str(HELPERS), str(target), "0"], env=env,
                            timeout=120)
     assert final.returncode == 0
-    state = json.loads(checkpoint.read_text())
-    assert state["status"] == "finished"
-    assert state["records"] == expected
+    resumed = Study.load(target)
+    assert resumed.status == "finished"
+    assert _records(resumed) == expected
     assert not list(target.glob("checkpoint.json.tmp-*"))
 
 

@@ -4,8 +4,11 @@
 
     study.json        what the study is (space, objective, optimiser, seed, evaluator
                       descriptor); written once, atomically
-    checkpoint.json   the optimiser state (its generator included) and every evaluation so far;
-                      replaced atomically after every iteration
+    evaluations.jsonl every evaluation, one JSON line each, appended (and fsynced) after every
+                      iteration
+    checkpoint.json   the optimiser state (its generator included), the iteration, and how
+                      many evaluations (bytes of evaluations.jsonl) it covers; replaced
+                      atomically after every iteration, right after the append
     candidates.json   top-K configurations + the engine default, with launch arguments
     candidates.md     the same as a table
     plots/            convergence.png, pareto.png
@@ -13,7 +16,10 @@
 Because the optimiser state is saved after ``tell`` and evaluators are deterministic, a study
 killed at any moment (``kill -9`` included) and resumed with :meth:`Study.load` then
 :meth:`Study.run` ends with exactly the evaluations and best configuration of an uninterrupted
-run with the same seed: at most the iteration in flight is recomputed.
+run with the same seed: at most the iteration in flight is recomputed. Lines appended to the log
+beyond what the checkpoint covers (an iteration whose checkpoint never landed, a torn line) are
+cut off on load. Each iteration writes only its own evaluations, so checkpointing stays linear
+in the study's size.
 
 Example:
     >>> study = Study.create(tmp / "s", space=SearchSpace.builtin("transformers-cb"),
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import uuid
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
@@ -44,14 +51,15 @@ from servetune.tuner._pso import PSO, PSOConfig
 from servetune.tuner._space import SearchSpace
 
 __all__ = ["Study", "StudySpec", "Evaluation", "make_optimizer", "config_key", "STUDY_FILE",
-           "CHECKPOINT_FILE", "OPTIMIZERS"]
+           "CHECKPOINT_FILE", "EVALUATIONS_FILE", "OPTIMIZERS"]
 
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.json"
 CHECKPOINT_FILE = "checkpoint.json"
+EVALUATIONS_FILE = "evaluations.jsonl"
 OPTIMIZERS = ("pso", "random", "grid")
-_FORMAT = 1
+_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,8 @@ class Study:
         self.iteration = 0
         self.status = "new"
         self.tracking_run_id: str | None = None
+        self._logged = 0  # records already in evaluations.jsonl
+        self._log_bytes = 0  # its committed length
 
     # -- persistence ------------------------------------------------------------------------
     @classmethod
@@ -177,18 +187,30 @@ class Study:
             if state.get("format") != _FORMAT or state.get("uid") != spec.uid:
                 raise ConfigError(f"{path}: checkpoint does not belong to this study")
             study.optimizer.load_state_dict(state["optimizer"])
-            study.records = [Evaluation(**r) for r in state["records"]]
+            study.records = _read_log(directory / EVALUATIONS_FILE, int(state["records"]),
+                                      int(state["log_bytes"]))
+            study._logged, study._log_bytes = len(study.records), int(state["log_bytes"])
             study.iteration = int(state["iteration"])
             study.status = state["status"]
             study.tracking_run_id = state.get("tracking_run_id")
         return study
 
     def checkpoint(self) -> None:
-        """Write the whole state atomically (old or new checkpoint, never half)."""
+        """Append the new evaluations (fsynced), then replace the checkpoint atomically."""
+        if self._logged < len(self.records):
+            lines = "".join(json.dumps(asdict(r)) + "\n" for r in self.records[self._logged:])
+            with open(self.directory / EVALUATIONS_FILE, "ab") as handle:
+                handle.seek(self._log_bytes)
+                handle.truncate()
+                handle.write(lines.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+                self._log_bytes = handle.tell()
+            self._logged = len(self.records)
         state = {"format": _FORMAT, "uid": self.spec.uid, "iteration": self.iteration,
                  "status": self.status, "tracking_run_id": self.tracking_run_id,
-                 "optimizer": self.optimizer.state_dict(),
-                 "records": [asdict(r) for r in self.records]}
+                 "optimizer": self.optimizer.state_dict(), "records": self._logged,
+                 "log_bytes": self._log_bytes}
         atomic_write_text(self.directory / CHECKPOINT_FILE, json.dumps(state))
 
     # -- the loop ---------------------------------------------------------------------------
@@ -306,6 +328,23 @@ class Study:
                 best = max(best, max(scores))
             out.append(best if math.isfinite(best) else float("nan"))
         return out
+
+
+def _read_log(path: Path, count: int, size: int) -> list[Evaluation]:
+    """The first ``count`` evaluations (``size`` bytes) of the log; anything after them — an
+    iteration whose checkpoint never landed, a torn line — is cut off."""
+    try:
+        with open(path, "r+b") as handle:
+            data = handle.read(size)
+            if handle.seek(0, os.SEEK_END) > size:
+                handle.truncate(size)
+    except FileNotFoundError:
+        data = b""
+    lines = data.decode("utf-8").splitlines()
+    if len(data) != size or len(lines) != count:
+        raise ConfigError(f"{path}: holds {len(lines)} evaluations in {len(data)} bytes; the "
+                          f"checkpoint expects {count} in {size}: the study folder is damaged")
+    return [Evaluation(**json.loads(line)) for line in lines]
 
 
 def _copy_result(record: Evaluation, source: Evaluation) -> None:
