@@ -201,7 +201,8 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
     files = write_candidates(study.directory, candidates, space.names)
     plots = _write_plots(study, candidates)
     if tracker is not None:
-        tracker.finish(study, candidates, plots, files + [study.directory / "study.json"])
+        tracker.finish(study, candidates, plots, files + [study.directory / "study.json",
+                                                          study.directory / "evaluations.jsonl"])
         study.checkpoint()  # keeps the run id next to the state
     return summary(study, candidates, wall_s=time.perf_counter() - started)
 
