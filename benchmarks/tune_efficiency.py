@@ -31,9 +31,14 @@ import numpy as np
 
 import servetune
 from servetune.data import Workspace, resolve_workload
-from servetune.tuner import SearchSpace, Study, config_key, parse_objective
-from servetune.tuner._evaluators import SimulatorEvaluator
-from servetune.tuner._executors import open_executor
+from servetune.tuner import (
+    SearchSpace,
+    SimulatorEvaluator,
+    Study,
+    config_key,
+    open_executor,
+    parse_objective,
+)
 
 SPLITWISE = Path(servetune.__file__).resolve().parent.parent / "shared/workloads/splitwise_conv.csv"
 

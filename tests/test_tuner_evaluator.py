@@ -10,7 +10,7 @@ from _helpers_simulator import trained_step_model
 from servetune import ConfigError
 from servetune.data import Workload
 from servetune.tuner import METRIC_KEYS, SLO, SearchSpace
-from servetune.tuner._evaluators import SimulatorEvaluator, engine_defaults
+from servetune.tuner import SimulatorEvaluator, engine_defaults
 
 
 @pytest.fixture(scope="module")

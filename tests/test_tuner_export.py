@@ -6,8 +6,8 @@ import inspect
 
 import pytest
 
-from servetune.tuner import SearchSpace
-from servetune.tuner._export import CB_SERVE_FLAGS, launch_args
+from servetune.tuner import SearchSpace, launch_args
+from servetune.tuner._export import CB_SERVE_FLAGS
 
 
 def test_vllm_flags_with_booleans_and_parallelism():

@@ -17,7 +17,7 @@ import pytest
 
 from servetune import ConfigError, ServetuneError
 from servetune.tuner import SearchSpace, Study
-from servetune.tuner._executors import open_executor
+from servetune.tuner import open_executor
 
 from _helpers_tuner import BowlEvaluator, run_bowl_study
 

@@ -16,6 +16,10 @@ Example:
 
 from servetune.tuner._base import Evaluator, Optimizer
 from servetune.tuner._baselines import GridSearch, RandomSearch
+from servetune.tuner._candidates import build_candidates, candidates_table, write_candidates
+from servetune.tuner._evaluators import SimulatorEvaluator, engine_defaults
+from servetune.tuner._executors import open_executor
+from servetune.tuner._export import launch_args
 from servetune.tuner._expr import Expression
 from servetune.tuner._importers import (
     IMPORT_FORMATS,
@@ -35,6 +39,8 @@ from servetune.tuner._objective import (
 )
 from servetune.tuner._pso import PSO, PSOConfig
 from servetune.tuner._space import Constraint, Param, Point, SearchSpace, builtin_spaces
+from servetune.tuner._job import DEFAULT_OBJECTIVE, DEFAULT_WORKLOAD, TuneSettings, run_tune
+from servetune.tuner._report import render_report, write_report
 from servetune.tuner._study import (
     OPTIMIZERS,
     Evaluation,
@@ -43,8 +49,11 @@ from servetune.tuner._study import (
     config_key,
     make_optimizer,
 )
+from servetune.tuner._tracking import StudyTracker
 
 __all__ = [
+    "DEFAULT_OBJECTIVE",
+    "DEFAULT_WORKLOAD",
     "Constraint",
     "Evaluation",
     "Evaluator",
@@ -65,14 +74,26 @@ __all__ = [
     "RandomSearch",
     "SLO",
     "SearchSpace",
+    "SimulatorEvaluator",
     "Study",
     "StudySpec",
+    "StudyTracker",
     "ThroughputObjective",
+    "TuneSettings",
+    "build_candidates",
     "builtin_spaces",
+    "candidates_table",
     "config_key",
+    "engine_defaults",
     "import_auto_tuning_vllm",
     "import_llmservingtuner",
     "import_space",
+    "launch_args",
     "make_optimizer",
+    "open_executor",
     "parse_objective",
+    "render_report",
+    "run_tune",
+    "write_candidates",
+    "write_report",
 ]
