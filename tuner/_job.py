@@ -38,12 +38,13 @@ __all__ = ["TuneSettings", "run_tune", "DEFAULT_WORKLOAD", "DEFAULT_SPACE", "DEF
 log = logging.getLogger(__name__)
 
 DEFAULT_SPACE = "transformers-cb"
-# Splitwise-conversation-like requests (median 1,032 input / 238 output tokens, log-sd ~0.95,
-# gamma arrivals with cv 1.1, as the first 2,000 requests of the real trace), 2,000 of them at
-# 4 requests/s: near the capacity the bundled H200 sample's champion predicts for the engine
-# default, so the configuration matters.
-DEFAULT_WORKLOAD = ("gamma:rate=4,n=2000,cv=1.1,input=lognormal:1032:0.97:7930,"
-                    "output=lognormal:238:0.91:1000")
+# Splitwise-conversation-like requests: lognormal lengths with the first 2,000 requests' medians
+# (1,032 -> 1,000 input, 238 output tokens) and spread chosen so the means match too (about
+# 1,210 / 290 against the trace's 1,105 / 265), gamma arrivals with the trace's cv (1.1), 2,000
+# requests at 4 req/s: near the capacity the bundled H200 sample's champion predicts, so the
+# configuration matters.
+DEFAULT_WORKLOAD = ("gamma:rate=4,n=2000,cv=1.1,input=lognormal:1000:0.6:7930,"
+                    "output=lognormal:238:0.6:1000")
 # SLOs sized for the bundled sample's engine (transformers CB, llama-1b-like on one H200): its
 # measured TPOT is 30 ms median at short outputs and the champion predicts 70-170 ms for large
 # batches of Splitwise-length requests; a 100 ms TPOT bound leaves almost no goodput to tune.
