@@ -28,7 +28,13 @@ from scipy.stats import spearmanr
 
 import servetune
 from servetune.data import Workload
-from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, join_knobs
+from servetune.features import (
+    KNOB_COLUMNS,
+    PREV_COLUMNS,
+    RAW_COLUMNS,
+    add_previous_step,
+    join_knobs,
+)
 from servetune.models import StepTimeRegressor
 from servetune.models._search import search_hyperparameters
 from servetune.tuner.simulator import Simulator
@@ -147,13 +153,14 @@ def main(argv: list[str] | None = None) -> dict:
     held = runs["config_name"].isin(HELD_OUT)
     train_ids = set(runs.loc[~held, "run_id"])
 
-    frame = join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]])
+    frame = add_previous_step(join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]]))
     capture = frame["extra"].fillna("").str.contains('"graph_captured":true', regex=False)
     if args.in_sample:
         train_ids = set(runs["run_id"])
     train = frame[frame.run_id.isin(train_ids) & ~capture & (frame.duration_ms > 0)]
     t = time.perf_counter()
-    X, y, groups = (train[[*RAW_COLUMNS, *KNOB_COLUMNS]], train["duration_ms"].to_numpy(),
+    X, y, groups = (train[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]],
+                    train["duration_ms"].to_numpy(),
                     train["run_id"].to_numpy())
     base = StepTimeRegressor(n_jobs=1, random_state=args.seed)
     if args.search_trials > 1:
@@ -165,9 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     compiled = model.compile()
     captures = frame[frame.run_id.isin(train_ids) & capture]
     capture_ms, capture_ms_per_token = fit_capture_cost(
-        captures, model.predict(captures[[*RAW_COLUMNS, *KNOB_COLUMNS]]), runs)
+        captures, model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]]), runs)
     test = frame[frame.run_id.isin(set(runs.loc[held, "run_id"])) & ~capture]
-    pred = model.predict(test[[*RAW_COLUMNS, *KNOB_COLUMNS]])
+    pred = model.predict(test[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]])
     step_mape = float(np.mean(np.abs(pred / test["duration_ms"].to_numpy() - 1)) * 100)
 
     rows = []

@@ -17,8 +17,9 @@ import pandas as pd
 
 from servetune import InputError
 
-__all__ = ["RAW_COLUMNS", "KNOB_COLUMNS", "knob_vector", "knobs_from_runs", "join_knobs",
-           "column_matrix"]
+__all__ = ["RAW_COLUMNS", "PREV_COLUMNS", "STEP_INPUT_COLUMNS", "KNOB_COLUMNS", "knob_vector",
+           "knobs_from_runs", "join_knobs", "column_matrix", "add_previous_step",
+           "previous_step_matrix"]
 
 # A step's batch composition: exactly the ``steps`` schema columns of these names, in this order.
 RAW_COLUMNS: tuple[str, ...] = (
@@ -26,10 +27,19 @@ RAW_COLUMNS: tuple[str, ...] = (
     "kv_tokens_sum", "kv_tokens_max", "prefill_attn_work",
 )
 
+# The composition of the step before it in the same run (zero for a run's first step). With
+# async batching a recorded step duration is the gap between two launches, so it contains the
+# GPU work of the PREVIOUS batch. Feature kernels receive ``RAW_COLUMNS + PREV_COLUMNS`` (16).
+PREV_COLUMNS: tuple[str, ...] = tuple(f"prev_{name}" for name in RAW_COLUMNS)
+STEP_INPUT_COLUMNS: tuple[str, ...] = RAW_COLUMNS + PREV_COLUMNS
+
 # Per-run engine knobs that change the cost of a step of a given composition. Taken from the
 # ``runs`` table (joined on run_id) for training, constant for one simulation. Booleans are 0/1;
-# a knob an engine does not report is NaN (XGBoost's missing value).
-KNOB_COLUMNS: tuple[str, ...] = ("block_size", "async_batching", "cuda_graph", "tp_size")
+# a knob an engine does not report is NaN (XGBoost's missing value). ``max_batch_tokens`` sets
+# the CUDA-graph padded shapes (the decode floor moves with it). New knobs go at the END: feature
+# sets index knobs by position.
+KNOB_COLUMNS: tuple[str, ...] = ("block_size", "async_batching", "cuda_graph", "tp_size",
+                                 "max_batch_tokens")
 
 
 def column_matrix(df: pd.DataFrame, columns: tuple[str, ...], *, what: str) -> np.ndarray:
@@ -102,3 +112,43 @@ def join_knobs(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             own = pd.to_numeric(steps[name]).to_numpy(dtype=np.float64, na_value=np.nan)
             merged[name] = np.where(np.isnan(merged[name].to_numpy()), own, merged[name])
     return merged
+
+
+def previous_step_matrix(raw: np.ndarray) -> np.ndarray:
+    """``raw`` (n, 8) consecutive steps of ONE run -> (n, 16) with each row's previous step
+    appended (zeros for the first)."""
+    out = np.zeros((raw.shape[0], 2 * raw.shape[1]), dtype=np.float64)
+    out[:, :raw.shape[1]] = raw
+    out[1:, raw.shape[1]:] = raw[:-1]
+    return out
+
+
+def add_previous_step(steps: pd.DataFrame) -> pd.DataFrame:
+    """``steps`` with ``PREV_COLUMNS``: the composition of the step before each one in its run.
+
+    Steps are ordered by ``step_index`` within each ``run_id`` (row order where those columns
+    are absent); a run's first step gets zeros. Call it on a run's complete steps, before any
+    filtering, so that "previous" means the step the engine really ran before.
+
+    Raises:
+        InputError: a composition column is missing or not numeric.
+    """
+    raw = column_matrix(steps, RAW_COLUMNS, what="step composition")
+    n = len(steps)
+    run_code = (pd.factorize(steps["run_id"].astype(str))[0] if "run_id" in steps.columns
+                else np.zeros(n, dtype=np.int64))
+    if "step_index" in steps.columns:
+        order = np.lexsort([steps["step_index"].to_numpy(), run_code])
+    else:
+        order = np.arange(n)
+    run = run_code[order]
+    prev_sorted = np.zeros((n, len(RAW_COLUMNS)), dtype=np.float64)
+    if n > 1:
+        same = run[1:] == run[:-1]
+        prev_sorted[1:] = np.where(same[:, None], raw[order[:-1]], 0.0)
+    prev = np.empty_like(prev_sorted)
+    prev[order] = prev_sorted
+    out = steps.copy()
+    for j, name in enumerate(PREV_COLUMNS):
+        out[name] = prev[:, j]
+    return out

@@ -15,13 +15,14 @@ from servetune.features._feature_set import (
     select_features,
 )
 
-__all__ = ["RAW_V1", "STEP_V1", "STEP_V2", "STEP_V3", "DEFAULT_FEATURE_SET", "default_feature_registry",
-           "get_feature_set"]
+__all__ = ["RAW_V1", "RAW_V2", "STEP_V1", "STEP_V2", "STEP_V3", "STEP_V4", "DEFAULT_FEATURE_SET",
+           "default_feature_registry", "get_feature_set"]
 
 # Indices into the raw vector (RAW_COLUMNS order) and the knob vector (KNOB_COLUMNS order).
 NUM_SEQS, NUM_PREFILL_SEQS, NUM_DECODE_SEQS, PREFILL_TOKENS, DECODE_TOKENS = 0, 1, 2, 3, 4
 KV_TOKENS_SUM, KV_TOKENS_MAX, PREFILL_ATTN_WORK = 5, 6, 7
-BLOCK_SIZE, ASYNC_BATCHING, CUDA_GRAPH, TP_SIZE = 0, 1, 2, 3
+BLOCK_SIZE, ASYNC_BATCHING, CUDA_GRAPH, TP_SIZE, MAX_BATCH_TOKENS = 0, 1, 2, 3, 4
+PREV = 8  # r[PREV + i]: the previous step's value of raw column i (zeros for a run's first step)
 
 
 def _raw_v1(r, k):
@@ -132,12 +133,75 @@ STEP_V2 = make_feature_set("step_v2", 1, {
 # compares feature sets by grouped CV on the training runs and keeps the best (BENCHMARKS.md).
 STEP_V3 = select_features(STEP_V2, "step_v3", 1, drop=("kv_blocks", "block_size"))
 
-DEFAULT_FEATURE_SET = STEP_V3.name
+
+_PREV_NAMES = {"prev_num_seqs": 0, "prev_num_prefill_seqs": 0, "prev_num_decode_seqs": 0,
+               "prev_prefill_tokens": 0, "prev_decode_tokens": 0, "prev_kv_tokens_sum": 0,
+               "prev_kv_tokens_max": 0, "prev_prefill_attn_work": 0}
+
+
+def _raw_v2(r, k):
+    return (r[NUM_SEQS] * 1.0, r[NUM_PREFILL_SEQS] * 1.0, r[NUM_DECODE_SEQS] * 1.0,
+            r[PREFILL_TOKENS] * 1.0, r[DECODE_TOKENS] * 1.0, r[KV_TOKENS_SUM] * 1.0,
+            r[KV_TOKENS_MAX] * 1.0, r[PREFILL_ATTN_WORK] * 1.0,
+            k[BLOCK_SIZE] * 1.0, k[ASYNC_BATCHING] * 1.0, k[CUDA_GRAPH] * 1.0, k[TP_SIZE] * 1.0,
+            k[MAX_BATCH_TOKENS] * 1.0,
+            r[PREV + NUM_SEQS] * 1.0, r[PREV + NUM_PREFILL_SEQS] * 1.0,
+            r[PREV + NUM_DECODE_SEQS] * 1.0, r[PREV + PREFILL_TOKENS] * 1.0,
+            r[PREV + DECODE_TOKENS] * 1.0, r[PREV + KV_TOKENS_SUM] * 1.0,
+            r[PREV + KV_TOKENS_MAX] * 1.0, r[PREV + PREFILL_ATTN_WORK] * 1.0)
+
+
+# raw_v1 plus the token budget (it sets the CUDA-graph padded shapes) and the previous step's
+# composition (with async batching a recorded duration is launch to launch, so it covers the
+# previous batch's GPU work).
+RAW_V2 = make_feature_set("raw_v2", 1, {
+    "num_seqs": 0, "num_prefill_seqs": 0, "num_decode_seqs": 0, "prefill_tokens": 0,
+    "decode_tokens": 0, "kv_tokens_sum": 0, "kv_tokens_max": 0, "prefill_attn_work": 0,
+    "block_size": 0, "async_batching": 0, "cuda_graph": 0, "tp_size": 0,
+    "max_batch_tokens": 0, **_PREV_NAMES,
+}, _raw_v2)
+
+
+def _step_v4(r, k):
+    num_seqs = r[NUM_SEQS] * 1.0
+    tokens = r[PREFILL_TOKENS] + r[DECODE_TOKENS]
+    kv_sum = r[KV_TOKENS_SUM] * 1.0
+    decode_only = 1.0 - np.minimum(r[NUM_PREFILL_SEQS], 1.0)
+    tokens_padded = np.ceil(tokens / Q_PAD) * Q_PAD
+    kv_padded = np.ceil(kv_sum / KV_PAD) * KV_PAD
+    prev_tokens = r[PREV + PREFILL_TOKENS] + r[PREV + DECODE_TOKENS]
+    return (
+        num_seqs, r[NUM_PREFILL_SEQS] * 1.0, r[NUM_DECODE_SEQS] * 1.0, r[PREFILL_TOKENS] * 1.0,
+        r[DECODE_TOKENS] * 1.0, tokens, kv_sum, r[KV_TOKENS_MAX] * 1.0,
+        r[PREFILL_ATTN_WORK] * 1.0, tokens * kv_sum, tokens_padded, kv_padded,
+        tokens_padded * (kv_padded + tokens_padded), num_seqs * r[KV_TOKENS_MAX],
+        kv_sum / np.maximum(num_seqs, 1.0), r[PREFILL_TOKENS] / np.maximum(tokens, 1.0),
+        decode_only, kv_sum * decode_only,
+        k[ASYNC_BATCHING] * 1.0, k[CUDA_GRAPH] * 1.0, k[TP_SIZE] * 1.0,
+        k[MAX_BATCH_TOKENS] * 1.0,
+        r[PREV + NUM_SEQS] * 1.0, r[PREV + NUM_PREFILL_SEQS] * 1.0,
+        r[PREV + NUM_DECODE_SEQS] * 1.0, r[PREV + PREFILL_TOKENS] * 1.0,
+        r[PREV + DECODE_TOKENS] * 1.0, r[PREV + KV_TOKENS_SUM] * 1.0,
+        r[PREV + KV_TOKENS_MAX] * 1.0, r[PREV + PREFILL_ATTN_WORK] * 1.0,
+        prev_tokens, np.ceil(prev_tokens / Q_PAD) * Q_PAD,
+        np.ceil(r[PREV + KV_TOKENS_SUM] / KV_PAD) * KV_PAD,
+    )
+
+
+# step_v3 plus the token budget, the previous step's composition and its padded shapes.
+STEP_V4 = make_feature_set("step_v4", 1, {
+    **{name: sign for name, sign in zip(STEP_V2.feature_names, STEP_V2.monotone)
+       if name not in ("kv_blocks", "block_size")},
+    "max_batch_tokens": 0, **_PREV_NAMES, "prev_tokens": 0, "prev_tokens_padded": 0,
+    "prev_kv_padded": 0,
+}, _step_v4)
+
+DEFAULT_FEATURE_SET = STEP_V4.name
 
 
 def default_feature_registry() -> FeatureSetRegistry:
     """A registry of the shipped feature sets."""
-    return FeatureSetRegistry((RAW_V1, STEP_V1, STEP_V2, STEP_V3))
+    return FeatureSetRegistry((RAW_V1, RAW_V2, STEP_V1, STEP_V2, STEP_V3, STEP_V4))
 
 
 _REGISTRY = default_feature_registry()  # immutable (a read-only mapping inside)

@@ -1,10 +1,10 @@
 """Named, versioned feature sets: one definition, a vectorised form and a numba per-step kernel.
 
 A feature set is defined ONCE, as a plain function ``formulas(r, k)`` that returns a tuple of
-float64 expressions built from ``r[RAW_INDEX]`` (batch composition) and ``k[KNOB_INDEX]`` (engine
-knobs) with arithmetic and ``np.maximum``/``np.minimum`` only. The same function serves both forms:
+float64 expressions built from ``r[i]`` (batch composition: ``RAW_COLUMNS`` at 0..7, the previous
+step's ``PREV_COLUMNS`` at 8..15) and ``k[KNOB_INDEX]`` (engine knobs) with arithmetic and ``np.maximum``/``np.minimum`` only. The same function serves both forms:
 
-* ``FeatureSet.frame(df)`` calls it with ``r`` = the (8, n) raw matrix and ``k`` = the (K, n) knob
+* ``FeatureSet.frame(df)`` calls it with ``r`` = the (16, n) step matrix and ``k`` = the (K, n) knob
   matrix, so every expression is a numpy column operation over all steps at once;
 * ``FeatureSet.kernel(raw, knobs, out)`` is ``numba.njit`` of it called with one step's vectors,
   so each expression is the same IEEE arithmetic on scalars.
@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 
 from servetune import ConfigError, InputError
-from servetune.features._columns import KNOB_COLUMNS, RAW_COLUMNS, column_matrix
+from servetune.features._columns import (
+    KNOB_COLUMNS,
+    PREV_COLUMNS,
+    RAW_COLUMNS,
+    STEP_INPUT_COLUMNS,
+    add_previous_step,
+    column_matrix,
+    previous_step_matrix,
+)
 
 __all__ = ["FeatureSet", "make_feature_set", "select_features", "FeatureSetRegistry"]
 
@@ -41,7 +49,8 @@ class FeatureSet:
         feature_names: one name per output column.
         monotone: XGBoost monotone constraint per feature (+1: latency cannot fall as it grows).
         formulas: the single definition (see the module docstring).
-        kernel: ``numba.njit`` per-step form ``kernel(raw f8[8], knobs f8[K], out f4[F]) -> None``.
+        kernel: ``numba.njit`` per-step form ``kernel(raw f8[16], knobs f8[K], out f4[F]) -> None``;
+            ``raw`` is the step's composition then its previous step's (``STEP_INPUT_COLUMNS``).
     """
 
     name: str
@@ -77,12 +86,19 @@ class FeatureSet:
         return f"{self.name}@v{self.version}"
 
     def matrix(self, raw: np.ndarray, knobs: np.ndarray) -> np.ndarray:
-        """Features of ``raw`` (n, 8) steps with ``knobs`` (n, K) or one (K,) vector, float32 (n, F)."""
+        """Features of ``raw`` steps with ``knobs`` (n, K) or one (K,) vector, float32 (n, F).
+
+        ``raw`` is (n, 16) (``STEP_INPUT_COLUMNS``: composition, then the previous step's) or
+        (n, 8) (``RAW_COLUMNS``: consecutive steps of one run, each row's previous step being the
+        row before it, zeros for the first).
+        """
         raw = np.asarray(raw, dtype=np.float64)
         knobs = np.asarray(knobs, dtype=np.float64)
-        if raw.ndim != 2 or raw.shape[1] != len(RAW_COLUMNS):
-            raise InputError(f"expected raw steps of shape (n, {len(RAW_COLUMNS)}), got "
-                             f"{raw.shape}")
+        if raw.ndim == 2 and raw.shape[1] == len(RAW_COLUMNS):
+            raw = previous_step_matrix(raw)
+        if raw.ndim != 2 or raw.shape[1] != len(STEP_INPUT_COLUMNS):
+            raise InputError(f"expected raw steps of shape (n, {len(STEP_INPUT_COLUMNS)}) or "
+                             f"(n, {len(RAW_COLUMNS)}), got {raw.shape}")
         if knobs.ndim == 1:
             knobs = np.broadcast_to(knobs, (raw.shape[0], knobs.shape[0]))
         if knobs.shape != (raw.shape[0], len(KNOB_COLUMNS)):
@@ -97,11 +113,23 @@ class FeatureSet:
     def frame(self, df: pd.DataFrame) -> np.ndarray:
         """Vectorised features of every row of ``df`` (RAW_COLUMNS + KNOB_COLUMNS), float32 (n, F).
 
+        Knob columns ``df`` lacks are unknown (NaN).
+
+        The previous step's composition is taken from ``PREV_COLUMNS`` when ``df`` has them all
+        (``add_previous_step`` on the complete runs), else derived from ``df`` itself: the
+        preceding step of the same ``run_id`` by ``step_index`` (row order without them).
+
         Raises:
             InputError: a required column is missing or not numeric.
         """
-        raw = column_matrix(df, RAW_COLUMNS, what="step composition")
-        knobs = column_matrix(df, KNOB_COLUMNS, what="engine knob")
+        if not all(name in df.columns for name in PREV_COLUMNS):
+            df = add_previous_step(df)
+        raw = column_matrix(df, STEP_INPUT_COLUMNS, what="step composition")
+        # a knob column the frame lacks is an unknown knob (NaN, XGBoost's missing value), as
+        # for an engine that does not report it; frames built before a knob was added still work
+        missing = {name: np.nan for name in KNOB_COLUMNS if name not in df.columns}
+        knobs = column_matrix(df.assign(**missing) if missing else df, KNOB_COLUMNS,
+                              what="engine knob")
         return self.matrix(raw, knobs)
 
     def dataframe(self, df: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,8 @@ import numba
 import numpy as np
 
 from servetune import ModelError
-from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, FeatureSet
+from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, STEP_INPUT_COLUMNS, FeatureSet
+from servetune.features._columns import previous_step_matrix
 
 __all__ = ["CompiledForest", "CompiledStepTime", "forest_predict_row", "forest_predict_matrix",
            "step_time_batch"]
@@ -72,7 +73,8 @@ def forest_predict_matrix(feature, threshold, left, right, default_left, value, 
 @numba.njit(nogil=True)
 def step_time_batch(kernel, n_features, feature, threshold, left, right, default_left, value,
                     roots, base_margin, log_target, raw, knobs):
-    """Step times (ms) of ``raw`` (n, 8) steps under one ``knobs`` vector: kernel, forest, exp."""
+    """Step times (ms) of ``raw`` (n, 16) steps (composition, then the previous step's) under one
+    ``knobs`` vector: kernel, forest, exp."""
     buf = np.empty(n_features, dtype=np.float32)
     out = np.empty(raw.shape[0], dtype=np.float64)
     for i in range(raw.shape[0]):
@@ -242,14 +244,21 @@ class CompiledStepTime:
         return self.forest.log_target
 
     def predict_ms(self, raw: np.ndarray, knobs: np.ndarray) -> np.ndarray:
-        """Step durations in ms of ``raw`` (n, 8) steps (RAW_COLUMNS order) under ``knobs`` (K,)."""
+        """Step durations in ms of ``raw`` steps under ``knobs`` (K,).
+
+        ``raw`` is (n, 16) (``STEP_INPUT_COLUMNS``: composition, then the previous step's) or
+        (n, 8) (``RAW_COLUMNS``: consecutive steps of one run; each row's previous step is the
+        row before it, zeros for the first).
+        """
         raw = np.ascontiguousarray(raw, dtype=np.float64)
         knobs = np.ascontiguousarray(knobs, dtype=np.float64)
         if raw.ndim == 1:
             raw = raw[None, :]
-        if raw.ndim != 2 or raw.shape[1] != len(RAW_COLUMNS):
-            raise ModelError(f"expected raw steps of shape (n, {len(RAW_COLUMNS)}), got "
-                             f"{raw.shape}")
+        if raw.ndim == 2 and raw.shape[1] == len(RAW_COLUMNS):
+            raw = previous_step_matrix(raw)
+        if raw.ndim != 2 or raw.shape[1] != len(STEP_INPUT_COLUMNS):
+            raise ModelError(f"expected raw steps of shape (n, {len(STEP_INPUT_COLUMNS)}) or "
+                             f"(n, {len(RAW_COLUMNS)}), got {raw.shape}")
         if knobs.shape != (len(KNOB_COLUMNS),):
             raise ModelError(f"expected a knob vector of length {len(KNOB_COLUMNS)} "
                              f"({', '.join(KNOB_COLUMNS)}), got shape {knobs.shape}")

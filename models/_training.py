@@ -41,6 +41,7 @@ from servetune.features import (
     DEFAULT_FEATURE_SET,
     KNOB_COLUMNS,
     RAW_COLUMNS,
+    add_previous_step,
     get_feature_set,
     join_knobs,
 )
@@ -95,7 +96,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     holdout_salt: str = "servetune-holdout-v1"
     n_trials: int = 5
-    candidate_feature_sets: tuple[str, ...] = ("raw_v1", "step_v1")
+    candidate_feature_sets: tuple[str, ...] = ("raw_v2", "step_v3", "raw_v1")
     cv_splits: int = 3
     search_budget_s: float = 60.0
     extrapolation_quantile: float = 0.8
@@ -194,7 +195,8 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
         raise ModelError(f"no {source} step traces match {filters or 'the store'}; ingest "
                          "some with `servetune ingest` (or `servetune ingest --samples`)")
     runs = runs.drop_duplicates("run_id")
-    frame = join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]])
+    # the previous step is taken before any step is dropped: it is the batch the engine ran
+    frame = add_previous_step(join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]]))
     bad = ~(frame["duration_ms"] > 0)
     if bad.any():
         log.warning("dropping %d steps with a zero duration", int(bad.sum()))
@@ -441,15 +443,22 @@ def ensure_champion(workspace, where: Mapping[str, object] | None = None, *,
     """
     store = TraceStore.for_workspace(workspace)
     ingest_samples_if_empty(store)
-    frame_summary = store.summary()["steps"]
     part = {k: v for k, v in (where or {}).items() if k in PARTITION_COLUMNS}
-    name = registered_model_name(
-        [part["engine"]] if "engine" in part else frame_summary["engines"],
-        [part["model"]] if "model" in part else frame_summary["models"],
-        [part["hardware"]] if "hardware" in part else frame_summary["hardware"])
-    client = workspace_client(workspace)
-    if champion_version(client, name) is not None:
-        return f"models:/{name}@{CHAMPION}"
+    # the model is named after the data it trains on: measured steps only (never the
+    # simulator's own output, which a workspace may also hold)
+    source = (config or TrainConfig()).source
+    measured = store.query_table(
+        "steps", columns=list(PARTITION_COLUMNS), where={"source": source},
+        **{k: partition_value(str(v)) for k, v in part.items()})
+    if measured.num_rows:
+        distinct = {c: sorted(set(measured.column(c).unique().to_pylist()))
+                    for c in PARTITION_COLUMNS}
+        name = registered_model_name(
+            [part["engine"]] if "engine" in part else distinct["engine"],
+            [part["model"]] if "model" in part else distinct["model"],
+            [part["hardware"]] if "hardware" in part else distinct["hardware"])
+        if champion_version(workspace_client(workspace), name) is not None:
+            return f"models:/{name}@{CHAMPION}"
     result = train_step_time_model(workspace, where, config, progress=progress)
     return f"models:/{result.registered_model}@{CHAMPION}"
 

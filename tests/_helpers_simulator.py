@@ -42,7 +42,7 @@ def synthetic_steps(n: int = 4000, seed: int = 0) -> pd.DataFrame:
         "kv_tokens_sum": kv, "kv_tokens_max": np.maximum(prefill_tokens, 3000),
         "prefill_attn_work": prefill_tokens * prefill_tokens,
         "block_size": rng.choice([16, 32, 256], n), "async_batching": rng.integers(0, 2, n),
-        "cuda_graph": 0, "tp_size": 1})
+        "cuda_graph": 0, "tp_size": 1, "max_batch_tokens": rng.choice([512, 2048, 8192], n)})
     frame["duration_ms"] = (4.0 + 0.05 * frame.num_seqs + 0.003 * (prefill_tokens + decode)
                             + 1e-5 * kv + 2e-9 * frame.prefill_attn_work)
     return frame

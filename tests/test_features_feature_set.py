@@ -10,8 +10,10 @@ from servetune import ConfigError, InputError
 from servetune.features import (
     DEFAULT_FEATURE_SET,
     KNOB_COLUMNS,
+    PREV_COLUMNS,
     RAW_COLUMNS,
     FeatureSetRegistry,
+    add_previous_step,
     default_feature_registry,
     get_feature_set,
     join_knobs,
@@ -21,11 +23,16 @@ from _helpers_models import synthetic_traces
 
 
 def _kernel_rows(fs, frame: pd.DataFrame) -> np.ndarray:
+    """The kernel row by row, walking each run in step order and handing it the previous step
+    as the simulator's loop does (its own bookkeeping, not ``add_previous_step``)."""
     raw = frame[list(RAW_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
     knobs = frame[list(KNOB_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
     out = np.empty((len(frame), fs.n_features), dtype=np.float32)
-    for i in range(len(frame)):
-        fs.kernel(raw[i], knobs[i], out[i])
+    for _, rows in frame.groupby("run_id", sort=False):
+        previous = np.zeros(len(RAW_COLUMNS))
+        for i in rows.sort_values("step_index", kind="stable").index:
+            fs.kernel(np.concatenate([raw[i], previous]), knobs[i], out[i])
+            previous = raw[i]
     return out
 
 
@@ -39,15 +46,45 @@ def test_frame_and_kernel_agree_exactly(name):
     edge.loc[edge.index[0], list(RAW_COLUMNS)] = 0
     edge.loc[edge.index[1], "prefill_attn_work"] = 3 * 10**12
     edge.loc[edge.index[2], ["kv_tokens_sum", "kv_tokens_max"]] = np.nan
-    edge.loc[edge.index[3], ["block_size", "cuda_graph"]] = np.nan
+    edge.loc[edge.index[3], ["block_size", "cuda_graph", "max_batch_tokens"]] = np.nan
+    edge["run_id"] = "edge-run"
     frame = pd.concat([frame, edge], ignore_index=True)
+    # rows out of step order: the previous step still comes from the run's step_index order
+    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
     vectorised = fs.frame(frame)
     per_step = _kernel_rows(fs, frame)
     assert vectorised.dtype == np.float32 and vectorised.shape == (len(frame), fs.n_features)
     # Bit-for-bit equality, NaN in the same places.
     assert np.array_equal(vectorised.view(np.uint32), per_step.view(np.uint32))
-    assert np.isnan(vectorised[-2]).any()  # missing KV columns stay missing
-    assert np.isfinite(vectorised[-4]).all()  # an empty batch is not a division by zero
+    edge_rows = frame.index[frame.run_id == "edge-run"][np.argsort(
+        frame.step_index[frame.run_id == "edge-run"].to_numpy(), kind="stable")]
+    assert np.isnan(vectorised[edge_rows[2]]).any()  # missing KV columns stay missing
+    assert np.isfinite(vectorised[edge_rows[0]]).all()  # an empty batch: no division by zero
+
+
+def test_previous_step_comes_from_the_same_run_in_step_order():
+    steps = pd.DataFrame({"run_id": ["b", "a", "a", "b", "a"], "step_index": [1, 2, 0, 0, 1]})
+    for j, name in enumerate(RAW_COLUMNS):
+        steps[name] = np.arange(5) * 10 + j
+    out = add_previous_step(steps)
+    # a: steps 0 (row 2), 1 (row 4), 2 (row 1); b: steps 0 (row 3), 1 (row 0)
+    assert out["prev_num_seqs"].tolist() == [30.0, 40.0, 0.0, 0.0, 20.0]
+    assert out.loc[1, list(PREV_COLUMNS)].tolist() == steps.loc[4, list(RAW_COLUMNS)].tolist()
+    # given prev columns are used as they are (steps dropped after add_previous_step keep them)
+    fs = get_feature_set("raw_v2")
+    kept = out.drop(index=4).assign(**{name: 1.0 for name in KNOB_COLUMNS})
+    column = fs.feature_names.index("prev_num_seqs")
+    assert fs.frame(kept)[:, column].tolist() == [30.0, 40.0, 0.0, 0.0]
+
+
+def test_max_batch_tokens_is_a_knob_of_the_default_feature_set():
+    fs = get_feature_set()
+    assert "max_batch_tokens" in KNOB_COLUMNS and "max_batch_tokens" in fs.feature_names
+    raw = np.array([[4, 0, 4, 0, 4, 2000, 600, 0]], dtype=np.float64)
+    small = fs.matrix(raw, knob_vector({"max_batch_tokens": 512}))
+    large = fs.matrix(raw, knob_vector({"max_batch_tokens": 2048}))
+    column = fs.feature_names.index("max_batch_tokens")
+    assert small[0, column] == 512 and large[0, column] == 2048
 
 
 def test_default_feature_set_has_documented_shape():
@@ -64,7 +101,10 @@ def test_matrix_accepts_one_knob_vector_for_all_steps():
     frame = join_knobs(steps, runs)
     raw = frame[list(RAW_COLUMNS)].to_numpy(dtype=np.float64)
     knobs = knob_vector(runs.iloc[0].to_dict())
+    # (n, 8): consecutive steps of one run, each row's previous step the row before
     assert np.array_equal(fs.matrix(raw, knobs), fs.frame(frame))
+    with_prev = add_previous_step(frame)[[*RAW_COLUMNS, *PREV_COLUMNS]].to_numpy(np.float64)
+    assert np.array_equal(fs.matrix(with_prev, knobs), fs.frame(frame))
 
 
 def test_unknown_feature_set_lists_valid_names():
@@ -124,8 +164,19 @@ def test_registered_feature_sets_pickle_by_name_for_worker_processes():
 
     from servetune.features import get_feature_set
 
-    for name in ("raw_v1", "step_v1", "step_v2", "step_v3"):
+    for name in default_feature_registry().names:
         feature_set = get_feature_set(name)
         restored = pickle.loads(pickle.dumps(feature_set))
         assert restored.qualified_name == feature_set.qualified_name
         assert restored.feature_names == feature_set.feature_names
+
+
+def test_a_knob_column_the_frame_lacks_is_unknown():
+    steps, runs = synthetic_traces(n_runs=1, steps_per_run=20, seed=4)
+    frame = join_knobs(steps, runs)
+    fs = get_feature_set()
+    column = fs.feature_names.index("max_batch_tokens")
+    without = fs.frame(frame.drop(columns=["max_batch_tokens"]))
+    assert np.isnan(without[:, column]).all()
+    assert np.array_equal(np.delete(without, column, axis=1),
+                          np.delete(fs.frame(frame), column, axis=1))

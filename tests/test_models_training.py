@@ -191,3 +191,17 @@ def test_graph_capture_steps_are_excluded_and_counted(tmp_path):
     spelled, _ = load_training_frame(TraceStore.for_workspace(ws),
                                      parse_where(["hardware=Tiny GPU"]))
     assert len(spelled) == 98  # a filter is normalised like the store's partition values
+
+
+def test_ensure_champion_names_the_model_after_measured_steps_only(trained):
+    """Simulated steps in the store (another engine/hardware) must not change the model name."""
+    ws, result = trained
+    steps, runs = synthetic_traces(n_runs=1, steps_per_run=20, seed=11)
+    steps = steps.assign(source="simulated", engine="vllm", hardware="sim-gpu")
+    runs = runs.assign(source="simulated", engine="vllm", hardware="sim-gpu")
+    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="simulated",
+                                        sha256="simulated-11", format="test")
+    client = client_for(ws.tracking_uri)
+    before = len(client.search_registered_models())
+    assert ensure_champion(ws) == f"models:/{result.registered_model}@{CHAMPION}"
+    assert len(client.search_registered_models()) == before  # nothing trained, nothing named

@@ -289,3 +289,33 @@ def test_async_batching_sees_arrivals_one_step_later():
     late = Workload.from_arrays([0.0, 1.0], [10, 10], [4, 4])
     assert simulate("transformers", {**base, "use_async_batching": True}, late,
                     STEP).first_scheduled_s[1] == 1.0
+
+
+@pytest.mark.parametrize("engine, cfg", [("vllm", {"dp_size": 2}),
+                                         ("transformers", {"use_cuda_graph": False,
+                                                           "use_async_batching": True})])
+def test_each_step_is_predicted_with_its_replicas_previous_step(engine, cfg, trained):
+    """The loop hands the feature kernel each replica's own previous step, as the training frame
+    takes it from the preceding step of the same run: recorded durations equal the compiled
+    model on each replica's step sequence (``predict_ms`` on (n, 8) rows derives the previous
+    step from the row before)."""
+    from servetune.tuner.simulator import Simulator
+    from servetune.tuner.simulator._simulate import model_knobs
+    from servetune.tuner.simulator._policies import get_policy
+
+    assert any(n.startswith("prev_") for n in trained.feature_set.feature_names)
+    w = synthetic_workload("gamma:rate=30,cv=2,n=300", seed=3)
+    sim = Simulator(engine, cfg, trained)
+    steps = sim.run(w, record_steps=True).steps
+    knobs = model_knobs(get_policy(engine), sim.config)
+    assert knobs[-1] == sim.config.get("max_batch_tokens",
+                                       sim.config.get("max_num_batched_tokens"))
+    replicas = np.unique(steps[:, 0])
+    assert replicas.size == cfg.get("dp_size", 1)
+    for r in replicas:
+        mine = steps[steps[:, 0] == r]
+        expected = trained.predict_ms(mine[:, 3:11], knobs)
+        np.testing.assert_allclose(mine[:, 2], expected, rtol=1e-12)
+        # the previous step changes the prediction: without it the durations differ
+        no_prev = np.hstack([mine[:, 3:11], np.zeros((len(mine), 8))])
+        assert not np.allclose(mine[:, 2], trained.predict_ms(no_prev, knobs), rtol=1e-6)

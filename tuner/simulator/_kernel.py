@@ -144,7 +144,8 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     bl = np.zeros((n_rep, n + 1), dtype=np.int64)
     starved = np.zeros((n + 1, 2), dtype=np.int64)
     cand = np.zeros(2 * n + 2, dtype=np.int64)
-    raw = np.zeros(8)
+    raw = np.zeros(16)  # this step's composition (RAW_COLUMNS), then the previous step's
+    prev_raw = np.zeros((n_rep, 8))  # per replica: the composition of its last step
     fbuf = np.zeros(n_features, dtype=np.float32)
     nodebuf = np.zeros(_GROUP, dtype=np.int64)
     use_graphs = policy == POLICY_TRANSFORMERS and p[_GRAPHS] != 0.0
@@ -325,6 +326,9 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             raw[5] = kv_sum
             raw[6] = kv_max
             raw[7] = attn
+            for c in range(8):
+                raw[8 + c] = prev_raw[r, c]
+                prev_raw[r, c] = raw[c]
             feat_kernel(raw, knobs, fbuf)
             finite = use_fast
             if finite:
