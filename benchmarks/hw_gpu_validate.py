@@ -100,7 +100,7 @@ def main() -> None:
     work = Path("/tmp/servetune-gpu")
     shutil.rmtree(work, ignore_errors=True)
     started = time.perf_counter()
-    model_dir = save_model(args.preset, work / "model")
+    model_dir = save_model(args.preset, work / args.preset)  # the store's model label
     model_s = time.perf_counter() - started
     program = Path(sys.executable).parent / "transformers"
     group = ServiceGroupSpec("gpu0", (NodeSpec("local", gpus=(0,), work_dir=str(work)),),
