@@ -5,7 +5,7 @@ Example:
     >>> from servetune.features import get_feature_set, RAW_COLUMNS, KNOB_COLUMNS
     >>> fs = get_feature_set()
     >>> raw = np.array([4, 1, 3, 512, 3, 2048, 900, 131072,    # this step (RAW_COLUMNS)
-    ...                 3, 0, 3, 0, 3, 1400, 890, 0], dtype=np.float64)  # the previous one
+    ...                 3, 0, 3, 0, 3, 1400, 890, 0, 0], dtype=np.float64)  # the previous one
     >>> knobs = np.array([32, 1, 0, 1, 512], dtype=np.float64)
     >>> out = np.empty(fs.n_features, dtype=np.float32)
     >>> fs.kernel(raw, knobs, out)
@@ -19,6 +19,7 @@ from servetune.features._columns import (
     RAW_COLUMNS,
     STEP_INPUT_COLUMNS,
     add_previous_step,
+    graph_captured,
     join_knobs,
     knob_vector,
     knobs_from_runs,
@@ -56,6 +57,7 @@ __all__ = [
     "STEP_V3",
     "STEP_V4",
     "add_previous_step",
+    "graph_captured",
     "default_feature_registry",
     "get_feature_set",
     "join_knobs",

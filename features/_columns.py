@@ -19,7 +19,7 @@ from servetune import InputError
 
 __all__ = ["RAW_COLUMNS", "PREV_COLUMNS", "STEP_INPUT_COLUMNS", "KNOB_COLUMNS", "knob_vector",
            "knobs_from_runs", "join_knobs", "column_matrix", "add_previous_step",
-           "previous_step_matrix"]
+           "previous_step_matrix", "graph_captured"]
 
 # A step's batch composition: exactly the ``steps`` schema columns of these names, in this order.
 RAW_COLUMNS: tuple[str, ...] = (
@@ -29,9 +29,15 @@ RAW_COLUMNS: tuple[str, ...] = (
 
 # The composition of the step before it in the same run (zero for a run's first step). With
 # async batching a recorded step duration is the gap between two launches, so it contains the
-# GPU work of the PREVIOUS batch. Feature kernels receive ``RAW_COLUMNS + PREV_COLUMNS`` (16).
-PREV_COLUMNS: tuple[str, ...] = tuple(f"prev_{name}" for name in RAW_COLUMNS)
+# GPU work of the PREVIOUS batch. Feature kernels receive ``RAW_COLUMNS + PREV_COLUMNS`` (17).
+# ``prev_graph_captured`` is 1 when the previous step captured a CUDA graph (the collector flags
+# it in ``extra``; the simulator knows its own captures): the step after a capture is short, its
+# GPU work having run inside the capture step's duration.
+PREV_COLUMNS: tuple[str, ...] = (*(f"prev_{name}" for name in RAW_COLUMNS),
+                                 "prev_graph_captured")
 STEP_INPUT_COLUMNS: tuple[str, ...] = RAW_COLUMNS + PREV_COLUMNS
+
+_CAPTURED = r'"graph_captured"\s*:\s*true'
 
 # Per-run engine knobs that change the cost of a step of a given composition. Taken from the
 # ``runs`` table (joined on run_id) for training, constant for one simulation. Booleans are 0/1;
@@ -115,16 +121,29 @@ def join_knobs(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def previous_step_matrix(raw: np.ndarray) -> np.ndarray:
-    """``raw`` (n, 8) consecutive steps of ONE run -> (n, 16) with each row's previous step
-    appended (zeros for the first)."""
-    out = np.zeros((raw.shape[0], 2 * raw.shape[1]), dtype=np.float64)
-    out[:, :raw.shape[1]] = raw
-    out[1:, raw.shape[1]:] = raw[:-1]
+    """``raw`` (n, 8) consecutive steps of ONE run -> (n, 17) with each row's previous step
+    appended (zeros for the first; no graph captures known)."""
+    width = raw.shape[1]
+    out = np.zeros((raw.shape[0], width + len(PREV_COLUMNS)), dtype=np.float64)
+    out[:, :width] = raw
+    out[1:, width:2 * width] = raw[:-1]
     return out
 
 
+def graph_captured(steps: pd.DataFrame) -> np.ndarray:
+    """Per step, True when it captured a CUDA graph: the ``graph_captured`` column if present,
+    else the collector's flag in ``extra`` (``"graph_captured": true``), else False."""
+    if "graph_captured" in steps.columns:
+        return steps["graph_captured"].fillna(False).to_numpy(dtype=bool)
+    if "extra" in steps.columns:
+        return steps["extra"].fillna("").astype(str).str.contains(
+            _CAPTURED, regex=True).to_numpy(dtype=bool)
+    return np.zeros(len(steps), dtype=bool)
+
+
 def add_previous_step(steps: pd.DataFrame) -> pd.DataFrame:
-    """``steps`` with ``PREV_COLUMNS``: the composition of the step before each one in its run.
+    """``steps`` with ``PREV_COLUMNS``: the composition of the step before each one in its run
+    and whether that step captured a CUDA graph (:func:`graph_captured`).
 
     Steps are ordered by ``step_index`` within each ``run_id`` (row order where those columns
     are absent); a run's first step gets zeros. Call it on a run's complete steps, before any
@@ -133,7 +152,8 @@ def add_previous_step(steps: pd.DataFrame) -> pd.DataFrame:
     Raises:
         InputError: a composition column is missing or not numeric.
     """
-    raw = column_matrix(steps, RAW_COLUMNS, what="step composition")
+    raw = np.column_stack([column_matrix(steps, RAW_COLUMNS, what="step composition"),
+                           graph_captured(steps).astype(np.float64)])
     n = len(steps)
     run_code = (pd.factorize(steps["run_id"].astype(str))[0] if "run_id" in steps.columns
                 else np.zeros(n, dtype=np.int64))
@@ -142,7 +162,7 @@ def add_previous_step(steps: pd.DataFrame) -> pd.DataFrame:
     else:
         order = np.arange(n)
     run = run_code[order]
-    prev_sorted = np.zeros((n, len(RAW_COLUMNS)), dtype=np.float64)
+    prev_sorted = np.zeros((n, len(PREV_COLUMNS)), dtype=np.float64)
     if n > 1:
         same = run[1:] == run[:-1]
         prev_sorted[1:] = np.where(same[:, None], raw[order[:-1]], 0.0)

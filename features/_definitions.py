@@ -23,6 +23,7 @@ NUM_SEQS, NUM_PREFILL_SEQS, NUM_DECODE_SEQS, PREFILL_TOKENS, DECODE_TOKENS = 0, 
 KV_TOKENS_SUM, KV_TOKENS_MAX, PREFILL_ATTN_WORK = 5, 6, 7
 BLOCK_SIZE, ASYNC_BATCHING, CUDA_GRAPH, TP_SIZE, MAX_BATCH_TOKENS = 0, 1, 2, 3, 4
 PREV = 8  # r[PREV + i]: the previous step's value of raw column i (zeros for a run's first step)
+PREV_CAPTURED = 16  # r[16]: 1 when the previous step captured a CUDA graph
 
 
 def _raw_v1(r, k):
@@ -136,7 +137,7 @@ STEP_V3 = select_features(STEP_V2, "step_v3", 1, drop=("kv_blocks", "block_size"
 
 _PREV_NAMES = {"prev_num_seqs": 0, "prev_num_prefill_seqs": 0, "prev_num_decode_seqs": 0,
                "prev_prefill_tokens": 0, "prev_decode_tokens": 0, "prev_kv_tokens_sum": 0,
-               "prev_kv_tokens_max": 0, "prev_prefill_attn_work": 0}
+               "prev_kv_tokens_max": 0, "prev_prefill_attn_work": 0, "prev_graph_captured": 0}
 
 
 def _raw_v2(r, k):
@@ -148,13 +149,14 @@ def _raw_v2(r, k):
             r[PREV + NUM_SEQS] * 1.0, r[PREV + NUM_PREFILL_SEQS] * 1.0,
             r[PREV + NUM_DECODE_SEQS] * 1.0, r[PREV + PREFILL_TOKENS] * 1.0,
             r[PREV + DECODE_TOKENS] * 1.0, r[PREV + KV_TOKENS_SUM] * 1.0,
-            r[PREV + KV_TOKENS_MAX] * 1.0, r[PREV + PREFILL_ATTN_WORK] * 1.0)
+            r[PREV + KV_TOKENS_MAX] * 1.0, r[PREV + PREFILL_ATTN_WORK] * 1.0,
+            r[PREV_CAPTURED] * 1.0)
 
 
 # raw_v1 plus the token budget (it sets the CUDA-graph padded shapes) and the previous step's
 # composition (with async batching a recorded duration is launch to launch, so it covers the
-# previous batch's GPU work).
-RAW_V2 = make_feature_set("raw_v2", 1, {
+# previous batch's GPU work; after a CUDA-graph capture it ran inside the capture step).
+RAW_V2 = make_feature_set("raw_v2", 2, {
     "num_seqs": 0, "num_prefill_seqs": 0, "num_decode_seqs": 0, "prefill_tokens": 0,
     "decode_tokens": 0, "kv_tokens_sum": 0, "kv_tokens_max": 0, "prefill_attn_work": 0,
     "block_size": 0, "async_batching": 0, "cuda_graph": 0, "tp_size": 0,
@@ -183,13 +185,13 @@ def _step_v4(r, k):
         r[PREV + NUM_DECODE_SEQS] * 1.0, r[PREV + PREFILL_TOKENS] * 1.0,
         r[PREV + DECODE_TOKENS] * 1.0, r[PREV + KV_TOKENS_SUM] * 1.0,
         r[PREV + KV_TOKENS_MAX] * 1.0, r[PREV + PREFILL_ATTN_WORK] * 1.0,
-        prev_tokens, np.ceil(prev_tokens / Q_PAD) * Q_PAD,
+        r[PREV_CAPTURED] * 1.0, prev_tokens, np.ceil(prev_tokens / Q_PAD) * Q_PAD,
         np.ceil(r[PREV + KV_TOKENS_SUM] / KV_PAD) * KV_PAD,
     )
 
 
 # step_v3 plus the token budget, the previous step's composition and its padded shapes.
-STEP_V4 = make_feature_set("step_v4", 1, {
+STEP_V4 = make_feature_set("step_v4", 2, {
     **{name: sign for name, sign in zip(STEP_V2.feature_names, STEP_V2.monotone)
        if name not in ("kv_blocks", "block_size")},
     "max_batch_tokens": 0, **_PREV_NAMES, "prev_tokens": 0, "prev_tokens_padded": 0,

@@ -2,9 +2,9 @@
 
 A feature set is defined ONCE, as a plain function ``formulas(r, k)`` that returns a tuple of
 float64 expressions built from ``r[i]`` (batch composition: ``RAW_COLUMNS`` at 0..7, the previous
-step's ``PREV_COLUMNS`` at 8..15) and ``k[KNOB_INDEX]`` (engine knobs) with arithmetic and ``np.maximum``/``np.minimum`` only. The same function serves both forms:
+step's ``PREV_COLUMNS`` at 8..16) and ``k[KNOB_INDEX]`` (engine knobs) with arithmetic and ``np.maximum``/``np.minimum`` only. The same function serves both forms:
 
-* ``FeatureSet.frame(df)`` calls it with ``r`` = the (16, n) step matrix and ``k`` = the (K, n) knob
+* ``FeatureSet.frame(df)`` calls it with ``r`` = the (17, n) step matrix and ``k`` = the (K, n) knob
   matrix, so every expression is a numpy column operation over all steps at once;
 * ``FeatureSet.kernel(raw, knobs, out)`` is ``numba.njit`` of it called with one step's vectors,
   so each expression is the same IEEE arithmetic on scalars.
@@ -49,7 +49,7 @@ class FeatureSet:
         feature_names: one name per output column.
         monotone: XGBoost monotone constraint per feature (+1: latency cannot fall as it grows).
         formulas: the single definition (see the module docstring).
-        kernel: ``numba.njit`` per-step form ``kernel(raw f8[16], knobs f8[K], out f4[F]) -> None``;
+        kernel: ``numba.njit`` per-step form ``kernel(raw f8[17], knobs f8[K], out f4[F]) -> None``;
             ``raw`` is the step's composition then its previous step's (``STEP_INPUT_COLUMNS``).
     """
 
@@ -88,9 +88,9 @@ class FeatureSet:
     def matrix(self, raw: np.ndarray, knobs: np.ndarray) -> np.ndarray:
         """Features of ``raw`` steps with ``knobs`` (n, K) or one (K,) vector, float32 (n, F).
 
-        ``raw`` is (n, 16) (``STEP_INPUT_COLUMNS``: composition, then the previous step's) or
+        ``raw`` is (n, 17) (``STEP_INPUT_COLUMNS``: composition, then the previous step's) or
         (n, 8) (``RAW_COLUMNS``: consecutive steps of one run, each row's previous step being the
-        row before it, zeros for the first).
+        row before it, zeros for the first, no graph captures).
         """
         raw = np.asarray(raw, dtype=np.float64)
         knobs = np.asarray(knobs, dtype=np.float64)

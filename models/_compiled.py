@@ -73,7 +73,7 @@ def forest_predict_matrix(feature, threshold, left, right, default_left, value, 
 @numba.njit(nogil=True)
 def step_time_batch(kernel, n_features, feature, threshold, left, right, default_left, value,
                     roots, base_margin, log_target, raw, knobs):
-    """Step times (ms) of ``raw`` (n, 16) steps (composition, then the previous step's) under one
+    """Step times (ms) of ``raw`` (n, 17) steps (composition, then the previous step's) under one
     ``knobs`` vector: kernel, forest, exp."""
     buf = np.empty(n_features, dtype=np.float32)
     out = np.empty(raw.shape[0], dtype=np.float64)
@@ -246,9 +246,9 @@ class CompiledStepTime:
     def predict_ms(self, raw: np.ndarray, knobs: np.ndarray) -> np.ndarray:
         """Step durations in ms of ``raw`` steps under ``knobs`` (K,).
 
-        ``raw`` is (n, 16) (``STEP_INPUT_COLUMNS``: composition, then the previous step's) or
+        ``raw`` is (n, 17) (``STEP_INPUT_COLUMNS``: composition, then the previous step's) or
         (n, 8) (``RAW_COLUMNS``: consecutive steps of one run; each row's previous step is the
-        row before it, zeros for the first).
+        row before it, zeros for the first, no graph captures).
         """
         raw = np.ascontiguousarray(raw, dtype=np.float64)
         knobs = np.ascontiguousarray(knobs, dtype=np.float64)

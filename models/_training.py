@@ -43,6 +43,7 @@ from servetune.features import (
     RAW_COLUMNS,
     add_previous_step,
     get_feature_set,
+    graph_captured,
     join_knobs,
 )
 from servetune.models._estimator import StepTimeRegressor
@@ -202,8 +203,7 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
         log.warning("dropping %d steps with a zero duration", int(bad.sum()))
     # A step that captured a CUDA graph pays a one-off compile cost that no steady-state step
     # (and no simulated step) has; the collector flags it in ``extra``.
-    capture = frame["extra"].fillna("").str.contains(r'"graph_captured"\s*:\s*true',
-                                                    regex=True)
+    capture = pd.Series(graph_captured(frame), index=frame.index)
     if capture.any():
         log.info("excluding %d graph-capture (warm-up) steps", int(capture.sum()))
     frame = frame[~bad & ~capture].drop(columns=["extra"])

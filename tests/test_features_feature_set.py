@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,12 +29,14 @@ def _kernel_rows(fs, frame: pd.DataFrame) -> np.ndarray:
     as the simulator's loop does (its own bookkeeping, not ``add_previous_step``)."""
     raw = frame[list(RAW_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
     knobs = frame[list(KNOB_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+    captured = [isinstance(e, str) and bool(json.loads(e).get("graph_captured"))
+                for e in frame["extra"]]
     out = np.empty((len(frame), fs.n_features), dtype=np.float32)
     for _, rows in frame.groupby("run_id", sort=False):
-        previous = np.zeros(len(RAW_COLUMNS))
+        previous = np.zeros(len(PREV_COLUMNS))
         for i in rows.sort_values("step_index", kind="stable").index:
             fs.kernel(np.concatenate([raw[i], previous]), knobs[i], out[i])
-            previous = raw[i]
+            previous = np.append(raw[i], float(captured[i]))
     return out
 
 
@@ -49,6 +53,11 @@ def test_frame_and_kernel_agree_exactly(name):
     edge.loc[edge.index[3], ["block_size", "cuda_graph", "max_batch_tokens"]] = np.nan
     edge["run_id"] = "edge-run"
     frame = pd.concat([frame, edge], ignore_index=True)
+    # the collector's capture flag in ``extra`` (both spellings of its JSON)
+    frame["extra"] = np.select(
+        [frame.index % 7 == 0, frame.index % 13 == 0, frame.index % 11 == 0],
+        ['{"graph_captured":true}', '{"active": 3, "graph_captured": true}',
+         '{"graph_captured":false}'], None)
     # rows out of step order: the previous step still comes from the run's step_index order
     frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
     vectorised = fs.frame(frame)
@@ -69,7 +78,8 @@ def test_previous_step_comes_from_the_same_run_in_step_order():
     out = add_previous_step(steps)
     # a: steps 0 (row 2), 1 (row 4), 2 (row 1); b: steps 0 (row 3), 1 (row 0)
     assert out["prev_num_seqs"].tolist() == [30.0, 40.0, 0.0, 0.0, 20.0]
-    assert out.loc[1, list(PREV_COLUMNS)].tolist() == steps.loc[4, list(RAW_COLUMNS)].tolist()
+    assert out.loc[1, list(PREV_COLUMNS[:8])].tolist() == steps.loc[4, list(RAW_COLUMNS)].tolist()
+    assert (out["prev_graph_captured"] == 0).all()  # no capture flags given
     # given prev columns are used as they are (steps dropped after add_previous_step keep them)
     fs = get_feature_set("raw_v2")
     kept = out.drop(index=4).assign(**{name: 1.0 for name in KNOB_COLUMNS})

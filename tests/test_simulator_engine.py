@@ -317,5 +317,5 @@ def test_each_step_is_predicted_with_its_replicas_previous_step(engine, cfg, tra
         expected = trained.predict_ms(mine[:, 3:11], knobs)
         np.testing.assert_allclose(mine[:, 2], expected, rtol=1e-12)
         # the previous step changes the prediction: without it the durations differ
-        no_prev = np.hstack([mine[:, 3:11], np.zeros((len(mine), 8))])
+        no_prev = np.hstack([mine[:, 3:11], np.zeros((len(mine), 9))])
         assert not np.allclose(mine[:, 2], trained.predict_ms(no_prev, knobs), rtol=1e-6)

@@ -144,8 +144,10 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     bl = np.zeros((n_rep, n + 1), dtype=np.int64)
     starved = np.zeros((n + 1, 2), dtype=np.int64)
     cand = np.zeros(2 * n + 2, dtype=np.int64)
-    raw = np.zeros(16)  # this step's composition (RAW_COLUMNS), then the previous step's
-    prev_raw = np.zeros((n_rep, 8))  # per replica: the composition of its last step
+    # this step's composition (RAW_COLUMNS), then the previous step's and whether that one
+    # captured a CUDA graph (features.PREV_COLUMNS)
+    raw = np.zeros(17)
+    prev_raw = np.zeros((n_rep, 9))  # per replica: its last step's composition and capture flag
     fbuf = np.zeros(n_features, dtype=np.float32)
     nodebuf = np.zeros(_GROUP, dtype=np.int64)
     use_graphs = policy == POLICY_TRANSFORMERS and p[_GRAPHS] != 0.0
@@ -326,9 +328,11 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             raw[5] = kv_sum
             raw[6] = kv_max
             raw[7] = attn
-            for c in range(8):
+            for c in range(9):
                 raw[8 + c] = prev_raw[r, c]
+            for c in range(8):
                 prev_raw[r, c] = raw[c]
+            prev_raw[r, 8] = 0.0
             feat_kernel(raw, knobs, fbuf)
             finite = use_fast
             if finite:
@@ -383,6 +387,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                 if not _graph_seen(graphs, r, key):
                     ms += p[_CAPMS] + p[_CAPTOK] * q_pad
                     n_captures += 1
+                    prev_raw[r, 8] = 1.0
             if sigma > 0.0:
                 u1 = _xorshift(rng)
                 u2 = _xorshift(rng)

@@ -114,7 +114,7 @@ class Simulator:
         feat, thr, left, max_depth, ok = pack_forest(forest)
         probe = np.empty(n_features, dtype=np.float32)
         self.step_model.kernel(np.array([2.0, 1, 1, 64, 1, 128, 96, 4096,
-                                         1.0, 0, 1, 0, 1, 64, 64, 0]), knobs, probe)
+                                         1.0, 0, 1, 0, 1, 64, 64, 0, 0]), knobs, probe)
         fold = np.isnan(probe).astype(np.uint8)
         if fold.any():
             splits = forest.feature >= 0
