@@ -319,3 +319,43 @@ def test_each_step_is_predicted_with_its_replicas_previous_step(engine, cfg, tra
         # the previous step changes the prediction: without it the durations differ
         no_prev = np.hstack([mine[:, 3:11], np.zeros((len(mine), 9))])
         assert not np.allclose(mine[:, 2], trained.predict_ms(no_prev, knobs), rtol=1e-6)
+
+
+def test_the_step_after_a_graph_capture_is_predicted_with_the_capture_flag():
+    """With CUDA graphs the loop also hands the kernel whether the previous step captured a
+    graph (``prev_graph_captured``). A capture cost of 10^6 ms makes capture steps stand out."""
+    import xgboost as xgb
+    from _helpers_simulator import synthetic_steps
+
+    from servetune.features import PREV_COLUMNS, add_previous_step, get_feature_set
+    from servetune.models import CompiledForest, CompiledStepTime
+    from servetune.tuner.simulator import Simulator
+    from servetune.tuner.simulator._policies import get_policy
+    from servetune.tuner.simulator._simulate import model_knobs
+
+    # a model that learned "the step after a capture is short"
+    train = add_previous_step(synthetic_steps(n=3000, seed=4))
+    train["prev_graph_captured"] = (np.arange(len(train)) % 4 == 0).astype(float)
+    train["duration_ms"] *= np.where(train.prev_graph_captured == 1, 0.3, 1.0)
+    fs = get_feature_set()
+    booster = xgb.train({"max_depth": 4, "eta": 0.3, "nthread": 1},
+                        xgb.DMatrix(fs.frame(train), label=np.log(train.duration_ms)), 30)
+    model = CompiledStepTime(CompiledForest.from_booster(booster, log_target=True), fs)
+
+    cfg = {"use_cuda_graph": True, "cuda_graph_capture_ms": 1e6,
+           "cuda_graph_capture_ms_per_token": 0.0}
+    sim = Simulator("transformers", cfg, model)
+    result = sim.run(synthetic_workload("poisson:rate=20,n=200", seed=2), record_steps=True)
+    steps = result.steps
+    captured = steps[:, 2] > 5e5
+    assert 0 < captured.sum() == result.graph_captures < len(steps)
+    raw = np.zeros((len(steps), 8 + len(PREV_COLUMNS)))
+    raw[:, :8] = steps[:, 3:11]
+    raw[1:, 8:16] = steps[:-1, 3:11]
+    raw[1:, 16] = captured[:-1]
+    knobs = model_knobs(get_policy("transformers"), sim.config)
+    expected = model.predict_ms(raw, knobs)
+    np.testing.assert_allclose(steps[~captured, 2], expected[~captured], rtol=1e-12)
+    after = np.flatnonzero(captured[:-1] & ~captured[1:]) + 1
+    raw[:, 16] = 0.0
+    assert after.size and (steps[after, 2] < 0.6 * model.predict_ms(raw, knobs)[after]).all()
