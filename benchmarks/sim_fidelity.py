@@ -194,6 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
                "sim_steps": sim["steps"], "sim_s": sim_s,
                "measured_captures": int(capture[frame.run_id == run.run_id].sum()),
                "sim_captures_total": result.metrics["graph_captures"]}
+        # the step-time model on this run's measured (non-capture) steps: predicted / measured
+        # busy time (what the simulator's clock would add up on the measured schedule)
+        mine = (test.run_id == run.run_id).to_numpy()
+        measured_busy = test["duration_ms"].to_numpy()[mine].sum()
+        row["busy_time_ratio"] = float(pred[mine].sum() / measured_busy)
         for column, label in METRICS:
             row[f"{label}_measured"] = float(run[column])
             row[f"{label}_sim"] = float(sim[label])
