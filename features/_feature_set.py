@@ -2,7 +2,8 @@
 
 A feature set is defined ONCE, as a plain function ``formulas(r, k)`` that returns a tuple of
 float64 expressions built from ``r[i]`` (batch composition: ``RAW_COLUMNS`` at 0..7, the previous
-step's ``PREV_COLUMNS`` at 8..16) and ``k[KNOB_INDEX]`` (engine knobs) with arithmetic and ``np.maximum``/``np.minimum`` only. The same function serves both forms:
+step's ``PREV_COLUMNS`` at 8..16) and ``k[KNOB_INDEX]`` (engine knobs) with arithmetic and
+``np.maximum``/``np.minimum`` only. The same function serves both forms:
 
 * ``FeatureSet.frame(df)`` calls it with ``r`` = the (17, n) step matrix and ``k`` = the (K, n) knob
   matrix, so every expression is a numpy column operation over all steps at once;
