@@ -29,6 +29,7 @@ from scipy.stats import spearmanr
 import servetune
 from servetune.data import Workload
 from servetune.features import (
+    DEFAULT_FEATURE_SET,
     KNOB_COLUMNS,
     PREV_COLUMNS,
     RAW_COLUMNS,
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="hyperparameter settings tried (as `servetune train`); 1: defaults")
     parser.add_argument("--collector-warmup", type=int, default=4,
                         help="warm-up requests the collector ran before each run's clock")
+    parser.add_argument("--feature-set", default=DEFAULT_FEATURE_SET,
+                        help="step-time model feature set (default: the shipped default)")
     parser.add_argument("--in-sample", action="store_true",
                         help="train on ALL runs (held-out ones too): isolates the simulator's "
                              "own error from the step-time model's")
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     X, y, groups = (train[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]],
                     train["duration_ms"].to_numpy(),
                     train["run_id"].to_numpy())
-    base = StepTimeRegressor(n_jobs=1, random_state=args.seed)
+    base = StepTimeRegressor(feature_set=args.feature_set, n_jobs=1, random_state=args.seed)
     if args.search_trials > 1:
         # a generous time budget so that every trial runs on a loaded machine too (determinism)
         base.set_params(**search_hyperparameters(base, X, y, groups, n_trials=args.search_trials,

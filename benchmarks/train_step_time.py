@@ -15,7 +15,8 @@ Runs on the shipped H200 sample (``data/samples/``, ingested into a fresh tempor
    compiled predictor's cost per step.
 
 Usage:
-    python benchmarks/train_step_time.py [--json-out results.json] [--synthetic]
+    python benchmarks/train_step_time.py [--json-out results.json] [--feature-set NAME]
+                                         [--synthetic]
 
 ``--synthetic`` uses generated traces (tests/_helpers_models.py) and exists only to develop this
 script; its numbers are not a measurement of anything real.
@@ -204,10 +205,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--feature-set", default=None,
+                        help="feature set the pipeline starts its search from (default: the "
+                             "shipped default)")
     parser.add_argument("--synthetic", action="store_true",
                         help="generated traces (script development only; not a measurement)")
     args = parser.parse_args(argv)
-    config = TrainConfig()
+    config = TrainConfig() if args.feature_set is None else TrainConfig(
+        feature_set=args.feature_set)
     with tempfile.TemporaryDirectory(prefix="servetune-bench-") as tmp:
         tmp = Path(tmp)
         if args.synthetic:

@@ -32,6 +32,7 @@ from servetune.features._definitions import (
     STEP_V2,
     STEP_V3,
     STEP_V4,
+    STEP_V5,
     default_feature_registry,
     get_feature_set,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "STEP_V2",
     "STEP_V3",
     "STEP_V4",
+    "STEP_V5",
     "add_previous_step",
     "graph_captured",
     "default_feature_registry",

@@ -15,7 +15,8 @@ from servetune.features._feature_set import (
     select_features,
 )
 
-__all__ = ["RAW_V1", "RAW_V2", "STEP_V1", "STEP_V2", "STEP_V3", "STEP_V4", "DEFAULT_FEATURE_SET",
+__all__ = ["RAW_V1", "RAW_V2", "STEP_V1", "STEP_V2", "STEP_V3", "STEP_V4", "STEP_V5",
+           "DEFAULT_FEATURE_SET",
            "default_feature_registry", "get_feature_set"]
 
 # Indices into the raw vector (RAW_COLUMNS order) and the knob vector (KNOB_COLUMNS order).
@@ -198,12 +199,58 @@ STEP_V4 = make_feature_set("step_v4", 2, {
     "prev_kv_padded": 0,
 }, _step_v4)
 
+
+
+def _step_v5(r, k):
+    num_seqs = r[NUM_SEQS] * 1.0
+    tokens = r[PREFILL_TOKENS] + r[DECODE_TOKENS]
+    kv_sum = r[KV_TOKENS_SUM] * 1.0
+    decode_only = 1.0 - np.minimum(r[NUM_PREFILL_SEQS], 1.0)
+    tokens_padded = np.ceil(tokens / Q_PAD) * Q_PAD
+    kv_padded = np.ceil(kv_sum / KV_PAD) * KV_PAD
+    dense_padded = tokens_padded * (kv_padded + tokens_padded)
+    overlap = k[ASYNC_BATCHING] * 1.0   # 1: the previous batch's GPU work overlaps this step
+    graphs = k[CUDA_GRAPH] * 1.0
+    eager = 1.0 - graphs
+    prev_tokens = r[PREV + PREFILL_TOKENS] + r[PREV + DECODE_TOKENS]
+    return (
+        num_seqs, r[NUM_PREFILL_SEQS] * 1.0, r[NUM_DECODE_SEQS] * 1.0, r[PREFILL_TOKENS] * 1.0,
+        r[DECODE_TOKENS] * 1.0, tokens, kv_sum, r[KV_TOKENS_MAX] * 1.0,
+        r[PREFILL_ATTN_WORK] * 1.0, tokens * kv_sum, tokens_padded, kv_padded, dense_padded,
+        num_seqs * r[KV_TOKENS_MAX], kv_sum / np.maximum(num_seqs, 1.0),
+        r[PREFILL_TOKENS] / np.maximum(tokens, 1.0), decode_only, kv_sum * decode_only,
+        overlap, graphs, k[TP_SIZE] * 1.0, k[MAX_BATCH_TOKENS] * overlap,
+        r[PREV + NUM_SEQS] * overlap, r[PREV + NUM_PREFILL_SEQS] * overlap,
+        r[PREV + NUM_DECODE_SEQS] * overlap, r[PREV + PREFILL_TOKENS] * overlap,
+        r[PREV + DECODE_TOKENS] * overlap, r[PREV + KV_TOKENS_SUM] * overlap,
+        r[PREV + KV_TOKENS_MAX] * overlap, r[PREV + PREFILL_ATTN_WORK] * overlap,
+        r[PREV_CAPTURED] * overlap, prev_tokens * overlap,
+        np.ceil(prev_tokens / Q_PAD) * Q_PAD * overlap,
+        np.ceil(r[PREV + KV_TOKENS_SUM] / KV_PAD) * KV_PAD * overlap,
+        kv_padded * graphs, tokens_padded * graphs, dense_padded * graphs,
+        eager, tokens * eager, kv_sum * eager, num_seqs * eager,
+    )
+
+
+# step_v4 where only async batching sees the previous step and the token budget (a sync step runs
+# alone: on the H200 sample, trees that could split on the previous step of sync runs learned
+# configuration identity), plus the terms of a linear base step time the trees correct: with CUDA
+# graphs the padded shapes (a replayed graph costs its padded size), without them the raw counts
+# (eager steps are CPU-bound launch sequences). The base extrapolates where trees cannot, e.g. to
+# KV reads beyond the largest one trained on.
+STEP_V5 = make_feature_set("step_v5", 1, {
+    **{name: sign for name, sign in zip(STEP_V4.feature_names, STEP_V4.monotone)},
+    "kv_padded_graphs": 0, "tokens_padded_graphs": 0, "dense_attn_padded_graphs": 0,
+    "eager": 0, "tokens_eager": 0, "kv_tokens_eager": 0, "num_seqs_eager": 0,
+}, _step_v5, base_terms=("kv_padded_graphs", "tokens_padded_graphs", "dense_attn_padded_graphs",
+                         "num_seqs", "eager", "tokens_eager", "kv_tokens_eager", "num_seqs_eager"))
+
 DEFAULT_FEATURE_SET = STEP_V4.name
 
 
 def default_feature_registry() -> FeatureSetRegistry:
     """A registry of the shipped feature sets."""
-    return FeatureSetRegistry((RAW_V1, RAW_V2, STEP_V1, STEP_V2, STEP_V3, STEP_V4))
+    return FeatureSetRegistry((RAW_V1, RAW_V2, STEP_V1, STEP_V2, STEP_V3, STEP_V4, STEP_V5))
 
 
 _REGISTRY = default_feature_registry()  # immutable (a read-only mapping inside)

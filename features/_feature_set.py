@@ -52,6 +52,9 @@ class FeatureSet:
         formulas: the single definition (see the module docstring).
         kernel: ``numba.njit`` per-step form ``kernel(raw f8[17], knobs f8[K], out f4[F]) -> None``;
             ``raw`` is the step's composition then its previous step's (``STEP_INPUT_COLUMNS``).
+        base_terms: features whose non-negative linear combination (fitted per model, see
+            ``models.StepTimeRegressor``) is the base step time the trees correct; empty for
+            none. Every term must be >= 0 (or NaN, which counts as 0).
     """
 
     name: str
@@ -60,6 +63,7 @@ class FeatureSet:
     monotone: tuple[int, ...]
     formulas: Callable = field(repr=False, compare=False)
     kernel: Callable = field(repr=False, compare=False)
+    base_terms: tuple[str, ...] = ()
 
     def __reduce__(self):
         """Pickle by registry name: the formulas and numba kernel are rebuilt on load.
@@ -80,6 +84,11 @@ class FeatureSet:
     def n_features(self) -> int:
         """Number of features ``F``."""
         return len(self.feature_names)
+
+    @property
+    def base_indices(self) -> np.ndarray:
+        """Column indices of ``base_terms`` (int64)."""
+        return np.asarray([self.feature_names.index(t) for t in self.base_terms], dtype=np.int64)
 
     @property
     def qualified_name(self) -> str:
@@ -139,8 +148,14 @@ class FeatureSet:
 
 
 def make_feature_set(name: str, version: int, features: Mapping[str, int],
-                     formulas: Callable) -> FeatureSet:
-    """Build a :class:`FeatureSet` from its formulas; ``features`` maps name -> monotone sign."""
+                     formulas: Callable, base_terms: tuple[str, ...] = ()) -> FeatureSet:
+    """Build a :class:`FeatureSet` from its formulas; ``features`` maps name -> monotone sign.
+
+    ``base_terms`` names the features of the linear base step time (see ``FeatureSet``).
+    """
+    unknown = [t for t in base_terms if t not in features]
+    if unknown:
+        raise ConfigError(f"base terms {', '.join(unknown)} are not features of {name}")
     jitted = numba.njit(error_model="numpy", cache=False)(formulas)
     n_features = len(features)
 
@@ -151,7 +166,8 @@ def make_feature_set(name: str, version: int, features: Mapping[str, int],
 
     return FeatureSet(name=name, version=version, feature_names=tuple(features),
                       monotone=tuple(int(v) for v in features.values()), formulas=formulas,
-                      kernel=numba.njit(error_model="numpy")(kernel))
+                      kernel=numba.njit(error_model="numpy")(kernel),
+                      base_terms=tuple(base_terms))
 
 
 def select_features(base: FeatureSet, name: str, version: int,

@@ -17,6 +17,8 @@ from servetune.models._compiled import (
     CompiledStepTime,
     forest_predict_matrix,
     forest_predict_row,
+    linear_base_margin,
+    linear_base_matrix,
     step_time_batch,
 )
 from servetune.models._estimator import StepTimeRegressor
@@ -60,6 +62,8 @@ __all__ = [
     "forest_predict_row",
     "grouped_oof_predict",
     "held_out_runs",
+    "linear_base_margin",
+    "linear_base_matrix",
     "list_registered",
     "load_training_frame",
     "parse_where",

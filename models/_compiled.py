@@ -5,7 +5,13 @@ The simulator's hot loop calls, per simulated step::
     feature_set.kernel(raw, knobs, buf)
     margin = forest_predict_row(feature, threshold, left, right, default_left, value, roots,
                                 base_margin, buf)
+    margin += linear_base_margin(base_coef, base_intercept, log_target, buf)
     ms = exp(margin) if log_target else margin
+
+A model trained on a feature set with ``base_terms`` has a linear base step time (non-negative
+coefficients over those features); its trees learned the correction on top of it, which lets the
+prediction extrapolate along the base where trees are flat. Without one, ``base_coef`` is empty
+and the base margin is 0.
 
 Example:
     >>> import numpy as np, xgboost as xgb
@@ -30,7 +36,11 @@ from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, STEP_INPUT_COLUMNS, Fe
 from servetune.features._columns import previous_step_matrix
 
 __all__ = ["CompiledForest", "CompiledStepTime", "forest_predict_row", "forest_predict_matrix",
-           "step_time_batch"]
+           "linear_base_margin", "linear_base_matrix", "step_time_batch", "BASE_FLOOR_MS",
+           "NO_BASE"]
+
+BASE_FLOOR_MS = 1e-3  # the linear base is clipped here before its log (all terms are >= 0)
+NO_BASE = np.zeros(0, dtype=np.float64)  # base_coef of a model without a linear base
 
 # Objectives whose prediction is the raw margin (identity link).
 _IDENTITY_OBJECTIVES = ("reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror",
@@ -71,16 +81,44 @@ def forest_predict_matrix(feature, threshold, left, right, default_left, value, 
 
 
 @numba.njit(nogil=True)
+def linear_base_margin(base_coef, base_intercept, log_target, x):
+    """The linear base's margin for feature row ``x``: ``intercept + coef . x`` (NaN features
+    count as 0), its log (clipped at ``BASE_FLOOR_MS``) for a log target; 0 without a base."""
+    if base_coef.shape[0] == 0:
+        return 0.0
+    total = base_intercept
+    for j in range(base_coef.shape[0]):
+        c = base_coef[j]
+        if c != 0.0:
+            v = x[j]
+            if not np.isnan(v):
+                total += c * v
+    if log_target:
+        return np.log(max(total, BASE_FLOOR_MS))
+    return total
+
+
+@numba.njit(nogil=True)
+def linear_base_matrix(base_coef, base_intercept, log_target, x):
+    """:func:`linear_base_margin` of every row of a float32 feature matrix ``x`` (n, F)."""
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for i in range(x.shape[0]):
+        out[i] = linear_base_margin(base_coef, base_intercept, log_target, x[i])
+    return out
+
+
+@numba.njit(nogil=True)
 def step_time_batch(kernel, n_features, feature, threshold, left, right, default_left, value,
-                    roots, base_margin, log_target, raw, knobs):
+                    roots, base_margin, base_coef, base_intercept, log_target, raw, knobs):
     """Step times (ms) of ``raw`` (n, 17) steps (composition, then the previous step's) under one
-    ``knobs`` vector: kernel, forest, exp."""
+    ``knobs`` vector: kernel, forest plus linear base, exp."""
     buf = np.empty(n_features, dtype=np.float32)
     out = np.empty(raw.shape[0], dtype=np.float64)
     for i in range(raw.shape[0]):
         kernel(raw[i], knobs, buf)
         margin = forest_predict_row(feature, threshold, left, right, default_left, value, roots,
                                     base_margin, buf)
+        margin += linear_base_margin(base_coef, base_intercept, log_target, buf)
         out[i] = np.exp(margin) if log_target else margin
     return out
 
@@ -96,8 +134,10 @@ class CompiledForest:
         default_left: 1 when a missing value goes left (uint8).
         value: leaf value (float32; 0 for inner nodes).
         roots: node index of each tree's root (int32).
-        base_margin: the model's base score (float64).
+        base_margin: the model's base score (float64; 0 with a linear base).
         log_target: the margin is log(duration_ms).
+        base_coef, base_intercept: the linear base (float64 coefficient per feature, empty for
+            none; see :func:`linear_base_margin`).
         feature_set, feature_set_version: the features the forest was trained on.
     """
 
@@ -113,11 +153,17 @@ class CompiledForest:
     feature_set: str = ""
     feature_set_version: int = 0
     feature_names: tuple[str, ...] = field(default=(), repr=False)
+    base_coef: np.ndarray = field(default_factory=lambda: NO_BASE, repr=False)
+    base_intercept: float = 0.0
 
     @classmethod
     def from_booster(cls, booster, *, log_target: bool = False, feature_set: str = "",
-                     feature_set_version: int = 0) -> "CompiledForest":
+                     feature_set_version: int = 0, base_coef: np.ndarray | None = None,
+                     base_intercept: float = 0.0) -> "CompiledForest":
         """Flatten an ``xgboost.Booster`` (gbtree, one output, identity-link objective).
+
+        ``base_coef``/``base_intercept``: the linear base the booster was trained on top of (as
+        its ``base_margin``; XGBoost then ignores the booster's base score, so it is 0 here).
 
         Raises:
             ModelError: the booster is not a single-output tree model with an identity link.
@@ -154,6 +200,7 @@ class CompiledForest:
             offset += len(lefts)
         if not trees:
             raise ModelError("the booster has no trees; train it first")
+        coef = NO_BASE if base_coef is None else np.ascontiguousarray(base_coef, np.float64)
         return cls(
             feature=np.concatenate(feature).astype(np.int32),
             threshold=np.concatenate(threshold).astype(np.float32),
@@ -162,11 +209,13 @@ class CompiledForest:
             default_left=np.concatenate(default_left).astype(np.uint8),
             value=np.concatenate(value).astype(np.float32),
             roots=np.asarray(roots, dtype=np.int32),
-            base_margin=_parse_base_score(params["base_score"]),
+            base_margin=0.0 if coef.size else _parse_base_score(params["base_score"]),
             log_target=log_target,
             feature_set=feature_set,
             feature_set_version=feature_set_version,
             feature_names=tuple(booster.feature_names or ()),
+            base_coef=coef,
+            base_intercept=float(base_intercept),
         )
 
     @property
@@ -181,10 +230,16 @@ class CompiledForest:
         """Number of trees."""
         return int(self.roots.shape[0])
 
+    @property
+    def base_arrays(self) -> tuple:
+        """``(base_coef, base_intercept)``, the leading arguments of :func:`linear_base_margin`."""
+        return self.base_coef, self.base_intercept
+
     def predict_margin(self, x: np.ndarray) -> np.ndarray:
-        """Raw margins of a feature matrix (n, F), float64."""
+        """Raw margins of a feature matrix (n, F), float64: trees plus the linear base."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return forest_predict_matrix(*self.arrays, x)
+        return (forest_predict_matrix(*self.arrays, x)
+                + linear_base_matrix(*self.base_arrays, self.log_target, x))
 
 
 def _parse_base_score(text: str | float) -> float:
@@ -203,8 +258,10 @@ class CompiledStepTime:
     Example (inside a numba-jitted simulator loop, ``c`` a CompiledStepTime)::
 
         kernel, (f, t, l, r, d, v, roots, base) = c.kernel, c.arrays
+        coef, intercept = c.base_arrays
         kernel(raw_step, knobs, buf)
-        ms = np.exp(forest_predict_row(f, t, l, r, d, v, roots, base, buf))
+        ms = np.exp(forest_predict_row(f, t, l, r, d, v, roots, base, buf)
+                    + linear_base_margin(coef, intercept, True, buf))
     """
 
     forest: CompiledForest
@@ -219,6 +276,10 @@ class CompiledStepTime:
                 f"forest was trained on {self.forest.feature_set} version "
                 f"{self.forest.feature_set_version}, but this is version "
                 f"{self.feature_set.version}; retrain the model")
+        n_coef = self.forest.base_coef.shape[0]
+        if n_coef not in (0, self.feature_set.n_features):
+            raise ModelError(f"the linear base has {n_coef} coefficients, expected one per "
+                             f"feature of {self.feature_set.name} ({self.feature_set.n_features})")
         used = self.forest.feature[self.forest.feature >= 0]
         if used.size and int(used.max()) >= self.feature_set.n_features:
             raise ModelError("forest splits on a feature the feature set does not have")
@@ -237,6 +298,11 @@ class CompiledStepTime:
     def arrays(self) -> tuple:
         """The leading arguments of :func:`forest_predict_row`."""
         return self.forest.arrays
+
+    @property
+    def base_arrays(self) -> tuple:
+        """The leading arguments of :func:`linear_base_margin`."""
+        return self.forest.base_arrays
 
     @property
     def log_target(self) -> bool:
@@ -262,5 +328,5 @@ class CompiledStepTime:
         if knobs.shape != (len(KNOB_COLUMNS),):
             raise ModelError(f"expected a knob vector of length {len(KNOB_COLUMNS)} "
                              f"({', '.join(KNOB_COLUMNS)}), got shape {knobs.shape}")
-        return step_time_batch(self.kernel, self.n_features, *self.arrays,
+        return step_time_batch(self.kernel, self.n_features, *self.arrays, *self.base_arrays,
                                self.forest.log_target, raw, knobs)

@@ -20,7 +20,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from servetune import ConfigError, InputError, ModelError
 from servetune.features import DEFAULT_FEATURE_SET, default_feature_registry, get_feature_set
-from servetune.models._compiled import CompiledForest, CompiledStepTime
+from servetune.models._compiled import (
+    NO_BASE,
+    CompiledForest,
+    CompiledStepTime,
+    linear_base_matrix,
+)
+from servetune.models._linear_base import fit_linear_base
 
 __all__ = ["StepTimeRegressor", "split_validation_groups"]
 
@@ -43,7 +49,10 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
 
     ``X`` is a DataFrame with the ``RAW_COLUMNS`` and ``KNOB_COLUMNS`` (a ``steps`` query joined
     with the run knobs); features are computed by the named feature set. With ``log_target`` the
-    trees fit log(ms), so squared error there is relative error in ms.
+    trees fit log(ms), so squared error there is relative error in ms. When the feature set names
+    ``base_terms``, a non-negative linear base step time is fitted first (``base_coef_``,
+    ``base_intercept_``) and the trees learn the correction on top of it (see
+    ``models._linear_base``).
 
     Args:
         feature_set: registered feature set name.
@@ -140,6 +149,18 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
         target = self._target(y, len(features))
         names = list(fs.feature_names)
         params = self._xgb_params()
+        coef, intercept = (fit_linear_base(features, fs.base_indices, np.asarray(y, np.float64))
+                           if fs.base_terms else (NO_BASE, 0.0))
+        base = (linear_base_matrix(coef, intercept, self.log_target, features) if coef.size
+                else None)
+        if base is not None:
+            params["base_score"] = 0.0  # the base margin replaces it; 0 keeps both explicit
+
+        def matrix(rows, **kwargs):
+            return xgb.QuantileDMatrix(
+                features[rows], label=target[rows], feature_names=names, nthread=self.n_jobs,
+                base_margin=None if base is None else base[rows], **kwargs)
+
         rng = np.random.default_rng(self.random_state)
         self.best_iteration_ = None
         self.evals_result_ = {}
@@ -147,11 +168,8 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
         val = (split_validation_groups(np.asarray(groups), self.validation_fraction, rng)
                if use_early else np.zeros(len(features), dtype=bool))
         if use_early and val.any():
-            dtrain = xgb.QuantileDMatrix(features[~val], label=target[~val],
-                                         feature_names=names, nthread=self.n_jobs,
-                                         max_bin=self.max_bin)
-            dval = xgb.QuantileDMatrix(features[val], label=target[val], feature_names=names,
-                                       nthread=self.n_jobs, ref=dtrain)
+            dtrain = matrix(~val, max_bin=self.max_bin)
+            dval = matrix(val, ref=dtrain)
             booster = xgb.train(params, dtrain, num_boost_round=self.n_estimators,
                                 evals=[(dval, "validation")],
                                 early_stopping_rounds=self.early_stopping_rounds,
@@ -159,20 +177,19 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
             self.best_iteration_ = int(booster.best_iteration)
             rounds = self.best_iteration_ + 1
             if self.refit:
-                dall = xgb.QuantileDMatrix(features, label=target, feature_names=names,
-                                           nthread=self.n_jobs, max_bin=self.max_bin)
-                booster = xgb.train(params, dall, num_boost_round=rounds, verbose_eval=False)
+                booster = xgb.train(params, matrix(slice(None), max_bin=self.max_bin),
+                                    num_boost_round=rounds, verbose_eval=False)
             else:
                 booster = booster[:rounds]
         else:
             if self.early_stopping_rounds > 0:
                 log.warning("no run groups (or a single run): training %d rounds without early "
                             "stopping", self.n_estimators)
-            dall = xgb.QuantileDMatrix(features, label=target, feature_names=names,
-                                       nthread=self.n_jobs, max_bin=self.max_bin)
-            booster = xgb.train(params, dall, num_boost_round=self.n_estimators,
-                                verbose_eval=False)
+            booster = xgb.train(params, matrix(slice(None), max_bin=self.max_bin),
+                                num_boost_round=self.n_estimators, verbose_eval=False)
         self.booster_ = booster
+        self.base_coef_ = coef
+        self.base_intercept_ = intercept
         self.feature_names_ = tuple(names)
         self.feature_set_version_ = fs.version
         self.n_features_in_ = len(names)
@@ -197,8 +214,10 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
 
         check_is_fitted(self, "booster_")
         features = get_feature_set(self.feature_set).frame(X)
+        base = (linear_base_matrix(self.base_coef_, self.base_intercept_, self.log_target,
+                                   features) if self.base_coef_.size else None)
         return self.booster_.predict(xgb.DMatrix(features, feature_names=list(self.feature_names_),
-                                                 nthread=self.n_jobs))
+                                                 nthread=self.n_jobs, base_margin=base))
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Predicted step durations in ms (float64)."""
@@ -210,7 +229,9 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self, "booster_")
         fs = get_feature_set(self.feature_set)
         forest = CompiledForest.from_booster(self.booster_, log_target=self.log_target,
-                                             feature_set=fs.name, feature_set_version=fs.version)
+                                             feature_set=fs.name, feature_set_version=fs.version,
+                                             base_coef=self.base_coef_,
+                                             base_intercept=self.base_intercept_)
         return CompiledStepTime(forest, fs)
 
     def feature_importance(self, kind: str = "gain") -> pd.Series:

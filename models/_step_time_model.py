@@ -21,7 +21,12 @@ import pandas as pd
 
 from servetune import ModelError
 from servetune.features import FeatureSet, get_feature_set
-from servetune.models._compiled import CompiledForest, CompiledStepTime
+from servetune.models._compiled import (
+    NO_BASE,
+    CompiledForest,
+    CompiledStepTime,
+    linear_base_matrix,
+)
 from servetune.models._registry import client_for, parse_model_uri
 
 __all__ = ["StepTimeModel", "MODEL_ARTIFACT", "model_metadata"]
@@ -29,12 +34,33 @@ __all__ = ["StepTimeModel", "MODEL_ARTIFACT", "model_metadata"]
 MODEL_ARTIFACT = "model"  # artifact path of the logged model inside its MLflow run
 
 
-def model_metadata(feature_set: FeatureSet, log_target: bool) -> dict:
-    """What a loader needs beyond the booster: how to build features and undo the target."""
+def model_metadata(feature_set: FeatureSet, log_target: bool, base_coef: np.ndarray = NO_BASE,
+                   base_intercept: float = 0.0) -> dict:
+    """What a loader needs beyond the booster: how to build features, the linear base the trees
+    correct (coefficients by feature name) and how to undo the target."""
+    base = None
+    if np.asarray(base_coef).size:
+        base = {"intercept": float(base_intercept),
+                "coef": {name: float(base_coef[i]) for i, name in
+                         enumerate(feature_set.feature_names) if name in feature_set.base_terms}}
     return {"servetune_step_time": json.dumps({
         "feature_set": feature_set.name, "feature_set_version": feature_set.version,
         "log_target": bool(log_target), "target": "duration_ms",
-        "feature_names": list(feature_set.feature_names)})}
+        "feature_names": list(feature_set.feature_names), "linear_base": base})}
+
+
+def _base_from_metadata(meta: dict, feature_set: FeatureSet, path: Path
+                        ) -> tuple[np.ndarray, float]:
+    base = meta.get("linear_base")
+    if not base:
+        return NO_BASE, 0.0
+    coef = np.zeros(feature_set.n_features, dtype=np.float64)
+    for name, value in base["coef"].items():
+        if name not in feature_set.feature_names:
+            raise ModelError(f"{path}: linear base term {name!r} is not a feature of "
+                             f"{feature_set.name}")
+        coef[feature_set.feature_names.index(name)] = float(value)
+    return coef, float(base["intercept"])
 
 
 @dataclass(frozen=True)
@@ -48,6 +74,8 @@ class StepTimeModel:
     name: str = ""
     version: str = ""
     run_id: str = ""
+    base_coef: np.ndarray = field(default_factory=lambda: NO_BASE, repr=False)
+    base_intercept: float = 0.0
 
     @classmethod
     def load(cls, model_uri: str, *, tracking_uri: str) -> "StepTimeModel":
@@ -78,7 +106,8 @@ class StepTimeModel:
                                                                      tmp))
         return cls(booster=model.booster, feature_set=model.feature_set,
                    log_target=model.log_target, uri=model_uri, name=ref.name,
-                   version=str(mv.version), run_id=mv.run_id)
+                   version=str(mv.version), run_id=mv.run_id, base_coef=model.base_coef,
+                   base_intercept=model.base_intercept)
 
     @classmethod
     def from_directory(cls, path: str | Path) -> "StepTimeModel":
@@ -102,15 +131,20 @@ class StepTimeModel:
             raise ModelError(f"{path}: no model.ubj/model.json in the model directory")
         booster = xgb.Booster(model_file=str(files[0]))
         booster.set_param({"nthread": 1})
-        return cls(booster=booster, feature_set=feature_set, log_target=bool(meta["log_target"]))
+        coef, intercept = _base_from_metadata(meta, feature_set, path)
+        return cls(booster=booster, feature_set=feature_set, log_target=bool(meta["log_target"]),
+                   base_coef=coef, base_intercept=intercept)
 
     def predict_margin(self, steps: pd.DataFrame) -> np.ndarray:
-        """The booster's raw output for ``steps`` (RAW_COLUMNS + KNOB_COLUMNS), float32."""
+        """The raw output for ``steps`` (RAW_COLUMNS + KNOB_COLUMNS): trees plus linear base,
+        float32 as XGBoost returns it."""
         import xgboost as xgb
 
         features = self.feature_set.frame(steps)
-        return self.booster.predict(xgb.DMatrix(features,
-                                                feature_names=list(self.feature_set.feature_names)))
+        base = (linear_base_matrix(self.base_coef, self.base_intercept, self.log_target, features)
+                if self.base_coef.size else None)
+        return self.booster.predict(xgb.DMatrix(
+            features, feature_names=list(self.feature_set.feature_names), base_margin=base))
 
     def predict(self, steps: pd.DataFrame) -> np.ndarray:
         """Predicted durations in ms of every step (batch prediction through XGBoost)."""
@@ -121,5 +155,7 @@ class StepTimeModel:
         """Flat tree arrays + the feature kernel, evaluated by numba (see ``CompiledStepTime``)."""
         forest = CompiledForest.from_booster(self.booster, log_target=self.log_target,
                                              feature_set=self.feature_set.name,
-                                             feature_set_version=self.feature_set.version)
+                                             feature_set_version=self.feature_set.version,
+                                             base_coef=self.base_coef,
+                                             base_intercept=self.base_intercept)
         return CompiledStepTime(forest, self.feature_set)

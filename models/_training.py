@@ -360,7 +360,8 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
             mlflow.xgboost.save_model(
                 model.booster_, str(path), signature=signature, input_example=example,
                 pip_requirements=[f"xgboost=={xgb.__version__}"],
-                metadata=model_metadata(fs, model.log_target))
+                metadata=model_metadata(fs, model.log_target, model.base_coef_,
+                                        model.base_intercept_))
             client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
 
         version = _register(client, name, run_id, fs, metrics, lineage)

@@ -97,6 +97,32 @@ def test_max_batch_tokens_is_a_knob_of_the_default_feature_set():
     assert small[0, column] == 512 and large[0, column] == 2048
 
 
+def test_step_v5_sees_the_budget_and_previous_step_only_with_async_batching():
+    fs = get_feature_set("step_v5")
+    budget = fs.feature_names.index("max_batch_tokens")
+    one = np.array([[4, 0, 4, 0, 4, 2000, 600, 0]], dtype=np.float64)
+    assert fs.matrix(one, knob_vector({"max_batch_tokens": 2048, "async_batching": 1}))[
+        0, budget] == 2048
+    assert fs.matrix(one, knob_vector({"max_batch_tokens": 2048, "async_batching": 0}))[
+        0, budget] == 0
+    raw = np.array([[4, 0, 4, 0, 4, 2000, 600, 0],
+                    [5, 1, 4, 100, 4, 2300, 700, 5000]], dtype=np.float64)
+    column = fs.feature_names.index("prev_kv_tokens_sum")
+    overlapped = fs.matrix(raw, knob_vector({"async_batching": 1}))
+    alone = fs.matrix(raw, knob_vector({"async_batching": 0}))
+    assert overlapped[1, column] == 2000 and alone[1, column] == 0
+
+
+def test_step_v5_names_nonnegative_linear_base_terms():
+    fs = get_feature_set("step_v5")
+    assert fs.base_terms and set(fs.base_terms) <= set(fs.feature_names)
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 5000, size=(200, 8)).astype(np.float64)
+    for graphs in (0, 1):
+        features = fs.matrix(raw, knob_vector({"cuda_graph": graphs, "async_batching": 1}))
+        assert (features[:, fs.base_indices] >= 0).all()
+
+
 def test_default_feature_set_has_documented_shape():
     fs = get_feature_set()
     assert fs.name == DEFAULT_FEATURE_SET

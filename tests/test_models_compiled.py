@@ -69,7 +69,8 @@ def test_compiled_step_time_predicts_ms_like_the_booster(trained):
     got = compiled.predict_ms(raw, knobs)
     expected = np.exp(clean_booster.predict(
         xgb.DMatrix(fs.frame(one_run), feature_names=list(fs.feature_names))).astype(np.float64))
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # XGBoost sums leaves in float32: margins ~9 carry ~1e-6 absolute (so relative in ms) error
+    np.testing.assert_allclose(got, expected, rtol=2e-6)
     assert compiled.n_features == fs.n_features and len(KNOB_COLUMNS) == knobs.shape[0]
 
 

@@ -84,3 +84,29 @@ def test_compile_matches_predict(data):
                                rtol=compiled.forest.n_trees * np.finfo(np.float32).eps)
     importance = est.feature_importance()
     assert importance.index.tolist() == list(est.feature_names_) and importance.sum() > 0
+
+
+def test_linear_base_is_nonnegative_and_extrapolates_past_the_trained_kv_range(data):
+    frame, y, groups = data
+    fs = get_feature_set("step_v5")
+    kv = frame["kv_tokens_sum"].to_numpy()
+    graphs = frame["cuda_graph"].to_numpy(dtype=bool)
+    train = kv <= np.quantile(kv, 0.7)
+    est = StepTimeRegressor(feature_set="step_v5", n_estimators=300, n_jobs=1).fit(
+        frame[train], y[train], groups=groups[train])
+    assert est.base_coef_.shape == (fs.n_features,) and (est.base_coef_ >= 0).all()
+    outside = np.zeros(fs.n_features, dtype=bool)
+    outside[fs.base_indices] = True
+    assert (est.base_coef_[~outside] == 0).all() and est.base_intercept_ >= 0
+    # the synthetic steps cost 2e-5 ms per KV token; on CUDA-graph runs the base's padded-KV
+    # term must carry that growth beyond the largest KV read trained on
+    assert est.base_coef_[fs.feature_names.index("kv_padded_graphs")] > 0
+    above = ~train & graphs
+    flat = StepTimeRegressor(feature_set="step_v4", n_estimators=300, n_jobs=1).fit(
+        frame[train], y[train], groups=groups[train])
+    err_base = np.mean(np.abs(est.predict(frame[above]) - y[above]) / y[above])
+    err_flat = np.mean(np.abs(flat.predict(frame[above]) - y[above]) / y[above])
+    assert err_base < 0.8 * err_flat, (err_base, err_flat)
+    # the compiled form carries the base too
+    margin = est.compile().forest.predict_margin(fs.frame(frame[above]))
+    np.testing.assert_allclose(margin, est.predict_margin(frame[above]), rtol=1e-5)

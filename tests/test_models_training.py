@@ -7,6 +7,7 @@ measured in benchmarks/train_step_time.py, not here.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from servetune.models import (
     StepTimeModel,
     TrainConfig,
     ensure_champion,
+    linear_base_matrix,
     list_registered,
     load_training_frame,
     parse_where,
@@ -205,3 +207,26 @@ def test_ensure_champion_names_the_model_after_measured_steps_only(trained):
     before = len(client.search_registered_models())
     assert ensure_champion(ws) == f"models:/{result.registered_model}@{CHAMPION}"
     assert len(client.search_registered_models()) == before  # nothing trained, nothing named
+
+
+def test_a_linear_base_travels_with_the_registered_model(tmp_path):
+    ws = _workspace(tmp_path)
+    result = train_step_time_model(ws, config=replace(FAST, feature_set="step_v5", n_trials=1),
+                                   progress=False)
+    model = StepTimeModel.load(result.model_uri, tracking_uri=ws.tracking_uri)
+    fs = model.feature_set
+    assert fs.name == "step_v5" and model.base_coef.shape == (fs.n_features,)
+    assert (model.base_coef >= 0).all() and model.base_coef[fs.base_indices].sum() > 0
+    frame, _ = load_training_frame(TraceStore.for_workspace(ws))
+    features = fs.frame(frame)
+    base = linear_base_matrix(model.base_coef, model.base_intercept, True, features)
+    trees_only = model.booster.predict(xgb.DMatrix(features, feature_names=list(fs.feature_names)))
+    np.testing.assert_array_equal(
+        model.predict_margin(frame),
+        model.booster.predict(xgb.DMatrix(features, feature_names=list(fs.feature_names),
+                                          base_margin=base)))
+    assert not np.allclose(model.predict_margin(frame), trees_only)  # the base is applied
+    compiled = model.compile()
+    tolerance = compiled.forest.n_trees * np.finfo(np.float32).eps
+    np.testing.assert_allclose(compiled.forest.predict_margin(features),
+                               model.predict_margin(frame), rtol=tolerance, atol=1e-5)

@@ -5,6 +5,8 @@ Hand-computed scenarios use a constant 10 ms step model, so every expected time 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from _helpers_simulator import constant_step_model, trained_step_model
@@ -359,3 +361,30 @@ def test_the_step_after_a_graph_capture_is_predicted_with_the_capture_flag():
     after = np.flatnonzero(captured[:-1] & ~captured[1:]) + 1
     raw[:, 16] = 0.0
     assert after.size and (steps[after, 2] < 0.6 * model.predict_ms(raw, knobs)[after]).all()
+
+
+def test_a_models_linear_base_is_added_inside_the_loop():
+    """A step_v5 model carries a linear base under its trees: the loop adds it to every step."""
+    from _helpers_simulator import synthetic_steps
+
+    from servetune.models import CompiledStepTime, StepTimeRegressor
+    from servetune.tuner.simulator import Simulator
+    from servetune.tuner.simulator._policies import get_policy
+    from servetune.tuner.simulator._simulate import model_knobs
+
+    steps = synthetic_steps(seed=1)
+    model = StepTimeRegressor(feature_set="step_v5", n_estimators=60, early_stopping_rounds=0,
+                              n_jobs=1).fit(steps, steps["duration_ms"].to_numpy())
+    compiled = model.compile()
+    assert compiled.base_arrays[0].size == compiled.n_features
+    cfg = {"use_cuda_graph": False, "use_async_batching": True}
+    sim = Simulator("transformers", cfg, compiled)
+    recorded = sim.run(synthetic_workload("poisson:rate=20,n=120", seed=2),
+                       record_steps=True).steps
+    knobs = model_knobs(get_policy("transformers"), sim.config)
+    np.testing.assert_allclose(recorded[:, 2], compiled.predict_ms(recorded[:, 3:11], knobs),
+                               rtol=1e-12)
+    trees_only = dataclasses.replace(compiled.forest, base_coef=np.zeros(0))
+    without = CompiledStepTime(trees_only, compiled.feature_set).predict_ms(
+        recorded[:, 3:11], knobs)
+    assert not np.allclose(recorded[:, 2], without, rtol=1e-3)

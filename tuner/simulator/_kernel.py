@@ -75,6 +75,7 @@ from servetune.tuner.simulator._vllm import (
 from servetune.tuner.simulator._static import (
     _schedule_static,
 )
+from servetune.models._compiled import linear_base_margin
 from servetune.tuner.simulator._forest import (
     _GROUP,
     fast_forest_margin,
@@ -104,7 +105,7 @@ def _xorshift(state):
 @numba.njit
 def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_kernel, n_features,
                feature, threshold, left, right, default_left, value, roots, base_margin,
-               log_target, predict_row, fast_feat, fast_thr, fast_left, max_depth, use_fast,
+               base_coef, base_intercept, log_target, predict_row, fast_feat, fast_thr, fast_left, max_depth, use_fast,
                fold_mask, step_noise_cv, seed, record_steps):
     """Simulate one deployment; returns per-request arrays, token times and (optionally) steps.
 
@@ -378,6 +379,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             else:
                 margin = predict_row(feature, threshold, left, right, default_left, value,
                                      roots, base_margin, fbuf)
+            margin += linear_base_margin(base_coef, base_intercept, log_target, fbuf)
             ms = np.exp(margin) if log_target else margin
             ms += overhead_ms
             if use_graphs:
