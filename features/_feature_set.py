@@ -193,7 +193,8 @@ def select_features(base: FeatureSet, name: str, version: int,
     return FeatureSet(name=name, version=version,
                       feature_names=tuple(base.feature_names[i] for i in keep),
                       monotone=tuple(base.monotone[i] for i in keep), formulas=formulas,
-                      kernel=numba.njit(error_model="numpy")(kernel))
+                      kernel=numba.njit(error_model="numpy")(kernel),
+                      base_terms=tuple(t for t in base.base_terms if t not in drop))
 
 
 class FeatureSetRegistry:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from servetune.models._compiled import linear_base_margin
 from servetune.tuner.simulator._state import (
     N_PARAMS,
     P_NAMES,
@@ -75,7 +76,6 @@ from servetune.tuner.simulator._vllm import (
 from servetune.tuner.simulator._static import (
     _schedule_static,
 )
-from servetune.models._compiled import linear_base_margin
 from servetune.tuner.simulator._forest import (
     _GROUP,
     fast_forest_margin,
@@ -105,8 +105,8 @@ def _xorshift(state):
 @numba.njit
 def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_kernel, n_features,
                feature, threshold, left, right, default_left, value, roots, base_margin,
-               base_coef, base_intercept, log_target, predict_row, fast_feat, fast_thr, fast_left, max_depth, use_fast,
-               fold_mask, step_noise_cv, seed, record_steps):
+               base_coef, base_intercept, log_target, predict_row, fast_feat, fast_thr, fast_left,
+               max_depth, use_fast, fold_mask, step_noise_cv, seed, record_steps):
     """Simulate one deployment; returns per-request arrays, token times and (optionally) steps.
 
     Returns:

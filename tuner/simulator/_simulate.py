@@ -143,7 +143,8 @@ class Simulator:
             np.ascontiguousarray(workload.input_tokens, dtype=np.int64),
             np.ascontiguousarray(workload.output_tokens, dtype=np.int64),
             knobs, sm.kernel, int(sm.n_features), *arrays[:7], float(arrays[7]),
-            sm.base_arrays[0], float(sm.base_arrays[1]), bool(sm.log_target), self.predict_row or forest_predict_row, *self._packed(knobs),
+            sm.base_arrays[0], float(sm.base_arrays[1]), bool(sm.log_target),
+            self.predict_row or forest_predict_row, *self._packed(knobs),
             float(c["step_noise_cv"]),
             int(seed) & 0x7FFFFFFFFFFFFFFF, bool(record_steps))
         log.debug("%d steps, %d step times reused from the last walk's input box", total_steps,
