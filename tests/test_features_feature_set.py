@@ -216,3 +216,12 @@ def test_a_knob_column_the_frame_lacks_is_unknown():
     assert np.isnan(without[:, column]).all()
     assert np.array_equal(np.delete(without, column, axis=1),
                           np.delete(fs.frame(frame), column, axis=1))
+
+
+def test_select_features_keeps_the_base_terms_it_does_not_drop():
+    from servetune.features import select_features
+
+    v5 = get_feature_set("step_v5")
+    fewer = select_features(v5, "step_v5_test", 1, drop=("kv_tokens_eager", "kv_tokens_max"))
+    assert fewer.base_terms == tuple(t for t in v5.base_terms if t != "kv_tokens_eager")
+    assert [fewer.feature_names[i] for i in fewer.base_indices] == list(fewer.base_terms)
