@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import nnls
 from scipy.stats import spearmanr
 
 import servetune
@@ -47,6 +48,8 @@ HELD_OUT = ("g-fifo-512-bs64-sync", "g-fifo-1024-bs32-async", "g-pf-1024-bs256-s
             "g-fifo-512-bs64-async-smallkv", "e-pf-1024-bs64-async")
 METRICS = (("ttft_mean_ms", "ttft_ms"), ("tpot_mean_ms", "tpot_ms"),
            ("output_throughput_tok_s", "output_throughput_tok_s"))
+CAPTURE_KEYS = ("cuda_graph_capture_ms", "cuda_graph_capture_ms_per_token",
+                "cuda_graph_capture_ms_per_kv_token")
 ENGINE_KEYS = ("scheduler_type", "block_size", "num_blocks", "max_batch_tokens",
                "max_requests_per_batch", "safety_margin", "use_async_batching",
                "max_blocks_per_request", "q_padding_interval_size", "kv_padding_interval_size")
@@ -61,21 +64,38 @@ def sim_config(run: pd.Series) -> dict:
     return config
 
 
-def fit_capture_cost(captures: pd.DataFrame, predicted_ms: np.ndarray,
-                     runs: pd.DataFrame) -> tuple[float, float]:
-    """Least-squares ``extra_ms = a + b * padded_query_tokens`` over graph-capture steps, where
-    extra is the measured duration minus the step-time model's prediction (a, b >= 0)."""
+def _padded(size: np.ndarray, interval: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """The engine's ``pad_to_interval``: up to a multiple of ``interval``, at most ``cap``."""
+    return np.minimum(np.ceil(np.maximum(size, 1) / interval) * interval, cap)
+
+
+def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray,
+                runs: pd.DataFrame) -> dict[bool, tuple[float, float, float, float]]:
+    """Per batching mode (async or not): non-negative least squares
+    ``extra_ms = a + b * padded query tokens + c * padded KV read + d * max_batch_tokens`` over
+    graph-capture steps, where extra is the measured duration minus the step-time model's
+    prediction. For one configuration ``a + d * max_batch_tokens``, ``b`` and ``c`` are the
+    simulator's ``cuda_graph_capture_ms``, ``..._per_token`` and ``..._per_kv_token``."""
     config = runs.set_index("run_id")["config"].map(json.loads)
-    q = captures["prefill_tokens"].to_numpy() + captures["decode_tokens"].to_numpy()
-    interval = captures["run_id"].map(lambda r: config[r]["q_padding_interval_size"]).to_numpy()
-    cap = captures["run_id"].map(lambda r: config[r]["max_batch_tokens"]).to_numpy()
-    q_pad = np.minimum(np.ceil(np.maximum(q, 1) / interval) * interval, cap)
+    conf = captures["run_id"].map(config)
+    q = (captures["prefill_tokens"] + captures["decode_tokens"]).to_numpy()
+    q_pad = _padded(q, conf.map(lambda c: c["q_padding_interval_size"]).to_numpy(),
+                    conf.map(lambda c: c["max_batch_tokens"]).to_numpy())
+    pages = conf.map(lambda c: c["num_blocks"] * c["block_size"]).to_numpy()
+    kv_pad = _padded(captures["kv_tokens_sum"].to_numpy() - q,
+                     conf.map(lambda c: c["kv_padding_interval_size"]).to_numpy(), pages)
+    fast = captures["extra"].fillna("").str.contains('"decode_fast_path":true', regex=False)
+    kv_pad = np.where(fast.to_numpy(), 0.0, kv_pad)
     extra = captures["duration_ms"].to_numpy() - predicted_ms
-    A = np.column_stack([np.ones_like(q_pad), q_pad])
-    (a, b), *_ = np.linalg.lstsq(A, extra, rcond=None)
-    if b < 0:
-        a, b = float(np.mean(extra)), 0.0
-    return max(float(a), 0.0), float(b)
+    mode = conf.map(lambda c: bool(c["use_async_batching"])).to_numpy()
+    budget = conf.map(lambda c: c["max_batch_tokens"]).to_numpy()
+    fits = {}
+    for is_async in (False, True):
+        sel = mode == is_async
+        A = np.column_stack([np.ones(sel.sum()), q_pad[sel], kv_pad[sel], budget[sel]])
+        coef, _ = nnls(A, extra[sel])
+        fits[is_async] = tuple(float(v) for v in coef)
+    return fits
 
 
 def run_workload(requests: pd.DataFrame) -> tuple[Workload, float]:
@@ -174,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_s = time.perf_counter() - t
     compiled = model.compile()
     captures = frame[frame.run_id.isin(train_ids) & capture]
-    capture_ms, capture_ms_per_token = fit_capture_cost(
+    capture_cost = capture_fit(
         captures, model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]]), runs)
     test = frame[frame.run_id.isin(set(runs.loc[held, "run_id"])) & ~capture]
     pred = model.predict(test[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]])
@@ -184,8 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
     for _, run in runs[held].iterrows():
         w, offset = run_workload(requests[requests.run_id == run.run_id])
         t = time.perf_counter()
-        config = {**sim_config(run), "cuda_graph_capture_ms": capture_ms,
-                  "cuda_graph_capture_ms_per_token": capture_ms_per_token}
+        config = sim_config(run)
+        a, b, c, d = capture_cost[bool(config["use_async_batching"])]
+        config.update(zip(CAPTURE_KEYS, (a + d * config["max_batch_tokens"], b, c)))
         result = Simulator("transformers", config, compiled).run(
             with_warmup(w, args.collector_warmup), seed=args.seed, record_steps=True)
         sim_s = time.perf_counter() - t
@@ -227,7 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
               "train_runs": len(train_ids),
               "held_out_runs": int(held.sum()), "train_steps": int(len(train)),
               "train_s": train_s, "n_trees": int(compiled.forest.n_trees),
-              "capture_ms": capture_ms, "capture_ms_per_token": capture_ms_per_token,
+              "capture_cost": {("async" if k else "sync"): dict(zip(
+                  ("ms", "ms_per_query_token", "ms_per_kv_token", "ms_per_budget_token"), v))
+                  for k, v in capture_cost.items()},
               "held_out_step_mape_%": step_mape, "share_within_10%": within,
               "share_all_three_within_10%": all_three_10,
               "share_all_three_within_5%": all_three_5, "spearman": ranks,

@@ -4,7 +4,7 @@ Example:
     >>> from servetune.models import StepTimeRegressor
     >>> est = StepTimeRegressor(n_estimators=50)
     >>> est.get_params()["feature_set"]
-    'step_v4'
+    'step_v5'
 """
 
 from __future__ import annotations

@@ -96,8 +96,8 @@ class TrainConfig:
     feature_set: str = DEFAULT_FEATURE_SET
     test_fraction: float = 0.2
     holdout_salt: str = "servetune-holdout-v1"
-    n_trials: int = 5
-    candidate_feature_sets: tuple[str, ...] = ("raw_v2", "step_v3", "raw_v1")
+    n_trials: int = 8
+    candidate_feature_sets: tuple[str, ...] = ("step_v4", "raw_v2", "step_v3", "raw_v1")
     cv_splits: int = 3
     search_budget_s: float = 60.0
     extrapolation_quantile: float = 0.8

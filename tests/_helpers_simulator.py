@@ -48,11 +48,13 @@ def synthetic_steps(n: int = 4000, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def trained_step_model(n_trees: int = 50, seed: int = 0, depth: int = 6):
-    """``(CompiledStepTime, booster)`` of a log-target XGBoost model of :func:`synthetic_steps`."""
+def trained_step_model(n_trees: int = 50, seed: int = 0, depth: int = 6,
+                       feature_set: str | None = None):
+    """``(CompiledStepTime, booster)`` of a log-target XGBoost model of :func:`synthetic_steps`
+    (trees only: a feature set's linear base terms are plain features here)."""
     import xgboost as xgb
 
-    fs = get_feature_set()
+    fs = get_feature_set() if feature_set is None else get_feature_set(feature_set)
     steps = synthetic_steps(seed=seed)
     X = fs.frame(steps)
     booster = xgb.train({"max_depth": depth, "eta": 0.1, "nthread": 1, "seed": seed},

@@ -126,3 +126,22 @@ def test_writer_and_merge_keep_every_run_and_refuse_duplicates(tmp_path):
         merge_outputs([tmp_path / "a", tmp_path / "m"], tmp_path / "n")
     with pytest.raises(InputError, match="no steps/requests/runs"):
         read_output(tmp_path)
+
+
+def test_written_files_round_trip_exactly_with_float_columns_byte_stream_split(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = _rows("r1")
+    rows["requests"]["itl_ms"] = [[12.345678901234, 9.87654321, 11.0]]
+    rows["requests"]["ttft_ms"] = [123.456789012345]
+    writer = TraceWriter(tmp_path / "a")
+    writer.add(rows)
+    path = tmp_path / "a" / "requests.parquet"
+    table = pq.read_table(path)
+    assert table.equals(conform(rows["requests"], "requests"))
+    columns = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {columns.column(j).path_in_schema: columns.column(j).encodings
+                 for j in range(columns.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in encodings["itl_ms.list.element"]
+    assert "BYTE_STREAM_SPLIT" in encodings["ttft_ms"]
+    assert "BYTE_STREAM_SPLIT" not in encodings["run_id"]

@@ -91,8 +91,9 @@ def test_max_batch_tokens_is_a_knob_of_the_default_feature_set():
     fs = get_feature_set()
     assert "max_batch_tokens" in KNOB_COLUMNS and "max_batch_tokens" in fs.feature_names
     raw = np.array([[4, 0, 4, 0, 4, 2000, 600, 0]], dtype=np.float64)
-    small = fs.matrix(raw, knob_vector({"max_batch_tokens": 512}))
-    large = fs.matrix(raw, knob_vector({"max_batch_tokens": 2048}))
+    # step_v5 (the default) shows the budget to async steps, which overlap the next one's launch
+    small = fs.matrix(raw, knob_vector({"max_batch_tokens": 512, "async_batching": 1}))
+    large = fs.matrix(raw, knob_vector({"max_batch_tokens": 2048, "async_batching": 1}))
     column = fs.feature_names.index("max_batch_tokens")
     assert small[0, column] == 512 and large[0, column] == 2048
 

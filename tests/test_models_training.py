@@ -101,11 +101,16 @@ def test_champion_loads_predicts_and_compiles_to_float32_precision(trained):
     ms = model.predict(frame)
     assert ms.shape == (len(frame),) and (ms > 0).all()
     compiled = model.compile()
+    features = model.feature_set.frame(frame)
+    # the default feature set has a linear base: XGBoost adds it as each row's base margin
+    base = linear_base_matrix(*compiled.forest.base_arrays, compiled.forest.log_target,
+                              np.ascontiguousarray(features, dtype=np.float32))
+    assert compiled.forest.base_coef.size > 0 and np.isfinite(base).all()
     expected = model.booster.predict(xgb.DMatrix(
-        model.feature_set.frame(frame), feature_names=list(model.feature_set.feature_names)))
+        features, feature_names=list(model.feature_set.feature_names), base_margin=base))
     tolerance = compiled.forest.n_trees * np.finfo(np.float32).eps
-    np.testing.assert_allclose(compiled.forest.predict_margin(model.feature_set.frame(frame)),
-                               expected, rtol=tolerance)
+    np.testing.assert_allclose(compiled.forest.predict_margin(features), expected,
+                               rtol=tolerance)
     one_run = frame[frame.run_id == frame.run_id.iloc[0]]
     knobs = one_run[list(KNOB_COLUMNS)].iloc[0].to_numpy(dtype=np.float64)
     np.testing.assert_allclose(

@@ -232,7 +232,8 @@ def test_branch_free_forest_is_bit_identical_to_the_reference():
 def test_transformers_cuda_graphs_are_captured_once_per_padded_shape():
     cfg = {"max_batch_tokens": 256, "block_size": 16, "num_blocks": 100,
            "use_cuda_graph": True, "cuda_graph_capture_ms": 50.0,
-           "cuda_graph_capture_ms_per_token": 0.0, "max_blocks_per_request": 0}
+           "cuda_graph_capture_ms_per_token": 0.0, "cuda_graph_capture_ms_per_kv_token": 0.0,
+           "max_blocks_per_request": 0}
     r = simulate("transformers", cfg, one(100, 5), STEP, record_steps=True)
     # the prefill (q 100 -> 128) and the decodes (q 1 -> 64) are two shapes; KV reads stay in the
     # first 16384-token interval and key lengths under the 1024 minimum
@@ -243,6 +244,23 @@ def test_transformers_cuda_graphs_are_captured_once_per_padded_shape():
     eager = simulate("transformers", {**cfg, "use_cuda_graph": False}, one(100, 5), STEP)
     assert eager.metrics["graph_captures"] == 0 and eager.e2e_ms[0] == pytest.approx(50.0)
     assert r.e2e_ms[0] == pytest.approx(150.0)
+    # a capture also costs per padded KV token read: both shapes' KV read pads to one 16384-token
+    # interval, capped at the cache's 100 x 16 = 1600 tokens
+    kv = simulate("transformers", {**cfg, "cuda_graph_capture_ms_per_kv_token": 0.001},
+                  one(100, 5), STEP, record_steps=True)
+    np.testing.assert_allclose(kv.steps[:, 2], [61.6, 61.6, 10.0, 10.0, 10.0])
+
+
+def test_transformers_capture_cost_defaults_depend_on_the_batching_mode():
+    from servetune.tuner.simulator._policies import capture_cost, get_policy
+
+    policy = get_policy("transformers")
+    sync = capture_cost(policy.resolve({}))
+    asyn = capture_cost(policy.resolve({"use_async_batching": True}))
+    assert sync != asyn and all(v >= 0 for v in sync + asyn)
+    assert asyn[0] + 512 * asyn[1] + 16384 * asyn[2] > sync[0] + 512 * sync[1] + 16384 * sync[2]
+    set_one = capture_cost(policy.resolve({"cuda_graph_capture_ms": 7.0}))
+    assert set_one == (7.0, *sync[1:])
 
 
 def test_unknown_knobs_take_the_missing_value_branches_exactly(caplog):
@@ -296,15 +314,17 @@ def test_async_batching_sees_arrivals_one_step_later():
 @pytest.mark.parametrize("engine, cfg", [("vllm", {"dp_size": 2}),
                                          ("transformers", {"use_cuda_graph": False,
                                                            "use_async_batching": True})])
-def test_each_step_is_predicted_with_its_replicas_previous_step(engine, cfg, trained):
+def test_each_step_is_predicted_with_its_replicas_previous_step(engine, cfg):
     """The loop hands the feature kernel each replica's own previous step, as the training frame
     takes it from the preceding step of the same run: recorded durations equal the compiled
     model on each replica's step sequence (``predict_ms`` on (n, 8) rows derives the previous
-    step from the row before)."""
+    step from the row before). step_v4 shows every step its previous one (the default step_v5
+    only async ones)."""
     from servetune.tuner.simulator import Simulator
     from servetune.tuner.simulator._simulate import model_knobs
     from servetune.tuner.simulator._policies import get_policy
 
+    trained = trained_step_model(n_trees=40, feature_set="step_v4")[0]
     assert any(n.startswith("prev_") for n in trained.feature_set.feature_names)
     w = synthetic_workload("gamma:rate=30,cv=2,n=300", seed=3)
     sim = Simulator(engine, cfg, trained)
@@ -344,7 +364,8 @@ def test_the_step_after_a_graph_capture_is_predicted_with_the_capture_flag():
                         xgb.DMatrix(fs.frame(train), label=np.log(train.duration_ms)), 30)
     model = CompiledStepTime(CompiledForest.from_booster(booster, log_target=True), fs)
 
-    cfg = {"use_cuda_graph": True, "cuda_graph_capture_ms": 1e6,
+    # async batching: the default feature set shows only async steps their previous one
+    cfg = {"use_cuda_graph": True, "use_async_batching": True, "cuda_graph_capture_ms": 1e6,
            "cuda_graph_capture_ms_per_token": 0.0}
     sim = Simulator("transformers", cfg, model)
     result = sim.run(synthetic_workload("poisson:rate=20,n=200", seed=2), record_steps=True)

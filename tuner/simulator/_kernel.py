@@ -30,6 +30,7 @@ from servetune.tuner.simulator._state import (
     _BATCHCNT,
     _BLOCKNEW,
     _BUSY,
+    _CAPKV,
     _CAPMS,
     _CAPTOK,
     _COMP,
@@ -139,6 +140,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
         rs[r, _WTAIL] = n + 1
     t_end = np.zeros(n_rep)
     t_start = np.zeros(n_rep)
+    t_capture = np.zeros(n_rep)  # seconds the running step spent capturing a CUDA graph
     run = np.zeros((n_rep, n + 1), dtype=np.int64)
     wq = np.zeros((n_rep, 2 * n + 2), dtype=np.int64)
     bq = np.zeros((n_rep, n + 1), dtype=np.int64)
@@ -264,7 +266,9 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             kick[r] = 0
             cutoff = t_now
             if p[_ASYNC] != 0.0 and from_step:
-                cutoff = t_start[r]
+                # the next batch was scheduled once the last one was launched: after its start,
+                # and after its graph capture, which holds the CPU
+                cutoff = t_start[r] + t_capture[r]
             while True:
                 if policy == POLICY_TRANSFORMERS:
                     got = _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand,
@@ -382,12 +386,15 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             margin += linear_base_margin(base_coef, base_intercept, log_target, fbuf)
             ms = np.exp(margin) if log_target else margin
             ms += overhead_ms
+            capture_ms = 0.0
             if use_graphs:
                 pair = rs[r, _NSTEPS] % 2 if p[_ASYNC] != 0.0 else 0
-                key, q_pad = _graph_key(p, n_seq, pf_tok + dc_tok, kv_sum - pf_tok - dc_tok,
-                                        kv_max, rs[r, _FASTPATH] == 1, pair)
+                key, q_pad, kv_pad = _graph_key(p, n_seq, pf_tok + dc_tok,
+                                                kv_sum - pf_tok - dc_tok, kv_max,
+                                                rs[r, _FASTPATH] == 1, pair)
                 if not _graph_seen(graphs, r, key):
-                    ms += p[_CAPMS] + p[_CAPTOK] * q_pad
+                    capture_ms = p[_CAPMS] + p[_CAPTOK] * q_pad + p[_CAPKV] * kv_pad
+                    ms += capture_ms
                     n_captures += 1
                     prev_raw[r, 8] = 1.0
             if sigma > 0.0:
@@ -399,6 +406,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             if not dur >= min_step_s:
                 dur = min_step_s
             t_start[r] = t_now
+            t_capture[r] = min(capture_ms / 1e3, dur)
             t_end[r] = t_now + dur
             rs[r, _BUSY] = 1
             rs[r, _NSTEPS] += 1

@@ -240,10 +240,13 @@ _TRANSFORMERS_KNOBS = (
          "(engine default 64)", minimum=0),
     Knob("kv_padding_interval_size", int, 16384, "KV read padding interval of the graph shapes "
          "(engine default 16384)", minimum=0),
-    Knob("cuda_graph_capture_ms", float, 39.0, "cost of one graph capture beyond the step itself"
-         " (default: least-squares fit on the H200 llama-1b-like sample)", minimum=0.0),
-    Knob("cuda_graph_capture_ms_per_token", float, 0.03, "additional capture cost per padded "
-         "query token", minimum=0.0),
+    Knob("cuda_graph_capture_ms", float, None, "cost of one graph capture beyond the step itself"
+         " (default: the H200 llama-1b-like sample's fit for the batching mode and token "
+         "budget)", minimum=0.0, nullable=True),
+    Knob("cuda_graph_capture_ms_per_token", float, None, "additional capture cost per padded "
+         "query token (default: as cuda_graph_capture_ms)", minimum=0.0, nullable=True),
+    Knob("cuda_graph_capture_ms_per_kv_token", float, None, "additional capture cost per padded "
+         "KV token read (default: as cuda_graph_capture_ms)", minimum=0.0, nullable=True),
     Knob("max_blocks_per_request", int, 32, "decode fast-path block table width (0 disables the "
          "fast path)", minimum=0),
 )
@@ -262,10 +265,30 @@ def transformers_num_blocks(c: Mapping[str, object]) -> int:
     return blocks
 
 
+# CUDA graph capture cost beyond the step by batching mode: ms = a + b * padded query tokens
+# + c * padded KV read + d * max_batch_tokens, non-negative least squares over the capture steps of
+# all 68 runs of the shipped H200 llama-1b-like sample (``python benchmarks/sim_fidelity.py
+# --in-sample``, ``capture_cost``). Async captures cost more; larger token budgets capture larger
+# static buffers.
+_CAPTURE_COST_DEFAULTS = {False: (40.1, 0.0035, 0.00019, 0.0062),
+                          True: (30.8, 0.021, 0.00052, 0.0096)}
+
+
+def capture_cost(c: Mapping[str, object]) -> tuple[float, float, float]:
+    """(ms, ms per padded query token, ms per padded KV token) of one graph capture: the
+    configured values, the sample's fit for the batching mode and token budget where unset."""
+    a, b, kv, d = _CAPTURE_COST_DEFAULTS[bool(c["use_async_batching"])]
+    default = (a + d * float(c["max_batch_tokens"]), b, kv)
+    keys = ("cuda_graph_capture_ms", "cuda_graph_capture_ms_per_token",
+            "cuda_graph_capture_ms_per_kv_token")
+    return tuple(float(d if c[k] is None else c[k]) for k, d in zip(keys, default))
+
+
 def _transformers_params(c: Mapping[str, object]) -> dict:
     margin = c["safety_margin"]
     if margin is None:
         margin = 0.15 if c["scheduler_type"] == "fifo" else 0.0
+    capture_ms, capture_per_q, capture_per_kv = capture_cost(c)
     return {"block_size": c["block_size"], "num_blocks": transformers_num_blocks(c),
             "max_tokens": c["max_batch_tokens"], "max_seqs": c["max_requests_per_batch"],
             "safety_margin": margin, "async_batching": float(c["use_async_batching"]),
@@ -273,8 +296,8 @@ def _transformers_params(c: Mapping[str, object]) -> dict:
             "prefill_first": float(c["scheduler_type"] == "prefill_first"),
             "cuda_graph": float(c["use_cuda_graph"]), "q_padding": c["q_padding_interval_size"],
             "kv_padding": c["kv_padding_interval_size"],
-            "graph_capture_ms": c["cuda_graph_capture_ms"],
-            "graph_capture_ms_per_token": c["cuda_graph_capture_ms_per_token"]}
+            "graph_capture_ms": capture_ms, "graph_capture_ms_per_token": capture_per_q,
+            "graph_capture_ms_per_kv_token": capture_per_kv}
 
 
 TRANSFORMERS = EnginePolicy(

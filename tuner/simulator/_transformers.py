@@ -227,9 +227,11 @@ def _pad_to_pow2(value, max_value, min_value):
 def _graph_key(p, n_seq, num_q, kv_read, kv_max, fast_path, pair):
     """The engine's graph key (``ContinuousBatchingIOs._get_graph_key``) of a step, hashed:
     decode fast path: padded request count; varlen path: padded query tokens, padded KV read,
-    padded longest key length; with async batching each IO pair has its own graphs."""
+    padded longest key length; with async batching each IO pair has its own graphs.
+    Returns (key, padded query tokens, padded KV read); the decode fast path reads no padded KV."""
     if fast_path:
         q = _pad_to_pow2(n_seq, np.int64(p[_MAXSEQ]), 0)
+        kv = np.int64(0)
         key = q * np.int64(1000003) + np.int64(7)
     else:
         pages = np.int64(p[_NB]) * np.int64(p[_BS])
@@ -240,7 +242,7 @@ def _graph_key(p, n_seq, num_q, kv_read, kv_max, fast_path, pair):
     key = key * 2 + pair
     if key < 0:
         key = -key
-    return key, q
+    return key, q, kv
 
 
 @numba.njit(cache=True)
