@@ -10,8 +10,14 @@
    times (the noise floor), and give the Spearman rank correlation of simulated vs measured
    order of the held-out configurations per workload.
 
+4. With ``--repeats DIR`` (default: ``benchmarks/data/fidelity_repeats/`` when present), more
+   measurements of held-out configurations (``benchmarks/fidelity_repeats_sweep.toml``) join the
+   noise floor, and each held-out run's simulation is also compared with the mean of all
+   measurements of its configuration and workload.
+
 Usage:
-    python benchmarks/sim_fidelity.py [--samples DIR] [--markdown OUT.md] [--json OUT.json]
+    python benchmarks/sim_fidelity.py [--samples DIR] [--repeats DIR] [--markdown OUT.md]
+                                      [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from servetune.models._search import search_hyperparameters
 from servetune.tuner.simulator import Simulator
 
 SAMPLES = Path(servetune.__file__).resolve().parent / "data" / "samples"
+REPEATS = Path(__file__).resolve().parent / "data" / "fidelity_repeats"
 # Held out: one repeated configuration, sync and async, both schedulers, CUDA graphs on and off,
 # a small KV cache. Everything else (9 configurations) trains the step-time model.
 HELD_OUT = ("g-fifo-512-bs64-sync", "g-fifo-1024-bs32-async", "g-pf-1024-bs256-sync",
@@ -133,6 +140,14 @@ def simulated_metrics(result, offset: float, n_warmup: int) -> dict:
             "steps": int(result.metrics["steps"])}
 
 
+def labelled_runs(path: Path) -> pd.DataFrame:
+    """A runs table with ``config_name`` and ``workload_name`` columns."""
+    runs = pd.read_parquet(path)
+    runs["config_name"] = runs["extra"].map(lambda e: json.loads(e)["config_name"])
+    runs["workload_name"] = runs["workload"].map(lambda w: json.loads(w)["name"])
+    return runs
+
+
 def noise_floor(runs: pd.DataFrame) -> pd.DataFrame:
     """Per repeated (configuration, workload): each metric's relative deviation of single runs
     from their group mean (mean and max over the runs), in %."""
@@ -153,6 +168,8 @@ def noise_floor(runs: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", default=str(SAMPLES))
+    parser.add_argument("--repeats", default=str(REPEATS) if REPEATS.is_dir() else None,
+                        help="collector output with more runs of held-out configurations")
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--json", dest="json_out", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -169,10 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(args.samples)
     steps = pd.read_parquet(root / "steps.parquet")
     requests = pd.read_parquet(root / "requests.parquet")
-    runs = pd.read_parquet(root / "runs.parquet")
-    extra = runs["extra"].map(json.loads)
-    runs["config_name"] = extra.map(lambda e: e["config_name"])
-    runs["workload_name"] = runs["workload"].map(lambda w: json.loads(w)["name"])
+    runs = labelled_runs(root / "runs.parquet")
+    repeats = (labelled_runs(Path(args.repeats) / "runs.parquet") if args.repeats
+               else runs.iloc[:0])
+    measured = pd.concat([runs, repeats], ignore_index=True)
     held = runs["config_name"].isin(HELD_OUT)
     train_ids = set(runs.loc[~held, "run_id"])
 
@@ -223,23 +240,29 @@ def main(argv: list[str] | None = None) -> dict:
         mine = (test.run_id == run.run_id).to_numpy()
         measured_busy = test["duration_ms"].to_numpy()[mine].sum()
         row["busy_time_ratio"] = float(pred[mine].sum() / measured_busy)
+        same = measured[(measured.config_name == run.config_name)
+                        & (measured.workload_name == run.workload_name)]
+        row["measurements"] = len(same)
         for column, label in METRICS:
             row[f"{label}_measured"] = float(run[column])
             row[f"{label}_sim"] = float(sim[label])
             row[f"{label}_err_%"] = (sim[label] / float(run[column]) - 1) * 100
+            row[f"{label}_err_vs_mean_%"] = (sim[label] / float(same[column].mean()) - 1) * 100
         rows.append(row)
     table = pd.DataFrame(rows)
     within = {label: float((table[f"{label}_err_%"].abs() <= 10).mean())
               for _, label in METRICS}
     all_three_10 = float((table[[f"{l}_err_%" for _, l in METRICS]].abs() <= 10).all(axis=1).mean())
     all_three_5 = float((table[[f"{l}_err_%" for _, l in METRICS]].abs() <= 5).all(axis=1).mean())
+    all_three_vs_mean = float((table[[f"{l}_err_vs_mean_%" for _, l in METRICS]].abs() <= 10)
+                              .all(axis=1).mean())
     ranks = {}
     for workload, group in table.groupby("workload"):
         per_config = group.groupby("config").mean(numeric_only=True)
         for _, label in METRICS:
             rho = spearmanr(per_config[f"{label}_sim"], per_config[f"{label}_measured"]).statistic
             ranks[f"{workload}/{label}"] = float(rho)
-    noise = noise_floor(runs)
+    noise = noise_floor(measured)
     report = {"held_out_configs": list(HELD_OUT), "in_sample_model": args.in_sample,
               "collector_warmup_requests": args.collector_warmup,
               "model_params": {k: v for k, v in model.get_params().items()
@@ -253,7 +276,10 @@ def main(argv: list[str] | None = None) -> dict:
                   for k, v in capture_cost.items()},
               "held_out_step_mape_%": step_mape, "share_within_10%": within,
               "share_all_three_within_10%": all_three_10,
-              "share_all_three_within_5%": all_three_5, "spearman": ranks,
+              "share_all_three_within_5%": all_three_5,
+              "repeats": args.repeats, "measured_runs_with_repeats": len(measured),
+              "share_all_three_within_10%_of_the_measurement_mean": all_three_vs_mean,
+              "spearman": ranks,
               "runs": table.to_dict(orient="records"),
               "noise_floor": noise.to_dict(orient="records")}
     pd.set_option("display.width", 200)
@@ -272,17 +298,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _markdown(table: pd.DataFrame, noise: pd.DataFrame) -> str:
     lines = ["| held-out run | workload | steps meas/sim | TTFT meas → sim ms (err) | "
-             "TPOT meas → sim ms (err) | out tok/s meas → sim (err) |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "TPOT meas → sim ms (err) | out tok/s meas → sim (err) | err vs mean of n "
+             "measurements: TTFT / TPOT / tok/s (n) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for _, r in table.iterrows():
         cells = []
         for label, fmt in (("ttft_ms", "{:.0f}"), ("tpot_ms", "{:.1f}"),
                            ("output_throughput_tok_s", "{:.0f}")):
             cells.append(f"{fmt.format(r[f'{label}_measured'])} → {fmt.format(r[f'{label}_sim'])}"
                          f" ({r[f'{label}_err_%']:+.1f}%)")
-        lines.append(f"| {r.run_id.split('-r')[0].removeprefix('h200a-').removeprefix('h200b-')}"
-                     f" r{r.run_id.split('-r')[-1][0]} | {r.workload} | {r.measured_steps}/"
-                     f"{r.sim_steps} | " + " | ".join(cells) + " |")
+        cells.append(" / ".join(f"{r[f'{label}_err_vs_mean_%']:+.1f}%" for label in
+                                ("ttft_ms", "tpot_ms", "output_throughput_tok_s"))
+                     + f" ({r.measurements})")
+        name = r.run_id.split("-r")[0].removeprefix("h200a-").removeprefix("h200b-")
+        lines.append(f"| {name} r{r.run_id.split('-r')[-1][0]} | {r.workload} | "
+                     f"{r.measured_steps}/{r.sim_steps} | " + " | ".join(cells) + " |")
     lines += ["", "| repeated config (noise floor) | workload | runs | TTFT dev mean/max % | "
               "TPOT dev mean/max % | out tok/s dev mean/max % |", "| --- | --- | ---: | ---: | "
               "---: | ---: |"]

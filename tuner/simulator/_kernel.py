@@ -92,6 +92,21 @@ __all__ = ["run_kernel", "POLICY_TRANSFORMERS", "POLICY_VLLM", "POLICY_STATIC",
 # ---------------------------------------------------------------------------------------------
 
 @numba.njit(cache=True)
+def _stamp_pending(pend_req, pend_tok, pend_cnt, r, t, token_s, token_offset, out, first_tok,
+                   finish):
+    """Give replica ``r``'s pending tokens the time ``t`` (first token and finish included)."""
+    for k in range(pend_cnt[r]):
+        i = pend_req[r, k]
+        j = pend_tok[r, k]
+        token_s[j] = t
+        if j == token_offset[i]:
+            first_tok[i] = t
+        if j == token_offset[i] + out[i] - 1:
+            finish[i] = t
+    pend_cnt[r] = 0
+
+
+@numba.njit(cache=True)
 def _xorshift(state):
     x = state[0]
     x ^= (x << np.uint64(13)) & np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -141,6 +156,13 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     t_end = np.zeros(n_rep)
     t_start = np.zeros(n_rep)
     t_capture = np.zeros(n_rep)  # seconds the running step spent capturing a CUDA graph
+    # transformers async batching: a batch's tokens are read back while the next batch is being
+    # launched, so they are timestamped at the end of the next step (launch to launch), or at
+    # once when no next step follows; until then they wait here per replica
+    lag_tokens = policy == POLICY_TRANSFORMERS and p[_ASYNC] != 0.0
+    pend_req = np.zeros((n_rep if lag_tokens else 1, n + 1), dtype=np.int64)
+    pend_tok = np.zeros((n_rep if lag_tokens else 1, n + 1), dtype=np.int64)
+    pend_cnt = np.zeros(n_rep, dtype=np.int64)
     run = np.zeros((n_rep, n + 1), dtype=np.int64)
     wq = np.zeros((n_rep, 2 * n + 2), dtype=np.int64)
     bq = np.zeros((n_rep, n + 1), dtype=np.int64)
@@ -228,6 +250,9 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                     st[i, _STATE] = _DONE
                     _release(st, rs, i)
                     rs[r, _BLOCKNEW] = 0
+            if lag_tokens:
+                _stamp_pending(pend_req, pend_tok, pend_cnt, r, t_now, token_s, token_offset,
+                               out, first_tok, finish)
             for k in range(rs[r, _BATCHCNT]):
                 i = bq[r, k]
                 length = bl[r, k]
@@ -237,12 +262,18 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                 rs[r, _PENDTOK] -= length
                 if st[i, _COMP] == st[i, _KNOWN]:
                     g = st[i, _GEN]
-                    token_s[token_offset[i] + g] = t_now
-                    if g == 0:
-                        first_tok[i] = t_now
+                    if lag_tokens:
+                        pend_req[r, pend_cnt[r]] = i
+                        pend_tok[r, pend_cnt[r]] = token_offset[i] + g
+                        pend_cnt[r] += 1
+                    else:
+                        token_s[token_offset[i] + g] = t_now
+                        if g == 0:
+                            first_tok[i] = t_now
                     st[i, _GEN] = g + 1
                     if g + 1 >= st[i, _OUT]:
-                        finish[i] = t_now
+                        if not lag_tokens:
+                            finish[i] = t_now
                         rs[r, _PENDTOK] -= 1
                         if policy == POLICY_TRANSFORMERS and p[_ASYNC] != 0.0:
                             st[i, _STATE] = _ZOMBIE  # still in the batch scheduled before we knew
@@ -299,6 +330,9 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                 _compact_running(run, rs, r, st)
                 _compact_waiting(wq, rs, r, st)
             if got <= 0:
+                if lag_tokens:  # no next step: the engine reads the last batch back at once
+                    _stamp_pending(pend_req, pend_tok, pend_cnt, r, t_now, token_s,
+                                   token_offset, out, first_tok, finish)
                 continue
 
             # composition of the step and its predicted duration
@@ -423,6 +457,10 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                     steps[n_steps, 3 + c] = raw[c]
                 n_steps += 1
         n_kicked = 0
+    for r in range(n_rep):
+        if pend_cnt[r] > 0:
+            _stamp_pending(pend_req, pend_tok, pend_cnt, r, t_end[r], token_s, token_offset, out,
+                           first_tok, finish)
 
     req = np.zeros((n, 4), dtype=np.int64)
     for i in range(n):
