@@ -10,7 +10,10 @@
    times (the noise floor), and give the Spearman rank correlation of simulated vs measured
    order of the held-out configurations per workload.
 
-4. With ``--repeats DIR`` (default: ``benchmarks/data/fidelity_repeats/`` when present), more
+4. Sensitivity: every held-out run is simulated again with ``--sensitivity-ms`` (default 0.5 ms,
+   about 3 % of a decode step) added to every step, to show how far a small step-time error
+   moves each metric.
+5. With ``--repeats DIR`` (default: ``benchmarks/data/fidelity_repeats/`` when present), more
    measurements of held-out configurations (``benchmarks/fidelity_repeats_sweep.toml``) join the
    noise floor, and each held-out run's simulation is also compared with the mean of all
    measurements of its configuration and workload.
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="warm-up requests the collector ran before each run's clock")
     parser.add_argument("--feature-set", default=DEFAULT_FEATURE_SET,
                         help="step-time model feature set (default: the shipped default)")
+    parser.add_argument("--sensitivity-ms", type=float, default=0.5,
+                        help="step time added in the sensitivity re-simulation (0: skip)")
     parser.add_argument("--in-sample", action="store_true",
                         help="train on ALL runs (held-out ones too): isolates the simulator's "
                              "own error from the step-time model's")
@@ -240,6 +245,12 @@ def main(argv: list[str] | None = None) -> dict:
         mine = (test.run_id == run.run_id).to_numpy()
         measured_busy = test["duration_ms"].to_numpy()[mine].sum()
         row["busy_time_ratio"] = float(pred[mine].sum() / measured_busy)
+        if args.sensitivity_ms > 0:
+            slower = Simulator("transformers", {**config, "step_overhead_ms": args.sensitivity_ms},
+                               compiled).run(with_warmup(w, args.collector_warmup), seed=args.seed)
+            moved = simulated_metrics(slower, offset, args.collector_warmup)
+            for _, label in METRICS:
+                row[f"{label}_sensitivity_%"] = (moved[label] / sim[label] - 1) * 100
         same = measured[(measured.config_name == run.config_name)
                         & (measured.workload_name == run.workload_name)]
         row["measurements"] = len(same)
@@ -277,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
               "held_out_step_mape_%": step_mape, "share_within_10%": within,
               "share_all_three_within_10%": all_three_10,
               "share_all_three_within_5%": all_three_5,
+              "sensitivity_ms": args.sensitivity_ms,
               "repeats": args.repeats, "measured_runs_with_repeats": len(measured),
               "share_all_three_within_10%_of_the_measurement_mean": all_three_vs_mean,
               "spearman": ranks,
@@ -292,15 +304,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2, default=float))
     if args.markdown:
-        Path(args.markdown).write_text(_markdown(table, noise))
+        Path(args.markdown).write_text(_markdown(table, noise, args.sensitivity_ms))
     return report
 
 
-def _markdown(table: pd.DataFrame, noise: pd.DataFrame) -> str:
+def _markdown(table: pd.DataFrame, noise: pd.DataFrame, sensitivity_ms: float) -> str:
     lines = ["| held-out run | workload | steps meas/sim | TTFT meas → sim ms (err) | "
              "TPOT meas → sim ms (err) | out tok/s meas → sim (err) | err vs mean of n "
-             "measurements: TTFT / TPOT / tok/s (n) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"measurements: TTFT / TPOT / tok/s (n) | +{sensitivity_ms:g} ms/step: TTFT / TPOT "
+             "move |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for _, r in table.iterrows():
         cells = []
         for label, fmt in (("ttft_ms", "{:.0f}"), ("tpot_ms", "{:.1f}"),
@@ -310,6 +323,8 @@ def _markdown(table: pd.DataFrame, noise: pd.DataFrame) -> str:
         cells.append(" / ".join(f"{r[f'{label}_err_vs_mean_%']:+.1f}%" for label in
                                 ("ttft_ms", "tpot_ms", "output_throughput_tok_s"))
                      + f" ({r.measurements})")
+        cells.append(" / ".join(f"{r.get(f'{label}_sensitivity_%', float('nan')):+.1f}%"
+                                for label in ("ttft_ms", "tpot_ms")))
         name = r.run_id.split("-r")[0].removeprefix("h200a-").removeprefix("h200b-")
         lines.append(f"| {name} r{r.run_id.split('-r')[-1][0]} | {r.workload} | "
                      f"{r.measured_steps}/{r.sim_steps} | " + " | ".join(cells) + " |")
