@@ -80,7 +80,7 @@ def main() -> None:
                                                   .agg(lambda d: d.std() / d.mean()).mean()), 3),
         }
     result["model"] = {"feature_set": model.feature_set, "trees": int(model.n_estimators_),
-                       "trained_on": "data/samples (40 runs)"}
+                       "trained_on": f"data/samples ({sample.run_id.nunique()} runs)"}
     text = json.dumps(result, indent=2)
     print(text)
     if args.json_out:
