@@ -16,7 +16,8 @@ __all__ = ["command"]
 @click.option("--feature-set", default=None, metavar="NAME",
               help="Feature set (default: step_v5; see servetune.features).")
 @click.option("--trials", type=click.IntRange(1, 50), default=None,
-              help="Settings (feature sets, then hyperparameters) tried by grouped CV on the training runs (default 8; 1: no search).")
+              help="Settings (feature sets, then hyperparameters) tried by grouped CV on the "
+                   "training runs (default 8; 1: no search).")
 @click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=None,
               help="Share of runs held out for testing (default 0.2).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
