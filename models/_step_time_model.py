@@ -21,7 +21,9 @@ import pandas as pd
 
 from servetune import ModelError
 from servetune.features import FeatureSet, get_feature_set
+from servetune.models import _pyfunc_loader
 from servetune.models._compiled import (
+    BASE_FLOOR_MS,
     NO_BASE,
     CompiledForest,
     CompiledStepTime,
@@ -29,7 +31,7 @@ from servetune.models._compiled import (
 )
 from servetune.models._registry import client_for, parse_model_uri
 
-__all__ = ["StepTimeModel", "MODEL_ARTIFACT", "model_metadata"]
+__all__ = ["StepTimeModel", "MODEL_ARTIFACT", "model_metadata", "use_step_time_pyfunc"]
 
 MODEL_ARTIFACT = "model"  # artifact path of the logged model inside its MLflow run
 
@@ -40,13 +42,25 @@ def model_metadata(feature_set: FeatureSet, log_target: bool, base_coef: np.ndar
     correct (coefficients by feature name) and how to undo the target."""
     base = None
     if np.asarray(base_coef).size:
-        base = {"intercept": float(base_intercept),
+        base = {"intercept": float(base_intercept), "floor_ms": BASE_FLOOR_MS,
                 "coef": {name: float(base_coef[i]) for i, name in
                          enumerate(feature_set.feature_names) if name in feature_set.base_terms}}
-    return {"servetune_step_time": json.dumps({
+    return {_pyfunc_loader.METADATA_KEY: json.dumps({
         "feature_set": feature_set.name, "feature_set_version": feature_set.version,
         "log_target": bool(log_target), "target": "duration_ms",
         "feature_names": list(feature_set.feature_names), "linear_base": base})}
+
+
+def use_step_time_pyfunc(path: Path) -> None:
+    """Point a saved model's ``python_function`` flavor at ``_pyfunc_loader`` (copied into the
+    model's ``code/`` by ``code_paths``), which adds the linear base that MLflow's xgboost
+    loader would leave out."""
+    from mlflow.models import Model
+
+    mlmodel = Path(path) / "MLmodel"
+    model = Model.load(str(mlmodel))
+    model.flavors["python_function"]["loader_module"] = _pyfunc_loader.__name__.rsplit(".", 1)[-1]
+    model.save(str(mlmodel))
 
 
 def _base_from_metadata(meta: dict, feature_set: FeatureSet, path: Path
@@ -118,7 +132,7 @@ class StepTimeModel:
         path = Path(path)
         try:
             meta = json.loads((Model.load(str(path / "MLmodel")).metadata or {})
-                              ["servetune_step_time"])
+                              [_pyfunc_loader.METADATA_KEY])
         except (KeyError, TypeError, ValueError, OSError) as exc:
             raise ModelError(f"{path}: not a servetune step-time model ({exc})") from None
         feature_set = get_feature_set(meta["feature_set"])

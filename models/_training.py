@@ -61,7 +61,13 @@ from servetune.models._registry import (
     workspace_client,
 )
 from servetune.models._search import search_hyperparameters
-from servetune.models._step_time_model import MODEL_ARTIFACT, StepTimeModel, model_metadata
+from servetune.models import _pyfunc_loader
+from servetune.models._step_time_model import (
+    MODEL_ARTIFACT,
+    StepTimeModel,
+    model_metadata,
+    use_step_time_pyfunc,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "load_training_frame", "train_step_time_model",
            "ensure_champion", "parse_where"]
@@ -361,7 +367,9 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
                 model.booster_, str(path), signature=signature, input_example=example,
                 pip_requirements=[f"xgboost=={xgb.__version__}"],
                 metadata=model_metadata(fs, model.log_target, model.base_coef_,
-                                        model.base_intercept_))
+                                        model.base_intercept_),
+                code_paths=[_pyfunc_loader.__file__])
+            use_step_time_pyfunc(path)
             client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
 
         version = _register(client, name, run_id, fs, metrics, lineage)

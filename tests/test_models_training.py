@@ -235,3 +235,25 @@ def test_a_linear_base_travels_with_the_registered_model(tmp_path):
     tolerance = compiled.forest.n_trees * np.finfo(np.float32).eps
     np.testing.assert_allclose(compiled.forest.predict_margin(features),
                                model.predict_margin(frame), rtol=tolerance, atol=1e-5)
+
+
+def test_plain_mlflow_pyfunc_predicts_with_the_linear_base(trained, tmp_path):
+    """The logged model's ``python_function`` flavor adds the linear base (MLflow's xgboost
+    loader alone would return the trees' correction only): it agrees with StepTimeModel."""
+    import mlflow.pyfunc
+    import mlflow.xgboost
+
+    ws, result = trained
+    model = StepTimeModel.load(result.model_uri, tracking_uri=ws.tracking_uri)
+    assert model.base_coef.size > 0  # the default feature set fits a base
+    local = client_for(ws.tracking_uri).download_artifacts(result.run_id, "model", str(tmp_path))
+    frame, _ = load_training_frame(TraceStore.for_workspace(ws))
+    frame = frame.head(300)
+    features = model.feature_set.dataframe(frame)
+    margin = mlflow.pyfunc.load_model(local).predict(features)
+    np.testing.assert_allclose(np.exp(margin), model.predict(frame), rtol=1e-5)
+    trees_only = mlflow.xgboost.load_model(local).predict(xgb.DMatrix(features))
+    assert not np.allclose(trees_only, margin, rtol=1e-3)
+    from mlflow.exceptions import MlflowException
+    with pytest.raises(MlflowException, match="missing inputs"):  # the signature is enforced
+        mlflow.pyfunc.load_model(local).predict(features.drop(columns=features.columns[:1]))

@@ -277,11 +277,12 @@ _CAPTURE_COST_DEFAULTS = {False: (40.1, 0.0035, 0.00019, 0.0062),
 def capture_cost(c: Mapping[str, object]) -> tuple[float, float, float]:
     """(ms, ms per padded query token, ms per padded KV token) of one graph capture: the
     configured values, the sample's fit for the batching mode and token budget where unset."""
-    a, b, kv, d = _CAPTURE_COST_DEFAULTS[bool(c["use_async_batching"])]
-    default = (a + d * float(c["max_batch_tokens"]), b, kv)
+    fixed, per_query, per_kv, per_budget = _CAPTURE_COST_DEFAULTS[bool(c["use_async_batching"])]
+    defaults = (fixed + per_budget * float(c["max_batch_tokens"]), per_query, per_kv)
     keys = ("cuda_graph_capture_ms", "cuda_graph_capture_ms_per_token",
             "cuda_graph_capture_ms_per_kv_token")
-    return tuple(float(d if c[k] is None else c[k]) for k, d in zip(keys, default))
+    return tuple(float(default if c[key] is None else c[key])
+                 for key, default in zip(keys, defaults))
 
 
 def _transformers_params(c: Mapping[str, object]) -> dict:
