@@ -41,8 +41,8 @@ def compare_run(steps: pd.DataFrame, run: pd.Series) -> dict:
     for k, row in enumerate(steps.itertuples()):
         q = row.prefill_tokens + row.decode_tokens
         pair = row.step_index % 2 if asynchronous else 0
-        key, _, _ = _graph_key(p, row.num_seqs, q, row.kv_tokens_sum - q, row.kv_tokens_max,
-                               bool(fast.iloc[k]), pair)
+        key, _, _, _ = _graph_key(p, row.num_seqs, q, row.kv_tokens_sum - q,
+                                  row.kv_tokens_max, bool(fast.iloc[k]), pair)
         new = key not in seen
         seen.add(key)
         both += new and engine[k]

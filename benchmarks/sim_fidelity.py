@@ -49,6 +49,8 @@ from servetune.features import (
 from servetune.models import StepTimeRegressor
 from servetune.models._search import search_hyperparameters
 from servetune.tuner.simulator import Simulator
+from servetune.tuner.simulator._policies import CAPTURE_KEYS, get_policy
+from servetune.tuner.simulator._transformers import _graph_key
 
 SAMPLES = Path(servetune.__file__).resolve().parent / "data" / "samples"
 REPEATS = Path(__file__).resolve().parent / "data" / "fidelity_repeats"
@@ -58,8 +60,6 @@ HELD_OUT = ("g-fifo-512-bs64-sync", "g-fifo-1024-bs32-async", "g-pf-1024-bs256-s
             "g-fifo-512-bs64-async-smallkv", "e-pf-1024-bs64-async")
 METRICS = (("ttft_mean_ms", "ttft_ms"), ("tpot_mean_ms", "tpot_ms"),
            ("output_throughput_tok_s", "output_throughput_tok_s"))
-CAPTURE_KEYS = ("cuda_graph_capture_ms", "cuda_graph_capture_ms_per_token",
-                "cuda_graph_capture_ms_per_kv_token")
 ENGINE_KEYS = ("scheduler_type", "block_size", "num_blocks", "max_batch_tokens",
                "max_requests_per_batch", "safety_margin", "use_async_batching",
                "max_blocks_per_request", "q_padding_interval_size", "kv_padding_interval_size")
@@ -79,13 +79,40 @@ def _padded(size: np.ndarray, interval: np.ndarray, cap: np.ndarray) -> np.ndarr
     return np.minimum(np.ceil(np.maximum(size, 1) / interval) * interval, cap)
 
 
-def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray,
-                runs: pd.DataFrame) -> dict[bool, tuple[float, float, float, float]]:
+def repeated_shapes(captures: pd.DataFrame, runs: pd.DataFrame) -> np.ndarray:
+    """Per capture step (in step order within each run): True when, with async batching, the
+    other IO pair had already captured the same shape (the simulator's graph key)."""
+    policy = get_policy("transformers")
+    out = np.zeros(len(captures), dtype=bool)
+    position = {index: k for k, index in enumerate(captures.index)}
+    by_run = runs.set_index("run_id")
+    for run_id, group in captures.sort_values("step_index").groupby("run_id"):
+        config = sim_config(by_run.loc[run_id])
+        if not config["use_async_batching"]:
+            continue
+        p = policy.params(policy.resolve(config))
+        fast = group["extra"].fillna("").str.contains('"decode_fast_path":true', regex=False)
+        seen: set[int] = set()
+        for row, is_fast in zip(group.itertuples(), fast):
+            q = row.prefill_tokens + row.decode_tokens
+            key, other, _, _ = _graph_key(p, row.num_seqs, q, row.kv_tokens_sum - q,
+                                          row.kv_tokens_max, bool(is_fast), row.step_index % 2)
+            out[position[row.Index]] = other in seen
+            seen.add(key)
+    return out
+
+
+def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataFrame,
+                repeat_factor: bool = True
+                ) -> dict[bool, tuple[float, float, float, float, float]]:
     """Per batching mode (async or not): non-negative least squares
-    ``extra_ms = a + b * padded query tokens + c * padded KV read + d * max_batch_tokens`` over
-    graph-capture steps, where extra is the measured duration minus the step-time model's
-    prediction. For one configuration ``a + d * max_batch_tokens``, ``b`` and ``c`` are the
-    simulator's ``cuda_graph_capture_ms``, ``..._per_token`` and ``..._per_kv_token``."""
+    ``extra_ms = a + b * padded query tokens + c * padded KV read + d * max_batch_tokens`` over the
+    graph-capture steps of new shapes, where extra is the measured duration minus the step-time
+    model's prediction; then, with async batching, the factor ``f`` that scales that cost for the
+    captures of a shape the other IO pair already has (least squares). For one configuration
+    ``a + d * max_batch_tokens``, ``b``, ``c`` and ``f`` are the simulator's
+    ``cuda_graph_capture_ms``, ``..._per_token``, ``..._per_kv_token`` and ``..._repeat_factor``.
+    ``repeat_factor=False`` fits all captures alike (factor 1), the model before the factor."""
     config = runs.set_index("run_id")["config"].map(json.loads)
     conf = captures["run_id"].map(config)
     q = (captures["prefill_tokens"] + captures["decode_tokens"]).to_numpy()
@@ -99,12 +126,17 @@ def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray,
     extra = captures["duration_ms"].to_numpy() - predicted_ms
     mode = conf.map(lambda c: bool(c["use_async_batching"])).to_numpy()
     budget = conf.map(lambda c: c["max_batch_tokens"]).to_numpy()
+    repeat = (repeated_shapes(captures, runs) if repeat_factor
+              else np.zeros(len(captures), dtype=bool))
+    A = np.column_stack([np.ones(len(captures)), q_pad, kv_pad, budget])
     fits = {}
     for is_async in (False, True):
-        sel = mode == is_async
-        A = np.column_stack([np.ones(sel.sum()), q_pad[sel], kv_pad[sel], budget[sel]])
-        coef, _ = nnls(A, extra[sel])
-        fits[is_async] = tuple(float(v) for v in coef)
+        new = (mode == is_async) & ~repeat
+        coef, _ = nnls(A[new], extra[new])
+        again = (mode == is_async) & repeat
+        cost = A[again] @ coef
+        factor = float((extra[again] * cost).sum() / (cost * cost).sum()) if again.any() else 1.0
+        fits[is_async] = (*(float(v) for v in coef), max(factor, 0.0))
     return fits
 
 
@@ -184,6 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="step-time model feature set (default: the shipped default)")
     parser.add_argument("--sensitivity-ms", type=float, default=0.5,
                         help="step time added in the sensitivity re-simulation (0: skip)")
+    parser.add_argument("--all-runs", action="store_true",
+                        help="simulate every run of the sample, not only the held-out ones "
+                             "(with --in-sample: the simulator's own error over all runs)")
+    parser.add_argument("--no-repeat-factor", action="store_true",
+                        help="fit one capture cost for all captures (no cheaper second capture "
+                             "of a shape by the other async IO pair)")
     parser.add_argument("--in-sample", action="store_true",
                         help="train on ALL runs (held-out ones too): isolates the simulator's "
                              "own error from the step-time model's")
@@ -217,18 +255,20 @@ def main(argv: list[str] | None = None) -> dict:
     compiled = model.compile()
     captures = frame[frame.run_id.isin(train_ids) & capture]
     capture_cost = capture_fit(
-        captures, model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]]), runs)
-    test = frame[frame.run_id.isin(set(runs.loc[held, "run_id"])) & ~capture]
+        captures, model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]]), runs,
+        repeat_factor=not args.no_repeat_factor)
+    simulated = runs if args.all_runs else runs[held]
+    test = frame[frame.run_id.isin(set(simulated["run_id"])) & ~capture]
     pred = model.predict(test[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]])
     step_mape = float(np.mean(np.abs(pred / test["duration_ms"].to_numpy() - 1)) * 100)
 
     rows = []
-    for _, run in runs[held].iterrows():
+    for _, run in simulated.iterrows():
         w, offset = run_workload(requests[requests.run_id == run.run_id])
         t = time.perf_counter()
         config = sim_config(run)
-        a, b, c, d = capture_cost[bool(config["use_async_batching"])]
-        config.update(zip(CAPTURE_KEYS, (a + d * config["max_batch_tokens"], b, c)))
+        a, b, c, d, f = capture_cost[bool(config["use_async_batching"])]
+        config.update(zip(CAPTURE_KEYS, (a + d * config["max_batch_tokens"], b, c, f)))
         result = Simulator("transformers", config, compiled).run(
             with_warmup(w, args.collector_warmup), seed=args.seed, record_steps=True)
         sim_s = time.perf_counter() - t
@@ -280,10 +320,12 @@ def main(argv: list[str] | None = None) -> dict:
                                if k in ("max_depth", "learning_rate", "min_child_weight",
                                         "subsample")},
               "train_runs": len(train_ids),
-              "held_out_runs": int(held.sum()), "train_steps": int(len(train)),
+              "held_out_runs": int(held.sum()), "simulated_runs": len(simulated),
+              "train_steps": int(len(train)),
               "train_s": train_s, "n_trees": int(compiled.forest.n_trees),
               "capture_cost": {("async" if k else "sync"): dict(zip(
-                  ("ms", "ms_per_query_token", "ms_per_kv_token", "ms_per_budget_token"), v))
+                  ("ms", "ms_per_query_token", "ms_per_kv_token", "ms_per_budget_token",
+                   "repeat_factor"), v))
                   for k, v in capture_cost.items()},
               "held_out_step_mape_%": step_mape, "share_within_10%": within,
               "share_all_three_within_10%": all_three_10,

@@ -243,8 +243,16 @@ def test_transformers_cuda_graphs_are_captured_once_per_padded_shape():
     # first 16384-token interval and key lengths under the 1024 minimum
     assert r.metrics["graph_captures"] == 2
     assert r.steps[:, 2].tolist() == [60.0, 60.0, 10.0, 10.0, 10.0]
-    asyn = simulate("transformers", {**cfg, "use_async_batching": True}, one(100, 5), STEP)
+    asyn = simulate("transformers", {**cfg, "use_async_batching": True}, one(100, 5), STEP,
+                    record_steps=True)
     assert asyn.metrics["graph_captures"] == 3  # each IO pair captures its own decode graph
+    # the prefill (pair 0) and the first decode (pair 1) are new shapes; the second decode
+    # (pair 0) repeats a shape pair 1 captured: it costs the repeat factor of a capture
+    again = simulate("transformers", {**cfg, "use_async_batching": True,
+                                      "cuda_graph_capture_repeat_factor": 0.5},
+                     one(100, 5), STEP, record_steps=True)
+    assert asyn.steps[:3, 2].tolist() == [60.0, 60.0, 60.0]
+    assert again.steps[:3, 2].tolist() == [60.0, 60.0, 35.0]
     eager = simulate("transformers", {**cfg, "use_cuda_graph": False}, one(100, 5), STEP)
     assert eager.metrics["graph_captures"] == 0 and eager.e2e_ms[0] == pytest.approx(50.0)
     assert r.e2e_ms[0] == pytest.approx(150.0)
@@ -265,6 +273,7 @@ def test_transformers_capture_cost_defaults_depend_on_the_batching_mode():
     assert asyn[0] + 512 * asyn[1] + 16384 * asyn[2] > sync[0] + 512 * sync[1] + 16384 * sync[2]
     set_one = capture_cost(policy.resolve({"cuda_graph_capture_ms": 7.0}))
     assert set_one == (7.0, *sync[1:])
+    assert sync[3] == 1.0 and 0.0 < asyn[3] <= 1.0  # only async IO pairs repeat a capture
 
 
 def test_unknown_knobs_take_the_missing_value_branches_exactly(caplog):

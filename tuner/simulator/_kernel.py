@@ -32,6 +32,7 @@ from servetune.tuner.simulator._state import (
     _BUSY,
     _CAPKV,
     _CAPMS,
+    _CAPREP,
     _CAPTOK,
     _COMP,
     _DONE,
@@ -68,6 +69,7 @@ from servetune.tuner.simulator._state import (
 )
 from servetune.tuner.simulator._transformers import (
     _graph_key,
+    _graph_known,
     _graph_seen,
     _schedule_transformers,
 )
@@ -423,11 +425,13 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             capture_ms = 0.0
             if use_graphs:
                 pair = rs[r, _NSTEPS] % 2 if p[_ASYNC] != 0.0 else 0
-                key, q_pad, kv_pad = _graph_key(p, n_seq, pf_tok + dc_tok,
-                                                kv_sum - pf_tok - dc_tok, kv_max,
-                                                rs[r, _FASTPATH] == 1, pair)
+                key, other, q_pad, kv_pad = _graph_key(p, n_seq, pf_tok + dc_tok,
+                                                       kv_sum - pf_tok - dc_tok, kv_max,
+                                                       rs[r, _FASTPATH] == 1, pair)
                 if not _graph_seen(graphs, r, key):
                     capture_ms = p[_CAPMS] + p[_CAPTOK] * q_pad + p[_CAPKV] * kv_pad
+                    if p[_ASYNC] != 0.0 and _graph_known(graphs, r, other):
+                        capture_ms *= p[_CAPREP]  # the other IO pair captured this shape
                     ms += capture_ms
                     n_captures += 1
                     prev_raw[r, 8] = 1.0

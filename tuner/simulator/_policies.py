@@ -247,6 +247,9 @@ _TRANSFORMERS_KNOBS = (
          "query token (default: as cuda_graph_capture_ms)", minimum=0.0, nullable=True),
     Knob("cuda_graph_capture_ms_per_kv_token", float, None, "additional capture cost per padded "
          "KV token read (default: as cuda_graph_capture_ms)", minimum=0.0, nullable=True),
+    Knob("cuda_graph_capture_repeat_factor", float, None, "async batching: a capture of a shape "
+         "the other IO pair already captured costs this fraction of a new shape's (default: as "
+         "cuda_graph_capture_ms)", minimum=0.0, nullable=True),
     Knob("max_blocks_per_request", int, 32, "decode fast-path block table width (0 disables the "
          "fast path)", minimum=0),
 )
@@ -266,30 +269,33 @@ def transformers_num_blocks(c: Mapping[str, object]) -> int:
 
 
 # CUDA graph capture cost beyond the step by batching mode: ms = a + b * padded query tokens
-# + c * padded KV read + d * max_batch_tokens, non-negative least squares over the capture steps of
-# all 68 runs of the shipped H200 llama-1b-like sample (``python benchmarks/sim_fidelity.py
-# --in-sample``, ``capture_cost``). Async captures cost more; larger token budgets capture larger
-# static buffers.
-_CAPTURE_COST_DEFAULTS = {False: (40.1, 0.0035, 0.00019, 0.0062),
-                          True: (30.8, 0.021, 0.00052, 0.0096)}
+# + c * padded KV read + d * max_batch_tokens for a new shape, times f when the other async IO pair
+# already captured the shape; least squares over the capture steps of all 68 runs of the shipped
+# H200 llama-1b-like sample (``python benchmarks/sim_fidelity.py --in-sample``, ``capture_cost``).
+# Async captures cost more, larger token budgets capture larger static buffers, and a shape's
+# second capture (the other IO pair's) costs about two thirds of its first.
+_CAPTURE_COST_DEFAULTS = {False: (40.1, 0.0035, 0.00019, 0.0062, 1.0),
+                          True: (43.9, 0.0176, 0.00058, 0.0063, 0.674)}
+CAPTURE_KEYS = ("cuda_graph_capture_ms", "cuda_graph_capture_ms_per_token",
+                "cuda_graph_capture_ms_per_kv_token", "cuda_graph_capture_repeat_factor")
 
 
-def capture_cost(c: Mapping[str, object]) -> tuple[float, float, float]:
-    """(ms, ms per padded query token, ms per padded KV token) of one graph capture: the
-    configured values, the sample's fit for the batching mode and token budget where unset."""
-    fixed, per_query, per_kv, per_budget = _CAPTURE_COST_DEFAULTS[bool(c["use_async_batching"])]
-    defaults = (fixed + per_budget * float(c["max_batch_tokens"]), per_query, per_kv)
-    keys = ("cuda_graph_capture_ms", "cuda_graph_capture_ms_per_token",
-            "cuda_graph_capture_ms_per_kv_token")
+def capture_cost(c: Mapping[str, object]) -> tuple[float, float, float, float]:
+    """(ms, ms per padded query token, ms per padded KV token, repeat factor) of one graph
+    capture: the configured values, the sample's fit for the batching mode and token budget
+    where unset."""
+    mode = _CAPTURE_COST_DEFAULTS[bool(c["use_async_batching"])]
+    fixed, per_query, per_kv, per_budget, repeat = mode
+    defaults = (fixed + per_budget * float(c["max_batch_tokens"]), per_query, per_kv, repeat)
     return tuple(float(default if c[key] is None else c[key])
-                 for key, default in zip(keys, defaults))
+                 for key, default in zip(CAPTURE_KEYS, defaults))
 
 
 def _transformers_params(c: Mapping[str, object]) -> dict:
     margin = c["safety_margin"]
     if margin is None:
         margin = 0.15 if c["scheduler_type"] == "fifo" else 0.0
-    capture_ms, capture_per_q, capture_per_kv = capture_cost(c)
+    capture_ms, capture_per_q, capture_per_kv, capture_repeat = capture_cost(c)
     return {"block_size": c["block_size"], "num_blocks": transformers_num_blocks(c),
             "max_tokens": c["max_batch_tokens"], "max_seqs": c["max_requests_per_batch"],
             "safety_margin": margin, "async_batching": float(c["use_async_batching"]),
@@ -298,7 +304,8 @@ def _transformers_params(c: Mapping[str, object]) -> dict:
             "cuda_graph": float(c["use_cuda_graph"]), "q_padding": c["q_padding_interval_size"],
             "kv_padding": c["kv_padding_interval_size"],
             "graph_capture_ms": capture_ms, "graph_capture_ms_per_token": capture_per_q,
-            "graph_capture_ms_per_kv_token": capture_per_kv}
+            "graph_capture_ms_per_kv_token": capture_per_kv,
+            "graph_capture_repeat_factor": capture_repeat}
 
 
 TRANSFORMERS = EnginePolicy(
