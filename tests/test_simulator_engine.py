@@ -243,7 +243,8 @@ def test_transformers_cuda_graphs_are_captured_once_per_padded_shape():
     # first 16384-token interval and key lengths under the 1024 minimum
     assert r.metrics["graph_captures"] == 2
     assert r.steps[:, 2].tolist() == [60.0, 60.0, 10.0, 10.0, 10.0]
-    asyn = simulate("transformers", {**cfg, "use_async_batching": True}, one(100, 5), STEP,
+    asyn = simulate("transformers", {**cfg, "use_async_batching": True,
+                                     "cuda_graph_capture_repeat_factor": 1.0}, one(100, 5), STEP,
                     record_steps=True)
     assert asyn.metrics["graph_captures"] == 3  # each IO pair captures its own decode graph
     # the prefill (pair 0) and the first decode (pair 1) are new shapes; the second decode
