@@ -80,25 +80,26 @@ def _padded(size: np.ndarray, interval: np.ndarray, cap: np.ndarray) -> np.ndarr
 
 
 def repeated_shapes(captures: pd.DataFrame, runs: pd.DataFrame) -> np.ndarray:
-    """Per capture step (in step order within each run): True when, with async batching, the
-    other IO pair had already captured the same shape (the simulator's graph key)."""
+    """Per capture step (in step order within each run): True when the run had already captured
+    the same padded query and KV shape (by the other async IO pair, or with another padded key
+    length), as the simulator's graph key tells."""
     policy = get_policy("transformers")
     out = np.zeros(len(captures), dtype=bool)
     position = {index: k for k, index in enumerate(captures.index)}
     by_run = runs.set_index("run_id")
     for run_id, group in captures.sort_values("step_index").groupby("run_id"):
         config = sim_config(by_run.loc[run_id])
-        if not config["use_async_batching"]:
-            continue
         p = policy.params(policy.resolve(config))
         fast = group["extra"].fillna("").str.contains('"decode_fast_path":true', regex=False)
+        pair = config["use_async_batching"]
         seen: set[int] = set()
         for row, is_fast in zip(group.itertuples(), fast):
             q = row.prefill_tokens + row.decode_tokens
-            key, other, _, _ = _graph_key(p, row.num_seqs, q, row.kv_tokens_sum - q,
-                                          row.kv_tokens_max, bool(is_fast), row.step_index % 2)
-            out[position[row.Index]] = other in seen
-            seen.add(key)
+            _, shape, _, _ = _graph_key(p, row.num_seqs, q, row.kv_tokens_sum - q,
+                                        row.kv_tokens_max, bool(is_fast),
+                                        row.step_index % 2 if pair else 0)
+            out[position[row.Index]] = shape in seen
+            seen.add(shape)
     return out
 
 
@@ -108,11 +109,11 @@ def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataF
     """Per batching mode (async or not): non-negative least squares
     ``extra_ms = a + b * padded query tokens + c * padded KV read + d * max_batch_tokens`` over the
     graph-capture steps of new shapes, where extra is the measured duration minus the step-time
-    model's prediction; then, with async batching, the factor ``f`` that scales that cost for the
-    captures of a shape the other IO pair already has (least squares). For one configuration
+    model's prediction; then the factor ``f`` that scales that cost for the captures of a query
+    and KV shape captured before (least squares). For one configuration
     ``a + d * max_batch_tokens``, ``b``, ``c`` and ``f`` are the simulator's
     ``cuda_graph_capture_ms``, ``..._per_token``, ``..._per_kv_token`` and ``..._repeat_factor``.
-    ``repeat_factor=False`` fits all captures alike (factor 1), the model before the factor."""
+    ``repeat_factor=False`` fits all captures alike (factor 1)."""
     config = runs.set_index("run_id")["config"].map(json.loads)
     conf = captures["run_id"].map(config)
     q = (captures["prefill_tokens"] + captures["decode_tokens"]).to_numpy()
@@ -220,8 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="simulate every run of the sample, not only the held-out ones "
                              "(with --in-sample: the simulator's own error over all runs)")
     parser.add_argument("--no-repeat-factor", action="store_true",
-                        help="fit one capture cost for all captures (no cheaper second capture "
-                             "of a shape by the other async IO pair)")
+                        help="fit one capture cost for all captures (no cheaper capture of a "
+                             "query and KV shape captured before)")
     parser.add_argument("--in-sample", action="store_true",
                         help="train on ALL runs (held-out ones too): isolates the simulator's "
                              "own error from the step-time model's")

@@ -264,6 +264,21 @@ def test_transformers_cuda_graphs_are_captured_once_per_padded_shape():
     np.testing.assert_allclose(kv.steps[:, 2], [61.6, 61.6, 10.0, 10.0, 10.0])
 
 
+def test_a_capture_of_a_captured_query_and_kv_shape_costs_the_repeat_factor():
+    """Sync: a decode whose longest key crosses 2048 tokens needs a new graph (the padded key
+    length is part of the engine's graph key) of a padded query and KV shape already captured."""
+    cfg = {"max_batch_tokens": 4096, "block_size": 16, "num_blocks": 512, "use_cuda_graph": True,
+           "cuda_graph_capture_ms": 50.0, "cuda_graph_capture_ms_per_token": 0.0,
+           "cuda_graph_capture_ms_per_kv_token": 0.0, "max_blocks_per_request": 0,
+           "cuda_graph_capture_repeat_factor": 0.5}
+    r = simulate("transformers", cfg, one(2040, 12), STEP, record_steps=True)
+    assert r.metrics["graph_captures"] == 3
+    kv_max = r.steps[:, 9]
+    # prefill, first decode: new shapes; the step reading 2049 keys: the decode shape again
+    assert r.steps[:, 2].tolist() == [60.0, 60.0] + [10.0] * 7 + [35.0, 10.0, 10.0]
+    assert kv_max[9] == 2049 and kv_max[8] == 2048
+
+
 def test_transformers_capture_cost_defaults_depend_on_the_batching_mode():
     from servetune.tuner.simulator._policies import capture_cost, get_policy
 
@@ -274,7 +289,7 @@ def test_transformers_capture_cost_defaults_depend_on_the_batching_mode():
     assert asyn[0] + 512 * asyn[1] + 16384 * asyn[2] > sync[0] + 512 * sync[1] + 16384 * sync[2]
     set_one = capture_cost(policy.resolve({"cuda_graph_capture_ms": 7.0}))
     assert set_one == (7.0, *sync[1:])
-    assert sync[3] == 1.0 and 0.0 < asyn[3] <= 1.0  # only async IO pairs repeat a capture
+    assert 0.0 < sync[3] < 1.0 and 0.0 < asyn[3] < 1.0  # a shape's first capture costs most
 
 
 def test_unknown_knobs_take_the_missing_value_branches_exactly(caplog):

@@ -69,7 +69,6 @@ from servetune.tuner.simulator._state import (
 )
 from servetune.tuner.simulator._transformers import (
     _graph_key,
-    _graph_known,
     _graph_seen,
     _schedule_transformers,
 )
@@ -179,6 +178,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     nodebuf = np.zeros(_GROUP, dtype=np.int64)
     use_graphs = policy == POLICY_TRANSFORMERS and p[_GRAPHS] != 0.0
     graphs = np.full((n_rep if use_graphs else 1, _GRAPH_SLOTS), -1, dtype=np.int64)
+    shapes = np.full((n_rep if use_graphs else 1, _GRAPH_SLOTS), -1, dtype=np.int64)
     n_captures = 0
     # per replica: the input box of the last walked step, inside which the margin is the same
     box_lo = np.zeros((n_rep, n_features), dtype=np.float32)
@@ -425,13 +425,15 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             capture_ms = 0.0
             if use_graphs:
                 pair = rs[r, _NSTEPS] % 2 if p[_ASYNC] != 0.0 else 0
-                key, other, q_pad, kv_pad = _graph_key(p, n_seq, pf_tok + dc_tok,
+                key, shape, q_pad, kv_pad = _graph_key(p, n_seq, pf_tok + dc_tok,
                                                        kv_sum - pf_tok - dc_tok, kv_max,
                                                        rs[r, _FASTPATH] == 1, pair)
                 if not _graph_seen(graphs, r, key):
                     capture_ms = p[_CAPMS] + p[_CAPTOK] * q_pad + p[_CAPKV] * kv_pad
-                    if p[_ASYNC] != 0.0 and _graph_known(graphs, r, other):
-                        capture_ms *= p[_CAPREP]  # the other IO pair captured this shape
+                    if _graph_seen(shapes, r, shape):
+                        # its query and KV shape was captured before (by the other async IO
+                        # pair, or with another padded key length): a cheaper capture
+                        capture_ms *= p[_CAPREP]
                     ms += capture_ms
                     n_captures += 1
                     prev_raw[r, 8] = 1.0

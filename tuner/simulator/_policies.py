@@ -247,9 +247,10 @@ _TRANSFORMERS_KNOBS = (
          "query token (default: as cuda_graph_capture_ms)", minimum=0.0, nullable=True),
     Knob("cuda_graph_capture_ms_per_kv_token", float, None, "additional capture cost per padded "
          "KV token read (default: as cuda_graph_capture_ms)", minimum=0.0, nullable=True),
-    Knob("cuda_graph_capture_repeat_factor", float, None, "async batching: a capture of a shape "
-         "the other IO pair already captured costs this fraction of a new shape's (default: as "
-         "cuda_graph_capture_ms)", minimum=0.0, nullable=True),
+    Knob("cuda_graph_capture_repeat_factor", float, None, "a capture whose padded query and KV "
+         "shape was captured before (by the other async IO pair, or with another padded key "
+         "length) costs this fraction of a new shape's (default: as cuda_graph_capture_ms)",
+         minimum=0.0, nullable=True),
     Knob("max_blocks_per_request", int, 32, "decode fast-path block table width (0 disables the "
          "fast path)", minimum=0),
 )
@@ -269,13 +270,13 @@ def transformers_num_blocks(c: Mapping[str, object]) -> int:
 
 
 # CUDA graph capture cost beyond the step by batching mode: ms = a + b * padded query tokens
-# + c * padded KV read + d * max_batch_tokens for a new shape, times f when the other async IO pair
-# already captured the shape; least squares over the capture steps of all 68 runs of the shipped
-# H200 llama-1b-like sample (``python benchmarks/sim_fidelity.py --in-sample``, ``capture_cost``).
-# Async captures cost more, larger token budgets capture larger static buffers, and a shape's
-# second capture (the other IO pair's) costs about two thirds of its first.
-_CAPTURE_COST_DEFAULTS = {False: (40.1, 0.0035, 0.00019, 0.0062, 1.0),
-                          True: (43.9, 0.0176, 0.00058, 0.0063, 0.674)}
+# + c * padded KV read + d * max_batch_tokens for a new padded query and KV shape, times f when that
+# shape was captured before (by the other async IO pair, or with another padded key length);
+# least squares over the capture steps of all 68 runs of the shipped H200 llama-1b-like sample
+# (``python benchmarks/sim_fidelity.py --in-sample``, ``capture_cost``). A shape's first capture
+# is the expensive one: later captures of it cost a third (sync) to a half (async) as much.
+_CAPTURE_COST_DEFAULTS = {False: (59.8, 0.0060, 0.000079, 0.00074, 0.32),
+                          True: (66.2, 0.0195, 0.00041, 0.0, 0.57)}
 CAPTURE_KEYS = ("cuda_graph_capture_ms", "cuda_graph_capture_ms_per_token",
                 "cuda_graph_capture_ms_per_kv_token", "cuda_graph_capture_repeat_factor")
 

@@ -39,7 +39,7 @@ P_NAMES = (
     "graph_capture_ms",      # 16 transformers: cost of one graph capture ...
     "graph_capture_ms_per_token",  # 17 ... plus this per padded query token
     "graph_capture_ms_per_kv_token",  # 18 ... plus this per padded KV token read (varlen path)
-    "graph_capture_repeat_factor",  # 19 ... times this when the other async IO pair has the shape
+    "graph_capture_repeat_factor",  # 19 ... times this when its query/KV shape was captured
 )
 N_PARAMS = len(P_NAMES)
 _BS, _NB, _MAXTOK, _MAXSEQ, _SAFETY, _ASYNC, _MAXBPR, _PFIRST, _LONGTHR, _MAXPART, _CHUNKED = (

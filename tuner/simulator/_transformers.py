@@ -228,35 +228,25 @@ def _graph_key(p, n_seq, num_q, kv_read, kv_max, fast_path, pair):
     """The engine's graph key (``ContinuousBatchingIOs._get_graph_key``) of a step, hashed:
     decode fast path: padded request count; varlen path: padded query tokens, padded KV read,
     padded longest key length; with async batching each IO pair has its own graphs.
-    Returns (key, the same shape's key on the other IO pair, padded query tokens, padded KV read);
-    the decode fast path reads no padded KV."""
+    Returns (key, the key of its padded query and KV shape alone (any IO pair, any key length),
+    padded query tokens, padded KV read); the decode fast path reads no padded KV."""
     if fast_path:
         q = _pad_to_pow2(n_seq, np.int64(p[_MAXSEQ]), 0)
         kv = np.int64(0)
-        key = q * np.int64(1000003) + np.int64(7)
+        shape = q * np.int64(1000003) + np.int64(7)
+        key = shape
     else:
         pages = np.int64(p[_NB]) * np.int64(p[_BS])
         q = _pad_to_interval(num_q, np.int64(p[_QPAD]), np.int64(p[_MAXTOK]))
         kv = _pad_to_interval(kv_read, np.int64(p[_KVPAD]), pages)
         sk = _pad_to_pow2(kv_max, pages, 1024)
-        key = (q * np.int64(2654435761) + kv) * np.int64(40503) + sk
+        shape = q * np.int64(2654435761) + kv
+        key = shape * np.int64(40503) + sk
     if key < 0:
         key = -key
-    return key * 2 + pair, key * 2 + (1 - pair), q, kv
-
-
-@numba.njit(cache=True)
-def _graph_known(graphs, r, key):
-    """True if replica ``r`` already captured ``key`` (a lookup only)."""
-    slot = key % _GRAPH_SLOTS
-    for _ in range(_GRAPH_SLOTS):
-        k = graphs[r, slot]
-        if k == key:
-            return True
-        if k == -1:
-            return False
-        slot = (slot + 1) % _GRAPH_SLOTS
-    return True
+    if shape < 0:
+        shape = -shape
+    return key * 2 + pair, shape, q, kv
 
 
 @numba.njit(cache=True)
