@@ -4,9 +4,10 @@ shipped H200 sample is replayed step by step through the simulator's own graph k
 tokens, padded KV read, padded longest key; per IO pair with async batching) on the measured
 batch compositions; a step "captures" when its key is new. Compared with the collector's
 ``graph_captured`` flags: steps both flag, steps only the simulator's key flags, steps only the
-engine flagged. The collector's 4 unrecorded warm-up requests (32 prompt tokens, 4 outputs)
-captured some small shapes before each run's clock; their keys are not in the trace, so a few
-"simulator only" steps per run are expected.
+engine flagged; and the share of the run's step time spent in capture steps. The collector's 4
+unrecorded warm-up requests (32 prompt tokens, 4 outputs) captured some small shapes before each
+run's clock; their keys are not in the trace, so a few "simulator only" steps per run are
+expected.
 
 Usage:
     python benchmarks/capture_keys.py [--samples DIR]
@@ -48,7 +49,9 @@ def compare_run(steps: pd.DataFrame, run: pd.Series) -> dict:
         both += new and engine[k]
         sim_only += new and not engine[k]
         engine_only += engine[k] and not new
+    duration = steps["duration_ms"].to_numpy()
     return {"run_id": run.run_id, "async": asynchronous, "steps": len(steps),
+            "capture_time_share": round(float(duration[engine].sum() / duration.sum()), 3),
             "engine_captures": int(engine.sum()), "both": int(both),
             "simulator_only": int(sim_only), "engine_only": int(engine_only)}
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import servetune
 from servetune.features import graph_captured
 
-SAMPLES = Path(servetune.__file__).resolve().parent / "data" / "samples"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_fidelity import SAMPLES, _padded  # noqa: E402
 
 
 def shape_medians(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -29,12 +30,11 @@ def shape_medians(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     config = runs.set_index("run_id")["config"].map(json.loads)
     s = steps.merge(runs[["run_id", "async_batching", "cuda_graph"]], on="run_id")
     s = s[s.cuda_graph & ~s.async_batching & ~graph_captured(s)]
-    q = s.prefill_tokens + s.decode_tokens
-    budget = s.run_id.map(lambda r: config[r]["max_batch_tokens"])
-    pages = s.run_id.map(lambda r: config[r]["num_blocks"] * config[r]["block_size"])
-    s = s.assign(q_pad=np.minimum(np.ceil(np.maximum(q, 1) / 64) * 64, budget),
-                 kv_pad=np.minimum(np.ceil(np.maximum(s.kv_tokens_sum - q, 1) / 16384) * 16384,
-                                   pages),
+    q = (s.prefill_tokens + s.decode_tokens).to_numpy()
+    budget = s.run_id.map(lambda r: config[r]["max_batch_tokens"]).to_numpy()
+    pages = s.run_id.map(lambda r: config[r]["num_blocks"] * config[r]["block_size"]).to_numpy()
+    s = s.assign(q_pad=_padded(q, 64, budget),
+                 kv_pad=_padded(s.kv_tokens_sum.to_numpy() - q, 16384, pages),
                  machine=np.where(s.run_id.str.startswith("h200c"), "part_c", "first"))
     t = s.groupby(["q_pad", "kv_pad", "machine"]).duration_ms.agg(["median", "count"])
     t = t[t["count"] >= 5].reset_index()

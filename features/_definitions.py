@@ -200,7 +200,6 @@ STEP_V4 = make_feature_set("step_v4", 2, {
 }, _step_v4)
 
 
-
 def _step_v5(r, k):
     num_seqs = r[NUM_SEQS] * 1.0
     tokens = r[PREFILL_TOKENS] + r[DECODE_TOKENS]

@@ -160,9 +160,9 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     # transformers async batching: a batch's tokens are read back while the next batch is being
     # launched, so they are timestamped at the end of the next step (launch to launch), or at
     # once when no next step follows; until then they wait here per replica
-    lag_tokens = policy == POLICY_TRANSFORMERS and p[_ASYNC] != 0.0
-    pend_req = np.zeros((n_rep if lag_tokens else 1, n + 1), dtype=np.int64)
-    pend_tok = np.zeros((n_rep if lag_tokens else 1, n + 1), dtype=np.int64)
+    tf_async = policy == POLICY_TRANSFORMERS and p[_ASYNC] != 0.0
+    pend_req = np.zeros((n_rep if tf_async else 1, n + 1), dtype=np.int64)
+    pend_tok = np.zeros((n_rep if tf_async else 1, n + 1), dtype=np.int64)
     pend_cnt = np.zeros(n_rep, dtype=np.int64)
     run = np.zeros((n_rep, n + 1), dtype=np.int64)
     wq = np.zeros((n_rep, 2 * n + 2), dtype=np.int64)
@@ -252,7 +252,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                     st[i, _STATE] = _DONE
                     _release(st, rs, i)
                     rs[r, _BLOCKNEW] = 0
-            if lag_tokens:
+            if tf_async:
                 _stamp_pending(pend_req, pend_tok, pend_cnt, r, t_now, token_s, token_offset,
                                out, first_tok, finish)
             for k in range(rs[r, _BATCHCNT]):
@@ -264,7 +264,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                 rs[r, _PENDTOK] -= length
                 if st[i, _COMP] == st[i, _KNOWN]:
                     g = st[i, _GEN]
-                    if lag_tokens:
+                    if tf_async:
                         pend_req[r, pend_cnt[r]] = i
                         pend_tok[r, pend_cnt[r]] = token_offset[i] + g
                         pend_cnt[r] += 1
@@ -274,10 +274,10 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                             first_tok[i] = t_now
                     st[i, _GEN] = g + 1
                     if g + 1 >= st[i, _OUT]:
-                        if not lag_tokens:
+                        if not tf_async:
                             finish[i] = t_now
                         rs[r, _PENDTOK] -= 1
-                        if policy == POLICY_TRANSFORMERS and p[_ASYNC] != 0.0:
+                        if tf_async:
                             st[i, _STATE] = _ZOMBIE  # still in the batch scheduled before we knew
                         else:
                             st[i, _STATE] = _DONE
@@ -332,7 +332,7 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                 _compact_running(run, rs, r, st)
                 _compact_waiting(wq, rs, r, st)
             if got <= 0:
-                if lag_tokens:  # no next step: the engine reads the last batch back at once
+                if tf_async:  # no next step: the engine reads the last batch back at once
                     _stamp_pending(pend_req, pend_tok, pend_cnt, r, t_now, token_s,
                                    token_offset, out, first_tok, finish)
                 continue
