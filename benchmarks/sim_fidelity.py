@@ -103,6 +103,28 @@ def repeated_shapes(captures: pd.DataFrame, runs: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def capture_terms(captures: pd.DataFrame, runs: pd.DataFrame, repeat_factor: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per capture step: the cost terms ``[1, padded query tokens, padded KV read,
+    max_batch_tokens]``, whether its run batches asynchronously, and whether the run had captured
+    its query and KV shape before (all False with ``repeat_factor=False``)."""
+    config = runs.set_index("run_id")["config"].map(json.loads)
+    conf = captures["run_id"].map(config)
+    q = (captures["prefill_tokens"] + captures["decode_tokens"]).to_numpy()
+    q_pad = _padded(q, conf.map(lambda c: c["q_padding_interval_size"]).to_numpy(),
+                    conf.map(lambda c: c["max_batch_tokens"]).to_numpy())
+    pages = conf.map(lambda c: c["num_blocks"] * c["block_size"]).to_numpy()
+    kv_pad = _padded(captures["kv_tokens_sum"].to_numpy() - q,
+                     conf.map(lambda c: c["kv_padding_interval_size"]).to_numpy(), pages)
+    fast = captures["extra"].fillna("").str.contains('"decode_fast_path":true', regex=False)
+    kv_pad = np.where(fast.to_numpy(), 0.0, kv_pad)
+    mode = conf.map(lambda c: bool(c["use_async_batching"])).to_numpy()
+    budget = conf.map(lambda c: c["max_batch_tokens"]).to_numpy()
+    repeat = (repeated_shapes(captures, runs) if repeat_factor
+              else np.zeros(len(captures), dtype=bool))
+    return np.column_stack([np.ones(len(captures)), q_pad, kv_pad, budget]), mode, repeat
+
+
 def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataFrame,
                 repeat_factor: bool = True
                 ) -> dict[bool, tuple[float, float, float, float, float]]:
@@ -114,22 +136,8 @@ def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataF
     ``a + d * max_batch_tokens``, ``b``, ``c`` and ``f`` are the simulator's
     ``cuda_graph_capture_ms``, ``..._per_token``, ``..._per_kv_token`` and ``..._repeat_factor``.
     ``repeat_factor=False`` fits all captures alike (factor 1)."""
-    config = runs.set_index("run_id")["config"].map(json.loads)
-    conf = captures["run_id"].map(config)
-    q = (captures["prefill_tokens"] + captures["decode_tokens"]).to_numpy()
-    q_pad = _padded(q, conf.map(lambda c: c["q_padding_interval_size"]).to_numpy(),
-                    conf.map(lambda c: c["max_batch_tokens"]).to_numpy())
-    pages = conf.map(lambda c: c["num_blocks"] * c["block_size"]).to_numpy()
-    kv_pad = _padded(captures["kv_tokens_sum"].to_numpy() - q,
-                     conf.map(lambda c: c["kv_padding_interval_size"]).to_numpy(), pages)
-    fast = captures["extra"].fillna("").str.contains('"decode_fast_path":true', regex=False)
-    kv_pad = np.where(fast.to_numpy(), 0.0, kv_pad)
+    A, mode, repeat = capture_terms(captures, runs, repeat_factor)
     extra = captures["duration_ms"].to_numpy() - predicted_ms
-    mode = conf.map(lambda c: bool(c["use_async_batching"])).to_numpy()
-    budget = conf.map(lambda c: c["max_batch_tokens"]).to_numpy()
-    repeat = (repeated_shapes(captures, runs) if repeat_factor
-              else np.zeros(len(captures), dtype=bool))
-    A = np.column_stack([np.ones(len(captures)), q_pad, kv_pad, budget])
     fits = {}
     for is_async in (False, True):
         new = (mode == is_async) & ~repeat
@@ -139,6 +147,31 @@ def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataF
         factor = float((extra[again] * cost).sum() / (cost * cost).sum()) if again.any() else 1.0
         fits[is_async] = (*(float(v) for v in coef), max(factor, 0.0))
     return fits
+
+
+def capture_noise(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataFrame,
+                  fits: dict, repeat_factor: bool = True) -> dict[bool, tuple[float, float]]:
+    """Per batching mode: the spread of measured capture costs around ``fits`` (from
+    :func:`capture_fit`) as two log-normal coefficients of variation, ``(per capture, per run)``,
+    the simulator's ``cuda_graph_capture_noise_cv`` and ``cuda_graph_capture_run_cv``. The log
+    ratio measured / fitted cost of each capture is split into its run's mean (the run-level
+    factor: its variance less the within-run variance's share in a run mean) and the rest."""
+    A, mode, repeat = capture_terms(captures, runs, repeat_factor)
+    extra = np.maximum(captures["duration_ms"].to_numpy() - predicted_ms, 1.0)
+    out = {}
+    for is_async in (False, True):
+        a, b, c, d, f = fits[is_async]
+        mine = mode == is_async
+        cost = A[mine] @ np.array([a, b, c, d]) * np.where(repeat[mine], f, 1.0)
+        frame = pd.DataFrame({"run": captures["run_id"].to_numpy()[mine],
+                              "log_ratio": np.log(extra[mine] / np.maximum(cost, 1e-9))})
+        per_run = frame.groupby("run")["log_ratio"].agg(["mean", "var", "size"]).dropna()
+        within = float((per_run["var"] * (per_run["size"] - 1)).sum()
+                       / (per_run["size"] - 1).sum())
+        between = max(float(per_run["mean"].var()) - within * float((1 / per_run["size"]).mean()),
+                      0.0)
+        out[is_async] = (float(np.sqrt(np.expm1(within))), float(np.sqrt(np.expm1(between))))
+    return out
 
 
 def run_workload(requests: pd.DataFrame) -> tuple[Workload, float]:
@@ -223,6 +256,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-repeat-factor", action="store_true",
                         help="fit one capture cost for all captures (no cheaper capture of a "
                              "query and KV shape captured before)")
+    parser.add_argument("--replications", type=int, default=32,
+                        help="also simulate every run this many times (seeds 0..N-1) with the "
+                             "capture-cost noise fitted on the training runs: mean and 10-90 %% "
+                             "band of each metric, and whether the measurement lies in it (0: skip)")
     parser.add_argument("--in-sample", action="store_true",
                         help="train on ALL runs (held-out ones too): isolates the simulator's "
                              "own error from the step-time model's")
@@ -258,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
     capture_cost = capture_fit(
         captures, model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]]), runs,
         repeat_factor=not args.no_repeat_factor)
+    capture_spread = capture_noise(
+        captures, model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]]), runs,
+        capture_cost, repeat_factor=not args.no_repeat_factor)
     simulated = runs if args.all_runs else runs[held]
     test = frame[frame.run_id.isin(set(simulated["run_id"])) & ~capture]
     pred = model.predict(test[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]])
@@ -292,6 +332,9 @@ def main(argv: list[str] | None = None) -> dict:
             moved = simulated_metrics(slower, offset, args.collector_warmup)
             for _, label in METRICS:
                 row[f"{label}_sensitivity_%"] = (moved[label] / sim[label] - 1) * 100
+        if args.replications > 0:
+            row.update(replicated(run, w, offset, config, compiled, args,
+                                  capture_spread[bool(config["use_async_batching"])]))
         same = measured[(measured.config_name == run.config_name)
                         & (measured.workload_name == run.workload_name)]
         row["measurements"] = len(same)
@@ -315,6 +358,14 @@ def main(argv: list[str] | None = None) -> dict:
             rho = spearmanr(per_config[f"{label}_sim"], per_config[f"{label}_measured"]).statistic
             ranks[f"{workload}/{label}"] = float(rho)
     noise = noise_floor(measured)
+    spread = {}
+    if args.replications > 0:
+        spread = {"replications": args.replications,
+                  "share_all_three_within_10%_replication_mean": float(
+                      (table[[f"{l}_rep_err_%" for _, l in METRICS]].abs() <= 10)
+                      .all(axis=1).mean()),
+                  "share_measured_inside_p10_p90": {
+                      label: float(table[f"{label}_inside"].mean()) for _, label in METRICS}}
     report = {"held_out_configs": list(HELD_OUT), "in_sample_model": args.in_sample,
               "collector_warmup_requests": args.collector_warmup,
               "model_params": {k: v for k, v in model.get_params().items()
@@ -328,6 +379,10 @@ def main(argv: list[str] | None = None) -> dict:
                   ("ms", "ms_per_query_token", "ms_per_kv_token", "ms_per_budget_token",
                    "repeat_factor"), v))
                   for k, v in capture_cost.items()},
+              "capture_noise_cv": {("async" if k else "sync"):
+                                   dict(zip(("per_capture", "per_run"), v))
+                                   for k, v in capture_spread.items()},
+              **spread,
               "held_out_step_mape_%": step_mape, "share_within_10%": within,
               "share_all_three_within_10%": all_three_10,
               "share_all_three_within_5%": all_three_5,
@@ -349,6 +404,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.markdown:
         Path(args.markdown).write_text(_markdown(table, noise, args.sensitivity_ms))
     return report
+
+
+def replicated(run: pd.Series, workload: Workload, offset: float, config: dict, compiled,
+               args: argparse.Namespace, spread: tuple[float, float]) -> dict:
+    """``args.replications`` seeded simulations of one run with capture-cost noise ``spread``
+    (per capture, per run): per metric the mean, its error, the 10-90 % band, and whether the
+    measured value lies inside it."""
+    noisy = {**config, "cuda_graph_capture_noise_cv": spread[0],
+             "cuda_graph_capture_run_cv": spread[1]}
+    simulator = Simulator("transformers", noisy, compiled)
+    draws = [simulated_metrics(simulator.run(with_warmup(workload, args.collector_warmup),
+                                             seed=seed), offset, args.collector_warmup)
+             for seed in range(args.replications)]
+    row = {}
+    for column, label in METRICS:
+        values = np.array([d[label] for d in draws])
+        low, high = np.percentile(values, [10, 90])
+        row[f"{label}_rep_mean"] = float(values.mean())
+        row[f"{label}_rep_err_%"] = (values.mean() / float(run[column]) - 1) * 100
+        row[f"{label}_p10"], row[f"{label}_p90"] = float(low), float(high)
+        row[f"{label}_inside"] = bool(low <= float(run[column]) <= high)
+    return row
 
 
 def _markdown(table: pd.DataFrame, noise: pd.DataFrame, sensitivity_ms: float) -> str:
@@ -378,6 +455,22 @@ def _markdown(table: pd.DataFrame, noise: pd.DataFrame, sensitivity_ms: float) -
         cells = [f"{r[f'{l}_mean_dev_%']:.1f} / {r[f'{l}_max_dev_%']:.1f}"
                  for l in ("ttft_ms", "tpot_ms", "output_throughput_tok_s")]
         lines.append(f"| {r.config} | {r.workload} | {r.runs} | " + " | ".join(cells) + " |")
+    if "ttft_ms_rep_mean" in table:
+        lines += ["", "| held-out run | workload | TTFT meas → replication mean (err) [p10–p90] | "
+                  "TPOT meas → mean (err) [p10–p90] | out tok/s meas → mean (err) [p10–p90] |",
+                  "| --- | --- | ---: | ---: | ---: |"]
+        for _, r in table.iterrows():
+            cells = []
+            for label, fmt in (("ttft_ms", "{:.0f}"), ("tpot_ms", "{:.1f}"),
+                               ("output_throughput_tok_s", "{:.0f}")):
+                mark = "" if r[f"{label}_inside"] else " ✗"
+                cells.append(f"{fmt.format(r[f'{label}_measured'])} → "
+                             f"{fmt.format(r[f'{label}_rep_mean'])} ({r[f'{label}_rep_err_%']:+.1f}%)"
+                             f" [{fmt.format(r[f'{label}_p10'])}–{fmt.format(r[f'{label}_p90'])}]"
+                             f"{mark}")
+            name = r.run_id.split("-r")[0].removeprefix("h200a-").removeprefix("h200b-")
+            lines.append(f"| {name} r{r.run_id.split('-r')[-1][0]} | {r.workload} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

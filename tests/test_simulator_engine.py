@@ -279,6 +279,39 @@ def test_a_capture_of_a_captured_query_and_kv_shape_costs_the_repeat_factor():
     assert kv_max[9] == 2049 and kv_max[8] == 2048
 
 
+def test_capture_cost_noise_is_seeded_and_leaves_other_steps_alone():
+    """Per-capture and per-run log-normal noise scales only the capture steps' extra cost; the
+    same seed repeats it exactly, and step noise draws the same numbers with or without it."""
+    cfg = {"max_batch_tokens": 256, "block_size": 16, "num_blocks": 100,
+           "use_cuda_graph": True, "cuda_graph_capture_ms": 50.0,
+           "cuda_graph_capture_ms_per_token": 0.0, "cuda_graph_capture_ms_per_kv_token": 0.0,
+           "max_blocks_per_request": 0}
+    w = Workload.from_arrays([0.0, 0.0, 0.05], [100, 300, 40], [5, 6, 7])
+    plain = simulate("transformers", cfg, w, STEP, record_steps=True)
+    captured = plain.steps[:, 2] > 10.0
+    assert captured.sum() >= 3
+    noisy = {**cfg, "cuda_graph_capture_noise_cv": 0.3}
+    a = simulate("transformers", noisy, w, STEP, seed=3, record_steps=True)
+    b = simulate("transformers", noisy, w, STEP, seed=3, record_steps=True)
+    c = simulate("transformers", noisy, w, STEP, seed=4, record_steps=True)
+    assert np.array_equal(a.steps, b.steps) and np.array_equal(a.token_s, b.token_s)
+    assert not np.array_equal(a.steps[:, 2], c.steps[:, 2])
+    extra = a.steps[:, 2] - 10.0
+    assert np.all(extra[a.steps[:, 2] != 10.0] > 0)
+    assert len(set(np.round(extra[extra > 0], 9))) >= 3  # each capture drew its own factor
+    # the run-level factor alone: every capture of the run costs the same multiple of 50 ms
+    run = simulate("transformers", {**cfg, "cuda_graph_capture_run_cv": 0.3}, w, STEP, seed=3,
+                   record_steps=True)
+    ratio = (run.steps[captured, 2] - 10.0) / (plain.steps[captured, 2] - 10.0)
+    assert np.ptp(ratio) < 1e-9 and abs(ratio[0] - 1.0) > 1e-6
+    # step noise is unchanged by capture noise when nothing is captured
+    eager = {**cfg, "use_cuda_graph": False, "step_noise_cv": 0.2}
+    with_noise = simulate("transformers", {**eager, "cuda_graph_capture_noise_cv": 0.5,
+                                           "cuda_graph_capture_run_cv": 0.5}, w, STEP, seed=9)
+    assert np.array_equal(with_noise.token_s, simulate("transformers", eager, w, STEP,
+                                                       seed=9).token_s)
+
+
 def test_transformers_capture_cost_defaults_depend_on_the_batching_mode():
     from servetune.tuner.simulator._policies import capture_cost, get_policy
 

@@ -31,8 +31,10 @@ from servetune.tuner.simulator._state import (
     _BLOCKNEW,
     _BUSY,
     _CAPKV,
+    _CAPCV,
     _CAPMS,
     _CAPREP,
+    _CAPRUNCV,
     _CAPTOK,
     _COMP,
     _DONE,
@@ -117,6 +119,26 @@ def _xorshift(state):
     return (x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
+@numba.njit(cache=True)
+def _lognormal_factor(state, sigma):
+    """A seeded log-normal factor of mean 1 and log-sd ``sigma`` (Box-Muller on ``state``)."""
+    u1 = _xorshift(state)
+    u2 = _xorshift(state)
+    z = np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
+    return np.exp(sigma * z - 0.5 * sigma * sigma)
+
+
+@numba.njit(cache=True)
+def _seeded_state(seed, stream):
+    """An xorshift state for ``seed``; ``stream`` keeps independent draws apart."""
+    state = np.zeros(1, dtype=np.uint64)
+    state[0] = (np.uint64(seed) * np.uint64(2654435761) + np.uint64(88172645463325252)
+                + np.uint64(stream) * np.uint64(0x9E3779B97F4A7C15))
+    if state[0] == 0:
+        state[0] = np.uint64(1)
+    return state
+
+
 # Not cached: its signature holds the feature set's kernel (a dispatcher type), and numba's
 # on-disk index would pickle that function by reference and fail to load once features change.
 @numba.njit
@@ -188,10 +210,15 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     box_uses = np.zeros(n_rep, dtype=np.int64)
     box_skip = np.zeros(n_rep, dtype=np.int64)
     box_hits = 0
-    rng = np.zeros(1, dtype=np.uint64)
-    rng[0] = np.uint64(seed) * np.uint64(2654435761) + np.uint64(88172645463325252)
-    if rng[0] == 0:
-        rng[0] = np.uint64(1)
+    rng = _seeded_state(seed, 0)
+    # capture-cost noise draws from its own stream, so step noise is the same with or without it
+    cap_rng = _seeded_state(seed, 1)
+    cap_sigma = np.sqrt(np.log(1.0 + p[_CAPCV] * p[_CAPCV]))
+    run_sigma = np.sqrt(np.log(1.0 + p[_CAPRUNCV] * p[_CAPRUNCV]))
+    cap_run_factor = np.ones(n_rep)  # per replica: its run-level capture cost factor
+    if run_sigma > 0.0:
+        for r in range(n_rep):
+            cap_run_factor[r] = _lognormal_factor(cap_rng, run_sigma)
     cap = 1024 if record_steps else 1
     steps = np.zeros((cap, len(STEP_COLUMNS)))
     n_steps = 0
@@ -434,14 +461,14 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
                         # its query and KV shape was captured before (by the other async IO
                         # pair, or with another padded key length): a cheaper capture
                         capture_ms *= p[_CAPREP]
+                    capture_ms *= cap_run_factor[r]
+                    if cap_sigma > 0.0:
+                        capture_ms *= _lognormal_factor(cap_rng, cap_sigma)
                     ms += capture_ms
                     n_captures += 1
                     prev_raw[r, 8] = 1.0
             if sigma > 0.0:
-                u1 = _xorshift(rng)
-                u2 = _xorshift(rng)
-                z = np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
-                ms *= np.exp(sigma * z - 0.5 * sigma * sigma)
+                ms *= _lognormal_factor(rng, sigma)
             dur = ms / 1e3
             if not dur >= min_step_s:
                 dur = min_step_s

@@ -251,6 +251,12 @@ _TRANSFORMERS_KNOBS = (
          "shape was captured before (by the other async IO pair, or with another padded key "
          "length) costs this fraction of a new shape's (default: as cuda_graph_capture_ms)",
          minimum=0.0, nullable=True),
+    Knob("cuda_graph_capture_noise_cv", float, 0.0, "coefficient of variation of seeded "
+         "log-normal noise on each capture's cost (0: every capture costs its expected value)",
+         minimum=0.0, maximum=2.0),
+    Knob("cuda_graph_capture_run_cv", float, 0.0, "coefficient of variation of a seeded "
+         "log-normal factor drawn once per replica and run for all its captures (the engine's "
+         "run-to-run spread of capture cost; 0: none)", minimum=0.0, maximum=2.0),
     Knob("max_blocks_per_request", int, 32, "decode fast-path block table width (0 disables the "
          "fast path)", minimum=0),
 )
@@ -306,7 +312,9 @@ def _transformers_params(c: Mapping[str, object]) -> dict:
             "kv_padding": c["kv_padding_interval_size"],
             "graph_capture_ms": capture_ms, "graph_capture_ms_per_token": capture_per_q,
             "graph_capture_ms_per_kv_token": capture_per_kv,
-            "graph_capture_repeat_factor": capture_repeat}
+            "graph_capture_repeat_factor": capture_repeat,
+            "graph_capture_noise_cv": c["cuda_graph_capture_noise_cv"],
+            "graph_capture_run_cv": c["cuda_graph_capture_run_cv"]}
 
 
 TRANSFORMERS = EnginePolicy(

@@ -40,12 +40,15 @@ P_NAMES = (
     "graph_capture_ms_per_token",  # 17 ... plus this per padded query token
     "graph_capture_ms_per_kv_token",  # 18 ... plus this per padded KV token read (varlen path)
     "graph_capture_repeat_factor",  # 19 ... times this when its query/KV shape was captured
+    "graph_capture_noise_cv",  # 20 seeded log-normal noise on each capture's cost (CV; 0: none)
+    "graph_capture_run_cv",  # 21 seeded log-normal factor on all of a replica's captures (CV)
 )
 N_PARAMS = len(P_NAMES)
 _BS, _NB, _MAXTOK, _MAXSEQ, _SAFETY, _ASYNC, _MAXBPR, _PFIRST, _LONGTHR, _MAXPART, _CHUNKED = (
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 _MINSTEP, _OVERHEAD = 11, 12
 _GRAPHS, _QPAD, _KVPAD, _CAPMS, _CAPTOK, _CAPKV, _CAPREP = 13, 14, 15, 16, 17, 18, 19
+_CAPCV, _CAPRUNCV = 20, 21
 _GRAPH_SLOTS = 1 << 13  # graph shapes remembered per replica (open addressing)
 
 # Per-request integer state columns.
