@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--replications", type=int, default=32,
                         help="also simulate every run this many times (seeds 0..N-1) with the "
                              "capture-cost noise fitted on the training runs: mean and 10-90 %% "
-                             "band of each metric, and whether the measurement lies in it (0: skip)")
+                             "band of each metric, and whether the measurement lies in it "
+                             "(0: skip)")
     parser.add_argument("--in-sample", action="store_true",
                         help="train on ALL runs (held-out ones too): isolates the simulator's "
                              "own error from the step-time model's")
@@ -464,10 +465,10 @@ def _markdown(table: pd.DataFrame, noise: pd.DataFrame, sensitivity_ms: float) -
             for label, fmt in (("ttft_ms", "{:.0f}"), ("tpot_ms", "{:.1f}"),
                                ("output_throughput_tok_s", "{:.0f}")):
                 mark = "" if r[f"{label}_inside"] else " ✗"
+                band = f"{fmt.format(r[f'{label}_p10'])}–{fmt.format(r[f'{label}_p90'])}"
                 cells.append(f"{fmt.format(r[f'{label}_measured'])} → "
-                             f"{fmt.format(r[f'{label}_rep_mean'])} ({r[f'{label}_rep_err_%']:+.1f}%)"
-                             f" [{fmt.format(r[f'{label}_p10'])}–{fmt.format(r[f'{label}_p90'])}]"
-                             f"{mark}")
+                             f"{fmt.format(r[f'{label}_rep_mean'])} "
+                             f"({r[f'{label}_rep_err_%']:+.1f}%) [{band}]{mark}")
             name = r.run_id.split("-r")[0].removeprefix("h200a-").removeprefix("h200b-")
             lines.append(f"| {name} r{r.run_id.split('-r')[-1][0]} | {r.workload} | "
                          + " | ".join(cells) + " |")
