@@ -234,6 +234,19 @@ def noise_floor(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def train_step_model(train: pd.DataFrame, feature_set: str, search_trials: int,
+                     seed: int) -> StepTimeRegressor:
+    """The step-time model on ``train``'s steps, hyperparameters searched as `servetune train`."""
+    X, y, groups = (train[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]],
+                    train["duration_ms"].to_numpy(), train["run_id"].to_numpy())
+    base = StepTimeRegressor(feature_set=feature_set, n_jobs=1, random_state=seed)
+    if search_trials > 1:
+        # a generous time budget so that every trial runs on a loaded machine too (determinism)
+        base.set_params(**search_hyperparameters(base, X, y, groups, n_trials=search_trials,
+                                                 seed=seed, time_budget_s=3600).best_params)
+    return base.fit(X, y, groups=groups)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", default=str(SAMPLES))
@@ -281,15 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_ids = set(runs["run_id"])
     train = frame[frame.run_id.isin(train_ids) & ~capture & (frame.duration_ms > 0)]
     t = time.perf_counter()
-    X, y, groups = (train[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]],
-                    train["duration_ms"].to_numpy(),
-                    train["run_id"].to_numpy())
-    base = StepTimeRegressor(feature_set=args.feature_set, n_jobs=1, random_state=args.seed)
-    if args.search_trials > 1:
-        # a generous time budget so that every trial runs on a loaded machine too (determinism)
-        base.set_params(**search_hyperparameters(base, X, y, groups, n_trials=args.search_trials,
-                                                 seed=args.seed, time_budget_s=3600).best_params)
-    model = base.fit(X, y, groups=groups)
+    model = train_step_model(train, args.feature_set, args.search_trials, args.seed)
     train_s = time.perf_counter() - t
     compiled = model.compile()
     captures = frame[frame.run_id.isin(train_ids) & capture]
