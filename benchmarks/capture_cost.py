@@ -54,6 +54,7 @@ def capture_table(root: Path) -> pd.DataFrame:
     q = (caps.prefill_tokens + caps.decode_tokens).to_numpy()
     pages = config.map(lambda c: c["num_blocks"] * c["block_size"]).to_numpy()
     return pd.DataFrame({
+        "run_id": caps.run_id.to_numpy(),
         "config": caps.run_id.map(runs.set_index("run_id")["config_name"]).to_numpy(),
         "asynchronous": config.map(lambda c: bool(c["use_async_batching"])).to_numpy(),
         "extra": caps.duration_ms.to_numpy() - model.predict(caps[COLUMNS]),
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
             "captures": len(d), "repeated": int(d.repeated.sum()),
             "median_extra_ms_new": round(float(d.extra[~d.repeated].median()), 1),
             "median_extra_ms_repeated": round(float(d.extra[d.repeated].median()), 1),
+            "median_extra_ms_new_by_run": {
+                run: round(float(extra), 1)
+                for run, extra in d[~d.repeated].groupby("run_id").extra.median().items()},
             "one_cost_a_b_c": leave_one_out(d, ["one", "q", "kv"], repeat=False),
             "one_cost_a_b_c_d": leave_one_out(d, ["one", "q", "kv", "budget"], repeat=False),
             "new_and_repeated": leave_one_out(d, ["one", "q", "kv", "budget"], repeat=True)}

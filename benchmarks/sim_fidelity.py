@@ -298,12 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
     train_s = time.perf_counter() - t
     compiled = model.compile()
     captures = frame[frame.run_id.isin(train_ids) & capture]
-    capture_cost = capture_fit(
-        captures, model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]]), runs,
-        repeat_factor=not args.no_repeat_factor)
-    capture_spread = capture_noise(
-        captures, model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]]), runs,
-        capture_cost, repeat_factor=not args.no_repeat_factor)
+    captures_ms = model.predict(captures[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]])
+    capture_cost = capture_fit(captures, captures_ms, runs,
+                               repeat_factor=not args.no_repeat_factor)
+    capture_spread = capture_noise(captures, captures_ms, runs, capture_cost,
+                                   repeat_factor=not args.no_repeat_factor)
     simulated = runs if args.all_runs else runs[held]
     test = frame[frame.run_id.isin(set(simulated["run_id"])) & ~capture]
     pred = model.predict(test[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]])
@@ -420,8 +419,8 @@ def replicated(run: pd.Series, workload: Workload, offset: float, config: dict, 
     noisy = {**config, "cuda_graph_capture_noise_cv": spread[0],
              "cuda_graph_capture_run_cv": spread[1]}
     simulator = Simulator("transformers", noisy, compiled)
-    draws = [simulated_metrics(simulator.run(with_warmup(workload, args.collector_warmup),
-                                             seed=seed), offset, args.collector_warmup)
+    replay = with_warmup(workload, args.collector_warmup)
+    draws = [simulated_metrics(simulator.run(replay, seed=seed), offset, args.collector_warmup)
              for seed in range(args.replications)]
     row = {}
     for column, label in METRICS:
@@ -432,6 +431,12 @@ def replicated(run: pd.Series, workload: Workload, offset: float, config: dict, 
         row[f"{label}_p10"], row[f"{label}_p90"] = float(low), float(high)
         row[f"{label}_inside"] = bool(low <= float(run[column]) <= high)
     return row
+
+
+def _run_label(run_id: str) -> str:
+    """``h200a-CONFIG-WORKLOAD-rN-hash`` as ``CONFIG-WORKLOAD rN``."""
+    name = run_id.split("-r")[0].removeprefix("h200a-").removeprefix("h200b-")
+    return f"{name} r{run_id.split('-r')[-1][0]}"
 
 
 def _markdown(table: pd.DataFrame, noise: pd.DataFrame, sensitivity_ms: float) -> str:
@@ -451,8 +456,7 @@ def _markdown(table: pd.DataFrame, noise: pd.DataFrame, sensitivity_ms: float) -
                      + f" ({r.measurements})")
         cells.append(" / ".join(f"{r.get(f'{label}_sensitivity_%', float('nan')):+.1f}%"
                                 for label in ("ttft_ms", "tpot_ms")))
-        name = r.run_id.split("-r")[0].removeprefix("h200a-").removeprefix("h200b-")
-        lines.append(f"| {name} r{r.run_id.split('-r')[-1][0]} | {r.workload} | "
+        lines.append(f"| {_run_label(r.run_id)} | {r.workload} | "
                      f"{r.measured_steps}/{r.sim_steps} | " + " | ".join(cells) + " |")
     lines += ["", "| repeated config (noise floor) | workload | runs | TTFT dev mean/max % | "
               "TPOT dev mean/max % | out tok/s dev mean/max % |", "| --- | --- | ---: | ---: | "
@@ -474,9 +478,7 @@ def _markdown(table: pd.DataFrame, noise: pd.DataFrame, sensitivity_ms: float) -
                 cells.append(f"{fmt.format(r[f'{label}_measured'])} → "
                              f"{fmt.format(r[f'{label}_rep_mean'])} "
                              f"({r[f'{label}_rep_err_%']:+.1f}%) [{band}]{mark}")
-            name = r.run_id.split("-r")[0].removeprefix("h200a-").removeprefix("h200b-")
-            lines.append(f"| {name} r{r.run_id.split('-r')[-1][0]} | {r.workload} | "
-                         + " | ".join(cells) + " |")
+            lines.append(f"| {_run_label(r.run_id)} | {r.workload} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
