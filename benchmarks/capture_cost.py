@@ -35,7 +35,7 @@ from servetune.features import (
 from servetune.models import StepTimeRegressor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import SAMPLES, _padded, labelled_runs, repeated_shapes  # noqa: E402
+from sim_fidelity import SAMPLES, capture_terms, labelled_runs  # noqa: E402
 
 COLUMNS = [*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]
 
@@ -50,21 +50,14 @@ def capture_table(root: Path) -> pd.DataFrame:
     model = StepTimeRegressor(n_jobs=1).fit(train[COLUMNS], train.duration_ms.to_numpy(),
                                             groups=train.run_id.to_numpy())
     caps = frame[captured].copy()
-    config = caps.run_id.map(runs.set_index("run_id")["config"].map(json.loads))
-    q = (caps.prefill_tokens + caps.decode_tokens).to_numpy()
-    pages = config.map(lambda c: c["num_blocks"] * c["block_size"]).to_numpy()
+    terms, asynchronous, repeated = capture_terms(caps, runs)
     return pd.DataFrame({
         "run_id": caps.run_id.to_numpy(),
         "config": caps.run_id.map(runs.set_index("run_id")["config_name"]).to_numpy(),
-        "asynchronous": config.map(lambda c: bool(c["use_async_batching"])).to_numpy(),
+        "asynchronous": asynchronous,
         "extra": caps.duration_ms.to_numpy() - model.predict(caps[COLUMNS]),
-        "duration": caps.duration_ms.to_numpy(), "one": 1.0,
-        "q": _padded(q, config.map(lambda c: c["q_padding_interval_size"]).to_numpy(),
-                     config.map(lambda c: c["max_batch_tokens"]).to_numpy()),
-        "kv": _padded(caps.kv_tokens_sum.to_numpy() - q,
-                      config.map(lambda c: c["kv_padding_interval_size"]).to_numpy(), pages),
-        "budget": config.map(lambda c: c["max_batch_tokens"]).to_numpy(),
-        "repeated": repeated_shapes(caps, runs)})
+        "duration": caps.duration_ms.to_numpy(), "one": terms[:, 0], "q": terms[:, 1],
+        "kv": terms[:, 2], "budget": terms[:, 3], "repeated": repeated})
 
 
 def _fit(d: pd.DataFrame, terms: list[str], repeat: bool) -> tuple[np.ndarray, float]:

@@ -26,17 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servetune.features import (
-    DEFAULT_FEATURE_SET,
-    KNOB_COLUMNS,
-    PREV_COLUMNS,
-    RAW_COLUMNS,
-    add_previous_step,
-    graph_captured,
-    join_knobs,
-)
+from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
 from servetune.tuner.simulator import Simulator
-from servetune.tuner.simulator._policies import CAPTURE_KEYS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_fidelity import (  # noqa: E402
@@ -45,9 +36,9 @@ from sim_fidelity import (  # noqa: E402
     SAMPLES,
     capture_fit,
     capture_noise,
-    labelled_runs,
     run_workload,
-    sim_config,
+    sample_frame,
+    sim_config_with_capture,
     simulated_metrics,
     train_step_model,
     with_warmup,
@@ -68,12 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--replications", type=int, default=16)
     parser.add_argument("--search-trials", type=int, default=6)
     args = parser.parse_args(argv)
-    root = Path(args.samples)
-    runs = labelled_runs(root / "runs.parquet")
-    requests = pd.read_parquet(root / "requests.parquet")
-    frame = add_previous_step(join_knobs(pd.read_parquet(root / "steps.parquet"),
-                                         runs[["run_id", *KNOB_COLUMNS]]))
-    captured = graph_captured(frame)
+    runs, requests, frame, captured = sample_frame(Path(args.samples))
     training = runs[~runs["config_name"].isin(HELD_OUT)]
     mine = frame.run_id.isin(set(training.run_id))
     model = train_step_model(frame[mine & ~captured & (frame.duration_ms > 0)],
@@ -89,10 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         spread = capture_noise(captures[others], predicted[others], runs, fits)
         for _, run in group.iterrows():
             workload, offset = run_workload(requests[requests.run_id == run.run_id])
-            config = sim_config(run)
+            config = sim_config_with_capture(run, fits)
             mode = bool(config["use_async_batching"])
-            a, b, c, d, f = fits[mode]
-            config.update(zip(CAPTURE_KEYS, (a + d * config["max_batch_tokens"], b, c, f)))
             replay = with_warmup(workload, WARMUP)
             expected = simulated_metrics(Simulator("transformers", config, compiled).run(replay),
                                          offset, WARMUP)

@@ -44,6 +44,7 @@ from servetune.features import (
     PREV_COLUMNS,
     RAW_COLUMNS,
     add_previous_step,
+    graph_captured,
     join_knobs,
 )
 from servetune.models import StepTimeRegressor
@@ -174,6 +175,25 @@ def capture_noise(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.Dat
     return out
 
 
+def sim_config_with_capture(run: pd.Series,
+                            fits: dict[bool, tuple[float, float, float, float, float]]) -> dict:
+    """:func:`sim_config` plus the capture cost of ``fits`` (from :func:`capture_fit`) for the
+    run's batching mode and token budget."""
+    config = sim_config(run)
+    a, b, c, d, f = fits[bool(config["use_async_batching"])]
+    config.update(zip(CAPTURE_KEYS, (a + d * config["max_batch_tokens"], b, c, f)))
+    return config
+
+
+def sample_frame(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """The sample's labelled runs, requests, steps with knobs and previous steps, and per step
+    whether it captured a CUDA graph."""
+    runs = labelled_runs(root / "runs.parquet")
+    frame = add_previous_step(join_knobs(pd.read_parquet(root / "steps.parquet"),
+                                         runs[["run_id", *KNOB_COLUMNS]]))
+    return runs, pd.read_parquet(root / "requests.parquet"), frame, graph_captured(frame)
+
+
 def run_workload(requests: pd.DataFrame) -> tuple[Workload, float]:
     """A run's recorded requests as a workload, and its first arrival (the rebasing offset)."""
     r = requests.sort_values("arrival_s", kind="stable")
@@ -279,17 +299,13 @@ def main(argv: list[str] | None = None) -> dict:
                              "own error from the step-time model's")
     args = parser.parse_args(argv)
     root = Path(args.samples)
-    steps = pd.read_parquet(root / "steps.parquet")
-    requests = pd.read_parquet(root / "requests.parquet")
-    runs = labelled_runs(root / "runs.parquet")
+    runs, requests, frame, capture = sample_frame(root)
     repeats = (labelled_runs(Path(args.repeats) / "runs.parquet") if args.repeats
                else runs.iloc[:0])
     measured = pd.concat([runs, repeats], ignore_index=True)
     held = runs["config_name"].isin(HELD_OUT)
     train_ids = set(runs.loc[~held, "run_id"])
 
-    frame = add_previous_step(join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]]))
-    capture = frame["extra"].fillna("").str.contains('"graph_captured":true', regex=False)
     if args.in_sample:
         train_ids = set(runs["run_id"])
     train = frame[frame.run_id.isin(train_ids) & ~capture & (frame.duration_ms > 0)]
@@ -312,9 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     for _, run in simulated.iterrows():
         w, offset = run_workload(requests[requests.run_id == run.run_id])
         t = time.perf_counter()
-        config = sim_config(run)
-        a, b, c, d, f = capture_cost[bool(config["use_async_batching"])]
-        config.update(zip(CAPTURE_KEYS, (a + d * config["max_batch_tokens"], b, c, f)))
+        config = sim_config_with_capture(run, capture_cost)
         result = Simulator("transformers", config, compiled).run(
             with_warmup(w, args.collector_warmup), seed=args.seed, record_steps=True)
         sim_s = time.perf_counter() - t
