@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
-from servetune.tuner.simulator import Simulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_fidelity import (  # noqa: E402
@@ -36,12 +35,9 @@ from sim_fidelity import (  # noqa: E402
     SAMPLES,
     capture_fit,
     capture_noise,
-    run_workload,
     sample_frame,
-    sim_config_with_capture,
-    simulated_metrics,
+    simulate_replay,
     train_step_model,
-    with_warmup,
 )
 
 COLUMNS = [*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]
@@ -74,17 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
         fits = capture_fit(captures[others], predicted[others], runs)
         spread = capture_noise(captures[others], predicted[others], runs, fits)
         for _, run in group.iterrows():
-            workload, offset = run_workload(requests[requests.run_id == run.run_id])
-            config = sim_config_with_capture(run, fits)
-            mode = bool(config["use_async_batching"])
-            replay = with_warmup(workload, WARMUP)
-            expected = simulated_metrics(Simulator("transformers", config, compiled).run(replay),
-                                         offset, WARMUP)
-            noisy = Simulator("transformers", {**config,
-                                               "cuda_graph_capture_noise_cv": spread[mode][0],
-                                               "cuda_graph_capture_run_cv": spread[mode][1]},
-                              compiled)
-            draws = [simulated_metrics(noisy.run(replay, seed=seed), offset, WARMUP)
+            mode = bool(run.async_batching)
+            expected, _ = simulate_replay(run, requests, fits, compiled, WARMUP)
+            draws = [simulate_replay(run, requests, fits, compiled, WARMUP, seed=seed,
+                                     cuda_graph_capture_noise_cv=spread[mode][0],
+                                     cuda_graph_capture_run_cv=spread[mode][1])[0]
                      for seed in range(args.replications)]
             inside = [bool(np.percentile([s[label] for s in draws], 10) <= float(run[column])
                            <= np.percentile([s[label] for s in draws], 90))

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
-from servetune.tuner.simulator import Simulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_fidelity import (  # noqa: E402
@@ -29,12 +28,10 @@ from sim_fidelity import (  # noqa: E402
     SAMPLES,
     capture_fit,
     capture_terms,
-    run_workload,
     sample_frame,
     sim_config_with_capture,
-    simulated_metrics,
+    simulate_replay,
     train_step_model,
-    with_warmup,
 )
 
 COLUMNS = [*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]
@@ -68,14 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
     own = frame[(frame.run_id == run.run_id).to_numpy() & captured]
     extra = own.duration_ms.to_numpy() - model.predict(own[COLUMNS])
     _, _, repeated = capture_terms(own, runs)
-    workload, offset = run_workload(requests[requests.run_id == run.run_id])
-    replay = with_warmup(workload, WARMUP)
     sweep = []
     for cost in np.arange(args.low, args.high + args.step / 2, args.step):
-        flat = {**config, "cuda_graph_capture_ms": float(cost),
-                "cuda_graph_capture_ms_per_token": 0.0, "cuda_graph_capture_ms_per_kv_token": 0.0}
-        result = Simulator("transformers", flat, compiled).run(replay)
-        sim = simulated_metrics(result, offset, WARMUP)
+        sim, result = simulate_replay(run, requests, fits, compiled, WARMUP,
+                                      cuda_graph_capture_ms=float(cost),
+                                      cuda_graph_capture_ms_per_token=0.0,
+                                      cuda_graph_capture_ms_per_kv_token=0.0)
         sweep.append({"capture_ms": float(cost),
                       "ttft_err_%": (sim["ttft_ms"] / run.ttft_mean_ms - 1) * 100,
                       "tpot_err_%": (sim["tpot_ms"] / run.tpot_mean_ms - 1) * 100,

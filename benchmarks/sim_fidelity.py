@@ -229,6 +229,18 @@ def simulated_metrics(result, offset: float, n_warmup: int) -> dict:
             "steps": int(result.metrics["steps"])}
 
 
+def simulate_replay(run: pd.Series, requests: pd.DataFrame, fits: dict, compiled, n_warmup: int,
+                    seed: int = 0, record_steps: bool = False, **overrides) -> tuple[dict, object]:
+    """Replay ``run``'s own recorded requests (after ``n_warmup`` collector warm-up requests)
+    through the simulator with its engine configuration, the capture cost of ``fits`` and
+    ``overrides``: (:func:`simulated_metrics`, the simulator's result)."""
+    workload, offset = run_workload(requests[requests.run_id == run.run_id])
+    config = {**sim_config_with_capture(run, fits), **overrides}
+    result = Simulator("transformers", config, compiled).run(
+        with_warmup(workload, n_warmup), seed=seed, record_steps=record_steps)
+    return simulated_metrics(result, offset, n_warmup), result
+
+
 def labelled_runs(path: Path) -> pd.DataFrame:
     """A runs table with ``config_name`` and ``workload_name`` columns."""
     runs = pd.read_parquet(path)
@@ -252,6 +264,25 @@ def noise_floor(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{label}_max_dev_%"] = dev.max()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def others_mean_within(runs: pd.DataFrame, measured: pd.DataFrame, limit_pct: float = 10.0
+                       ) -> dict:
+    """A noise ceiling: predict each run by the mean of the OTHER measurements of its
+    configuration and workload (what a simulator exact in expectation, with that mean known, would
+    print). Per run, the largest of the three metric errors; and how many runs have all three
+    within ``limit_pct``."""
+    worst = {}
+    for _, run in runs.iterrows():
+        others = measured[(measured.config_name == run.config_name)
+                          & (measured.workload_name == run.workload_name)
+                          & (measured.run_id != run.run_id)]
+        if len(others):
+            worst[run.run_id] = max(abs(float(others[c].mean()) / float(run[c]) - 1) * 100
+                                    for c, _ in METRICS)
+    return {"runs_with_other_measurements": len(worst),
+            "all_three_within": int(sum(v <= limit_pct for v in worst.values())),
+            "largest_error_%_by_run": {_run_label(k): round(v, 1) for k, v in worst.items()}}
 
 
 def train_step_model(train: pd.DataFrame, feature_set: str, search_trials: int,
@@ -326,13 +357,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     for _, run in simulated.iterrows():
-        w, offset = run_workload(requests[requests.run_id == run.run_id])
         t = time.perf_counter()
-        config = sim_config_with_capture(run, capture_cost)
-        result = Simulator("transformers", config, compiled).run(
-            with_warmup(w, args.collector_warmup), seed=args.seed, record_steps=True)
+        sim, result = simulate_replay(run, requests, capture_cost, compiled,
+                                      args.collector_warmup, seed=args.seed, record_steps=True)
         sim_s = time.perf_counter() - t
-        sim = simulated_metrics(result, offset, args.collector_warmup)
         clock = WARMUP_GAP_S if args.collector_warmup else 0.0
         sim["steps"] = int((result.steps[:, 1] >= clock).sum())
         row = {"run_id": run.run_id, "config": run.config_name, "workload": run.workload_name,
@@ -346,14 +374,14 @@ def main(argv: list[str] | None = None) -> dict:
         measured_busy = test["duration_ms"].to_numpy()[mine].sum()
         row["busy_time_ratio"] = float(pred[mine].sum() / measured_busy)
         if args.sensitivity_ms > 0:
-            slower = Simulator("transformers", {**config, "step_overhead_ms": args.sensitivity_ms},
-                               compiled).run(with_warmup(w, args.collector_warmup), seed=args.seed)
-            moved = simulated_metrics(slower, offset, args.collector_warmup)
+            moved, _ = simulate_replay(run, requests, capture_cost, compiled,
+                                       args.collector_warmup, seed=args.seed,
+                                       step_overhead_ms=args.sensitivity_ms)
             for _, label in METRICS:
                 row[f"{label}_sensitivity_%"] = (moved[label] / sim[label] - 1) * 100
         if args.replications > 0:
-            row.update(replicated(run, w, offset, config, compiled, args,
-                                  capture_spread[bool(config["use_async_batching"])]))
+            row.update(replicated(run, requests, capture_cost, compiled, args,
+                                  capture_spread[bool(run.async_batching)]))
         same = measured[(measured.config_name == run.config_name)
                         & (measured.workload_name == run.workload_name)]
         row["measurements"] = len(same)
@@ -408,6 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
               "sensitivity_ms": args.sensitivity_ms,
               "repeats": args.repeats, "measured_runs_with_repeats": len(measured),
               "share_all_three_within_10%_of_the_measurement_mean": all_three_vs_mean,
+              "noise_ceiling_mean_of_other_measurements": others_mean_within(simulated, measured),
               "spearman": ranks,
               "runs": table.to_dict(orient="records"),
               "noise_floor": noise.to_dict(orient="records")}
@@ -425,16 +454,14 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def replicated(run: pd.Series, workload: Workload, offset: float, config: dict, compiled,
+def replicated(run: pd.Series, requests: pd.DataFrame, fits: dict, compiled,
                args: argparse.Namespace, spread: tuple[float, float]) -> dict:
     """``args.replications`` seeded simulations of one run with capture-cost noise ``spread``
     (per capture, per run): per metric the mean, its error, the 10-90 % band, and whether the
     measured value lies inside it."""
-    noisy = {**config, "cuda_graph_capture_noise_cv": spread[0],
-             "cuda_graph_capture_run_cv": spread[1]}
-    simulator = Simulator("transformers", noisy, compiled)
-    replay = with_warmup(workload, args.collector_warmup)
-    draws = [simulated_metrics(simulator.run(replay, seed=seed), offset, args.collector_warmup)
+    draws = [simulate_replay(run, requests, fits, compiled, args.collector_warmup, seed=seed,
+                             cuda_graph_capture_noise_cv=spread[0],
+                             cuda_graph_capture_run_cv=spread[1])[0]
              for seed in range(args.replications)]
     row = {}
     for column, label in METRICS:

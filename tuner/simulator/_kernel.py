@@ -177,8 +177,6 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
         rs[r, _WHEAD] = n + 1
         rs[r, _WTAIL] = n + 1
     t_end = np.zeros(n_rep)
-    t_start = np.zeros(n_rep)
-    t_capture = np.zeros(n_rep)  # seconds the running step spent capturing a CUDA graph
     # transformers async batching: a batch's tokens are read back while the next batch is being
     # launched, so they are timestamped at the end of the next step (launch to launch), or at
     # once when no next step follows; until then they wait here per replica
@@ -229,7 +227,6 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
     kicked = np.zeros(n_rep, dtype=np.int64)
     n_kicked = 0
     t_now = 0.0
-    from_step = False
     min_step_s = p[_MINSTEP] / 1e3
     overhead_ms = p[_OVERHEAD]
     sigma = np.sqrt(np.log(1.0 + step_noise_cv * step_noise_cv)) if step_noise_cv > 0 else 0.0
@@ -266,7 +263,6 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             if n_kicked == 0 or (nxt < n and arrival[nxt] <= now):
                 continue  # route every arrival of this instant before scheduling
             t_now = now
-            from_step = False
         elif r_min >= 0:
             # finish replica r_min's step
             r = r_min
@@ -317,31 +313,23 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             rs[r, _BUSY] = 0
             kicked[0] = r
             n_kicked = 1
-            from_step = True
         else:
             break
 
         for q in range(n_kicked):
             r = kicked[q]
             kick[r] = 0
-            cutoff = t_now
-            if p[_ASYNC] != 0.0 and from_step:
-                # the next batch was scheduled once the last one was launched: after its start,
-                # and after its graph capture, which holds the CPU
-                cutoff = t_start[r] + t_capture[r]
+            # a step's batch is scheduled when its loop iteration begins, in both batching modes:
+            # every request that arrived by now is seen (async overlaps the GPU work, not this)
             while True:
                 if policy == POLICY_TRANSFORMERS:
-                    got = _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand,
-                                                 arrival, cutoff)
+                    got = _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand)
                 elif policy == POLICY_VLLM:
                     got = _schedule_vllm(r, p, st, rs, run, wq, bq, bl)
                 else:
                     got = _schedule_static(r, p, st, rs, run, wq, bq, bl)
                 if got > 0:
                     break
-                if cutoff < t_now:
-                    cutoff = t_now  # an empty batch: the engine loops and sees the new arrivals
-                    continue
                 # nothing schedulable although requests wait: a request larger than the whole cache
                 # (the engine would raise or stall forever); fail it and try again
                 if rs[r, _RUNCNT] > 0:
@@ -472,8 +460,6 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
             dur = ms / 1e3
             if not dur >= min_step_s:
                 dur = min_step_s
-            t_start[r] = t_now
-            t_capture[r] = min(capture_ms / 1e3, dur)
             t_end[r] = t_now + dur
             rs[r, _BUSY] = 1
             rs[r, _NSTEPS] += 1

@@ -52,15 +52,13 @@ from servetune.tuner.simulator._state import (
 # ---------------------------------------------------------------------------------------------
 
 @numba.njit(cache=True)
-def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival, cutoff):
+def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand):
     """One ``schedule_batch`` call; returns (scheduled count, one_allocation_failed, n_starved).
 
     Mirrors ``Scheduler._process_candidates``: candidates are active DECODING then PREFILLING
     requests (FIFO) or the reverse (prefill-first), then waiting requests unless new requests are
     blocked; the safety margin stops non-decoding candidates once a batch has started; a failed
     block allocation skips the candidate (or stops at a waiting one when no block is free).
-    Waiting requests that arrived after ``cutoff`` are not seen yet: with async batching the
-    engine schedules batch N+1 while batch N runs, so it sees arrivals up to N's start.
     """
     bs = np.int64(p[_BS])
     nb = np.int64(p[_NB])
@@ -97,9 +95,6 @@ def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival, cutoff):
     prefix = True  # the waiting requests taken so far are a prefix of the queue
     for c in range(n_cand):
         i = cand[c] if c < n_active else wq[r, w_head + c - n_active]
-        if c >= n_active and arrival[i] > cutoff:
-            prefix = False  # arrived after this schedule ran (async: during the last step)
-            continue
         num_free = rs[r, _FREE]
         if num_free < margin and n_sched > 0 and st[i, _TSTAT] != _DECODING:
             break
@@ -189,14 +184,12 @@ def _tf_offload(r, st, rs, run, wq, starved, n_starved):
 
 
 @numba.njit(cache=True)
-def _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival, cutoff):
-    n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival,
-                                          cutoff)
+def _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand):
+    n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand)
     while n_sched == 0 and failed:
         if _tf_offload(r, st, rs, run, wq, starved, n_starved) == 0:
             return -1  # the engine raises "No requests can be scheduled and no requests can be offloaded"
-        n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand, arrival,
-                                          cutoff)
+        n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand)
     if n_sched > 0 and n_starved > 0:
         _tf_offload(r, st, rs, run, wq, starved, n_starved)
     return n_sched
