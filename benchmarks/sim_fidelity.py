@@ -14,7 +14,8 @@
    about 3 % of a decode step) added to every step, to show how far a small step-time error
    moves each metric.
 5. With ``--repeats DIR`` (default: ``benchmarks/data/fidelity_repeats/`` when present), more
-   measurements of held-out configurations (``benchmarks/fidelity_repeats_sweep.toml``) join the
+   measurements of held-out configurations (``benchmarks/fidelity_repeats_sweep.toml`` and
+   ``fidelity_repeats_sweep2.toml``) join the
    noise floor, and each held-out run's simulation is also compared with the mean of all
    measurements of its configuration and workload.
 
