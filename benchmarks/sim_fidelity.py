@@ -57,7 +57,7 @@ from servetune.tuner.simulator._transformers import _graph_key
 SAMPLES = Path(servetune.__file__).resolve().parent / "data" / "samples"
 REPEATS = Path(__file__).resolve().parent / "data" / "fidelity_repeats"
 # Held out: one repeated configuration, sync and async, both schedulers, CUDA graphs on and off,
-# a small KV cache. Everything else (9 configurations) trains the step-time model.
+# a small KV cache. Everything else (23 configurations) trains the step-time model.
 HELD_OUT = ("g-fifo-512-bs64-sync", "g-fifo-1024-bs32-async", "g-pf-1024-bs256-sync",
             "g-fifo-512-bs64-async-smallkv", "e-pf-1024-bs64-async")
 METRICS = (("ttft_mean_ms", "ttft_ms"), ("tpot_mean_ms", "tpot_ms"),
