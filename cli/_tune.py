@@ -117,9 +117,6 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
         raise click.exceptions.Exit(exit_code)
 
 
-_LAUNCHER_ENGINE = {"transformers-cb": "transformers", "vllm": "vllm"}
-
-
 def _verify(result: dict, cluster: str, served_model: str | None, as_json: bool) -> int:
     """Run ``servetune validate`` on the study's candidates with the tuned workload; the
     measurements land in the trace store and ``<study>/measurements.json``. Returns its exit
@@ -133,7 +130,7 @@ def _verify(result: dict, cluster: str, served_model: str | None, as_json: bool)
 
     study = result["study"]
     info = study["evaluator"]
-    engine = _LAUNCHER_ENGINE.get(study["engine"], study["engine"])
+    engine = study["engine"]
     if cluster.endswith(".toml") and Path(cluster).is_file():
         import tomllib
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from servetune import InputError, ServetuneError
 from servetune.cli._main import Context, emit_json
 from servetune.data import TraceStore, atomic_write_text, resolve_workload
+from servetune.data.engines import canonical_engine_name, engine_names
 from servetune.tuner.hardware import (
     ClientOptions,
     Dispatcher,
@@ -34,6 +35,7 @@ from servetune.tuner.hardware import (
     launcher_for,
     load_cluster,
     load_study_candidates,
+    study_engine,
 )
 
 __all__ = ["command", "parse_duration", "ValidationOutcome", "EXIT_OK", "EXIT_DRIFT",
@@ -92,8 +94,10 @@ def _study_dir(ctx: Context, study: str) -> Path:
 @click.option("--base-set", "base_settings", multiple=True, metavar="KEY=VALUE",
               help="Engine knobs applied under every candidate, not tuned (e.g. device=cuda, "
                    "dtype=bfloat16).")
-@click.option("--engine", default=None, help="vllm, sglang, transformers or script "
-                                             "(default: the cluster file's, else vllm).")
+@click.option("--engine", default=None,
+              help="Engine to launch: transformers-cb, vllm, sglang (or an alias such as "
+                   "transformers), or script (default: the cluster file's engine, else the "
+                   "study's; a study is only launched with the engine it tuned).")
 @click.option("--model", default=None, help="Model path or id served by the engine.")
 @click.option("--workload", default=None,
               help="Request-arrival trace file or synthetic spec (default: the study's workload "
@@ -180,8 +184,9 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
     if ssh_overrides:
         cluster = dataclasses.replace(cluster, ssh=dataclasses.replace(cluster.ssh,
                                                                        **ssh_overrides))
-    launcher = launcher_for(cluster.engine if engine is None else engine, unsupported=unapplied)
     study_dir = _study_dir(ctx, study) if study else None
+    launcher = launcher_for(_engine_to_launch(engine, cluster.engine, study_dir),
+                            unsupported=unapplied)
     candidates = (load_study_candidates(study_dir, top=top) if study_dir
                   else candidates_from_sets(settings))
     if base_settings:
@@ -215,6 +220,22 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
         log.info("next validation in %gs", period)
         time.sleep(period)
     _finish(code, last_summary)
+
+
+def _engine_to_launch(option: str | None, cluster: str | None, study_dir) -> str:
+    """``--engine``, else the cluster file's ``engine``, else the study's engine; a named engine
+    that differs from the study's is refused (a user start script may serve any engine)."""
+    tuned = study_engine(study_dir) if study_dir is not None else None
+    chosen = option or cluster or tuned
+    if chosen is None:
+        raise InputError("no engine to launch: pass --engine (one of "
+                         f"{', '.join(engine_names())} or script) or set `engine` in the "
+                         "cluster file", field="--engine")
+    if tuned is not None and chosen != "script" and canonical_engine_name(chosen) != tuned:
+        raise InputError(f"the study tuned {tuned} but {chosen} would be launched; drop "
+                         "--engine / the cluster file's engine, or validate a study of that "
+                         "engine", field="--engine")
+    return chosen
 
 
 class ValidationOutcome(ServetuneError):

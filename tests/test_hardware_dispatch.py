@@ -262,7 +262,7 @@ def test_cli_bad_input_exits_two(tmp_path, capsys):
     assert code == 2 and "duration" in out.err
     code, out = cli(tmp_path, capsys, "--cluster", "local", "--engine", "transformers",
                     "--model", "m", "--set", "scheduler=fifo")
-    assert code == 2 and "no flag for knob 'scheduler'" in out.err
+    assert code == 2 and "cannot take scheduler_type; it can take: block_size" in out.err
 
 
 def test_cli_every_repeats_rounds(tmp_path, capsys):

@@ -74,10 +74,10 @@ def test_workspace_champion_is_used_without_a_model_uri(workspace):
 
 def test_unknown_key_exits_2_with_the_valid_keys(workspace):
     ws, _ = workspace
-    out = _simulate(ws, "--engine", "vllm", "--set", "max_batch_tokens=512", "--workload",
+    out = _simulate(ws, "--engine", "vllm", "--set", "max_requests_per_batch=512", "--workload",
                     "poisson:rate=4,n=10")
     assert out.returncode == 2
-    assert "unknown vllm config key(s) 'max_batch_tokens'" in out.stderr
+    assert "unknown vllm config key(s) 'max_requests_per_batch'" in out.stderr
     assert "max_num_batched_tokens" in out.stderr
     out = _simulate(ws, "--engine", "vllm", "--set", "novalue", "--workload", "x")
     assert out.returncode == 2 and "expects key=value" in out.stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from _helpers_simulator import constant_step_model, trained_step_model
 
+from servetune import ConfigError
 from servetune.data import Workload, synthetic_workload
 from servetune.tuner.simulator import simulate
 
@@ -103,10 +104,12 @@ def test_vllm_long_prefill_threshold_and_partial_prefills():
                  one(100, 2), STEP, record_steps=True)
     assert r.steps[:4, 6].tolist() == [32, 32, 32, 4] and r.ttft_ms[0] == pytest.approx(40.0)
     w = Workload.from_arrays([0.0, 0.0], [100, 100], [2, 2])
-    one_at_a_time = simulate("vllm", {"max_num_partial_prefills": 1}, w, STEP, record_steps=True)
-    assert one_at_a_time.steps[0, 4] == 1 and one_at_a_time.first_scheduled_s[1] > 0
-    both = simulate("vllm", {}, w, STEP, record_steps=True)
+    # the V1 scheduler gives both prompts a chunk in one step: max_num_partial_prefills (1, the
+    # only value V1 accepts) does not cap it
+    both = simulate("vllm", {"max_num_partial_prefills": 1}, w, STEP, record_steps=True)
     assert both.steps[0, 4] == 2
+    with pytest.raises(ConfigError, match="max_num_partial_prefills' must be <= 1"):
+        simulate("vllm", {"max_num_partial_prefills": 2}, w, STEP)
 
 
 def test_vllm_max_num_seqs_and_no_chunking():

@@ -17,11 +17,14 @@ from servetune.tuner.simulator import (
 
 
 def test_shipped_engines_and_defaults():
-    assert engines() == ("static", "transformers", "vllm")
+    assert engines() == ("static", "transformers-cb", "vllm")
     tf = default_config("transformers")
     assert tf["scheduler_type"] == "fifo" and tf["block_size"] == 256
     assert tf["max_batch_tokens"] == 8192 and tf["max_requests_per_batch"] == 1024
-    assert default_config("vllm")["max_num_seqs"] == 256
+    # vLLM's API-server default on a >= 70 GiB GPU (the simulator's default gpu_memory_gib: 140)
+    assert default_config("vllm")["max_num_seqs"] == 1024
+    assert default_config("vllm", )["max_num_batched_tokens"] == 8192
+    assert resolve_config("vllm", {"gpu_memory_gib": 40})["max_num_seqs"] == 256
     assert set(config_keys("static")) >= {"max_batch_size", "dp_size", "router", "tp_size"}
 
 
@@ -29,17 +32,19 @@ def test_registry_refuses_duplicates_and_lists_valid_names():
     registry = default_registry()
     with pytest.raises(ConfigError, match="already registered"):
         registry.register(get_policy("vllm"))
-    with pytest.raises(ConfigError, match="static, transformers, vllm"):
+    with pytest.raises(ConfigError, match="static, transformers-cb, vllm"):
         registry.get("sglang")
     assert PolicyRegistry().names == ()
-    with pytest.raises(ConfigError, match="unknown engine 'sglang'"):
+    with pytest.raises(ConfigError, match="engine 'sglang' has no simulator policy"):
         get_policy("sglang")
+    with pytest.raises(ConfigError, match="unknown engine 'tgi'"):
+        get_policy("tgi")
 
 
 def test_unknown_key_is_refused_with_the_valid_keys():
-    with pytest.raises(ConfigError, match=r"unknown vllm config key\(s\) 'max_batch_tokens'.*"
-                                          r"max_num_batched_tokens"):
-        resolve_config("vllm", {"max_batch_tokens": 512})
+    with pytest.raises(ConfigError, match=r"unknown vllm config key\(s\) "
+                                          r"'max_requests_per_batch'.*max_num_batched_tokens"):
+        resolve_config("vllm", {"max_requests_per_batch": 512})
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -50,7 +55,7 @@ def test_unknown_key_is_refused_with_the_valid_keys():
     ("safety_margin", 1.5, "must be <= 1.0"),
 ])
 def test_bad_values_name_the_key(key, value, message):
-    with pytest.raises(ConfigError, match=f"transformers config key '{key}' {message}"):
+    with pytest.raises(ConfigError, match=f"transformers-cb config key '{key}' {message}"):
         resolve_config("transformers", {key: value})
 
 

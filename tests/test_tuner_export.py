@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
 from servetune.tuner import SearchSpace, launch_args
-from servetune.tuner._export import CB_SERVE_FLAGS
 
 
 def test_vllm_flags_with_booleans_and_parallelism():
@@ -34,17 +31,8 @@ def test_transformers_kwargs_build_a_real_continuous_batching_config():
     assert cb.max_batch_tokens == config["max_batch_tokens"]
     assert cb.use_async_batching == config["async_batching"]
     assert launch["serve_flags_cover_all"] is False  # scheduler/async are config-only knobs
-    assert launch["cli"][0] == "--continuous-batching"
+    assert "--continuous-batching" not in launch["cli"]  # a fixed argument, not a knob flag
     assert launch["command"].startswith("transformers serve MODEL --continuous-batching")
-
-
-def test_serve_flags_exist_on_the_installed_transformers_serve_command():
-    pytest.importorskip("transformers")
-    from transformers.cli.serve import Serve
-
-    options = set(inspect.signature(Serve.__init__).parameters)
-    for flag in CB_SERVE_FLAGS.values():
-        assert flag[2:].replace("-", "_") in options, flag
 
 
 def test_targets_of_imported_spaces_route_to_flags_env_and_config_file():

@@ -35,7 +35,7 @@ def test_builtin_spaces_load_and_their_grids_are_finite_and_feasible():
     assert {"transformers-cb", "vllm"} <= set(builtin_spaces())
     cb = SearchSpace.builtin("transformers-cb")
     grid = cb.grid()
-    assert len(grid) == 16 * 5 * 4 * 3 * 2 * 2
+    assert len(grid) == 16 * 5 * 4 * 3 * 2 * 2 * 2  # ... async batching, CUDA graphs
     assert all(cb.resolve(t).feasible for t in grid[:200])
     vllm = SearchSpace.builtin("vllm")
     point = vllm.resolve(vllm.default_tunables())

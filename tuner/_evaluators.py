@@ -20,12 +20,18 @@ __all__ = ["SimulatorEvaluator", "simulator_keys", "engine_defaults"]
 log = logging.getLogger(__name__)
 
 
-def simulator_keys(engine: str) -> set[str]:
-    """Configuration keys (and aliases) the simulator accepts for ``engine``."""
+def simulator_keys(engine: str, *, modelled_only: bool = False) -> set[str]:
+    """Configuration keys (and aliases) the simulator accepts for ``engine``; with
+    ``modelled_only``, less the engine knobs it carries without modelling their effect."""
     from servetune.tuner.simulator import get_policy
 
     policy = get_policy(engine)
-    return set(policy.keys()) | set(policy.aliases)
+    keys = set(policy.keys()) | set(policy.aliases)
+    if modelled_only:
+        for knob in policy.engine.knobs:
+            if not knob.simulated:
+                keys -= {knob.name, *knob.aliases, *knob.negated_aliases}
+    return keys
 
 
 def engine_defaults(engine: str) -> dict:
@@ -71,7 +77,8 @@ class SimulatorEvaluator:
                   base_config: dict | None = None) -> "SimulatorEvaluator":
         """An evaluator for ``space``; every tunable must be a simulator key of its engine."""
         accepted = simulator_keys(space.engine)
-        missing = [n for n in space.names if n not in accepted]
+        modelled = simulator_keys(space.engine, modelled_only=True)
+        missing = [n for n in space.names if n not in modelled]
         if missing:
             raise ConfigError(f"space {space.name!r} tunes {missing}, which the {space.engine} "
                               f"simulator does not model; its keys are {sorted(accepted)}")

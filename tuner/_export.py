@@ -1,12 +1,11 @@
 """A tuned configuration as the engine's own launch arguments.
 
-- ``vllm``: ``vllm serve MODEL --max-num-batched-tokens ... --tensor-parallel-size ...``.
-- ``transformers-cb``: keyword arguments of ``transformers.ContinuousBatchingConfig`` plus the
-  ``transformers serve --continuous-batching --cb-*`` flags for the knobs the server exposes
-  (block size, number of blocks, batch tokens, memory fraction, CUDA graphs); the others are
-  only reachable through the config object, and ``serve_flags_cover_all`` says so.
-- any space with ``targets`` (imported LLMServingTuner / auto-tuning-vllm spaces): ``--flags``,
-  environment variables (``env``) and dotted config-file positions.
+Engines with a spec (``servetune.data.engines``) get their start command from it: ``vllm serve
+MODEL --max-num-batched-tokens ...``, ``transformers serve MODEL --continuous-batching --cb-...``
+(plus the ``ContinuousBatchingConfig`` keyword arguments, since ``transformers serve`` exposes
+only some of them: ``serve_flags_cover_all`` says whether the command alone applies them all).
+Spaces with ``targets`` (imported LLMServingTuner / auto-tuning-vllm spaces) place each field as a
+``--flag``, an environment variable (``env``) or a dotted config-file position.
 
 Example:
     >>> launch_args("vllm", {"max_num_seqs": 128, "tp": 2, "enable_chunked_prefill": False})["cli"]
@@ -17,115 +16,45 @@ from __future__ import annotations
 
 import shlex
 
-__all__ = ["launch_args", "VLLM_FLAGS", "CB_CONFIG_KWARGS", "CB_SERVE_FLAGS"]
+from servetune.data.engines import ENGINES, get_engine
 
-# servetune/simulator key -> vLLM engine argument flag (booleans take --no- for False).
-VLLM_FLAGS = {
-    "max_num_batched_tokens": "--max-num-batched-tokens",
-    "max_num_seqs": "--max-num-seqs",
-    "block_size": "--block-size",
-    "long_prefill_token_threshold": "--long-prefill-token-threshold",
-    "max_num_partial_prefills": "--max-num-partial-prefills",
-    "gpu_memory_utilization": "--gpu-memory-utilization",
-    "enable_chunked_prefill": "--enable-chunked-prefill",
-    "num_gpu_blocks_override": "--num-gpu-blocks-override",
-    "async_scheduling": "--async-scheduling",
-    "enforce_eager": "--enforce-eager",
-    "tp": "--tensor-parallel-size",
-    "tp_size": "--tensor-parallel-size",
-    "dp": "--data-parallel-size",
-    "dp_size": "--data-parallel-size",
-}
-
-# servetune/simulator key -> ContinuousBatchingConfig keyword (transformers 5.x).
-CB_CONFIG_KWARGS = {
-    "block_size": "block_size",
-    "num_blocks": "num_blocks",
-    "max_batch_tokens": "max_batch_tokens",
-    "max_memory_percent": "max_memory_percent",
-    "max_requests_per_batch": "max_requests_per_batch",
-    "max_blocks_per_request": "max_blocks_per_request",
-    "use_async_batching": "use_async_batching",
-    "async_batching": "use_async_batching",
-    "use_cuda_graph": "use_cuda_graph",
-    "cuda_graph": "use_cuda_graph",
-    "scheduler_type": "scheduler_type",
-    "scheduler": "scheduler_type",
-    "safety_margin": "safety_margin",
-}
-
-# ContinuousBatchingConfig keyword -> `transformers serve` flag.
-CB_SERVE_FLAGS = {
-    "block_size": "--cb-block-size",
-    "num_blocks": "--cb-num-blocks",
-    "max_batch_tokens": "--cb-max-batch-tokens",
-    "max_memory_percent": "--cb-max-memory-percent",
-    "use_cuda_graph": "--cb-use-cuda-graph",
-}
+__all__ = ["launch_args"]
 
 
 def launch_args(engine: str, config: dict, targets: dict | None = None,
                 model: str = "MODEL") -> dict:
     """How to launch ``engine`` with ``config``.
 
+    Keys that are no knob of the engine (a space's bookkeeping fields such as ``gpus``) are
+    listed under ``unused``; so are knobs the engine's command line cannot take.
+
     Returns:
         ``{"engine", "cli": [args], "command": str, "env": {...}, "config_file": {...},
-        "kwargs": {...}, "unused": [keys with no launch equivalent]}`` (``kwargs`` and
-        ``serve_flags_cover_all`` for transformers).
+        "kwargs": {...}, "unused": [...], "serve_flags_cover_all": bool}``.
     """
     if targets:
         return _from_targets(engine, config, targets, model)
-    if engine in ("vllm", "vllm-v1"):
-        return _vllm(config, model)
-    if engine in ("transformers-cb", "transformers"):
-        return _transformers(config, model)
-    return {"engine": engine, "cli": [], "command": "", "env": {}, "config_file": {},
-            "kwargs": dict(config), "unused": []}
+    spec = get_engine(engine)
+    parts = spec.split(config)
+    kwargs = spec.config_kwargs(config)
+    command = (shlex.join(spec.launch_argv(config, model=model, unapplied="record"))
+               if spec.program else "")
+    return {"engine": spec.name, "cli": parts.flags, "command": command, "env": parts.env,
+            "config_file": {}, "kwargs": kwargs, "unused": parts.unknown + parts.config_only,
+            "serve_flags_cover_all": not parts.config_only}
+
+
+def _program(engine: str) -> tuple[str, ...]:
+    """The engine's launch program (``vllm serve``), or the engine's name for an unknown one."""
+    if engine in ENGINES and ENGINES[engine].program:
+        return ENGINES[engine].program
+    return (engine,)
 
 
 def _flag(flag: str, value) -> list[str]:
     if isinstance(value, bool):
         return [flag] if value else ["--no-" + flag[2:]]
     return [flag, str(value)]
-
-
-def _vllm(config: dict, model: str) -> dict:
-    cli: list[str] = []
-    unused = []
-    seen = set()
-    for key, value in config.items():
-        flag = VLLM_FLAGS.get(key)
-        if flag is None or value is None:
-            unused.append(key)
-            continue
-        if flag in seen:
-            continue
-        seen.add(flag)
-        if key in ("dp", "dp_size") and value == 1:
-            continue
-        cli += _flag(flag, value)
-    command = shlex.join(["vllm", "serve", model, *cli])
-    return {"engine": "vllm", "cli": cli, "command": command, "env": {}, "config_file": {},
-            "kwargs": {}, "unused": unused}
-
-
-def _transformers(config: dict, model: str) -> dict:
-    kwargs: dict = {}
-    unused = []
-    for key, value in config.items():
-        name = CB_CONFIG_KWARGS.get(key)
-        if name is None:
-            unused.append(key)
-        elif value is not None:
-            kwargs[name] = value
-    cli = ["--continuous-batching"]
-    for name, value in kwargs.items():
-        if name in CB_SERVE_FLAGS:
-            cli += _flag(CB_SERVE_FLAGS[name], value)
-    command = shlex.join(["transformers", "serve", model, *cli])
-    return {"engine": "transformers-cb", "cli": cli, "command": command, "env": {},
-            "config_file": {}, "kwargs": kwargs, "unused": unused,
-            "serve_flags_cover_all": all(k in CB_SERVE_FLAGS for k in kwargs)}
 
 
 def _from_targets(engine: str, config: dict, targets: dict, model: str) -> dict:
@@ -148,6 +77,7 @@ def _from_targets(engine: str, config: dict, targets: dict, model: str) -> dict:
                 node = node.setdefault(part, {})
             node[leaf] = value
     prefix = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
-    command = " ".join(prefix + [shlex.join([engine, model, *cli])]) if cli or env else ""
+    program = _program(engine)
+    command = " ".join(prefix + [shlex.join([*program, model, *cli])]) if cli or env else ""
     return {"engine": engine, "cli": cli, "command": command, "env": env, "config_file": tree,
             "kwargs": {}, "unused": unused}

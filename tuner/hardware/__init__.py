@@ -10,8 +10,8 @@ Example:
     >>> from servetune.tuner.hardware import parse_node_string, launcher_for
     >>> cluster = parse_node_string("local", service_port=8001)
     >>> launcher_for("transformers").render({"max_batch_tokens": 512}, cluster.groups[0],
-    ...                                     model="/m")[0].argv[-2:]
-    ('--cb-max-batch-tokens', '512')
+    ...                                     model="/m")[0].argv[:3]
+    ('transformers', 'serve', '/m')
 """
 
 from servetune.tuner.hardware._candidates import (
@@ -19,6 +19,7 @@ from servetune.tuner.hardware._candidates import (
     Candidate,
     candidates_from_sets,
     load_study_candidates,
+    study_engine,
 )
 from servetune.tuner.hardware._client import (
     BenchmarkResult,
@@ -98,7 +99,7 @@ __all__ = [
     "ServiceLost", "ServiceRun", "ServiceStartFailed", "ServiceUnhealthy", "StartedProcess",
     "TransformersLauncher", "Transport", "VLLMLauncher", "ValidationReport", "aggregate_metrics",
     "build_report", "candidates_from_sets", "default_transport", "known_hosts_name",
-    "launcher_for", "load_cluster", "load_cluster_toml", "load_study_candidates",
+    "launcher_for", "load_cluster", "load_cluster_toml", "load_study_candidates", "study_engine",
     "make_prompt", "measurement_tables", "metric_row", "parse_node_string", "read_hostfile",
     "replay",
 ]

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from servetune import InputError
+from servetune.data import metric_name
 
-__all__ = ["Candidate", "candidates_from_sets", "load_study_candidates", "CANDIDATES_FILE"]
+__all__ = ["Candidate", "candidates_from_sets", "load_study_candidates", "study_engine",
+           "CANDIDATES_FILE"]
 
 CANDIDATES_FILE = "candidates.json"
 
@@ -33,7 +34,8 @@ class Candidate:
         name: unique name in reports (``rank1``, ``default``, ...).
         config: engine knobs (``{"max_batch_tokens": 512, ...}``).
         predicted: predicted metrics keyed like the ``runs`` columns (``ttft_mean_ms``, ...;
-            the tuner's ``ttft_ms_mean`` spelling is renamed when a study is read).
+            the old ``ttft_ms_mean`` spelling of studies saved before the names were unified
+            is renamed when a study is read, see :func:`servetune.data.metric_name`).
         baseline: the engine default, measured first on each group for calibration.
     """
 
@@ -71,14 +73,28 @@ def _predicted(entry: Mapping, path: Path, row: int) -> dict[str, float]:
     out = {}
     for key, value in raw.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[_run_column(str(key))] = float(value)
+            out[metric_name(str(key))] = float(value)
     return out
 
 
-def _run_column(key: str) -> str:
-    """The tuner's ``ttft_ms_p90`` as the runs column ``ttft_p90_ms``; other keys unchanged."""
-    match = re.fullmatch(r"(ttft|tpot|itl|e2e|queue)_ms_(mean|p50|p90|p99)", key)
-    return f"{match.group(1)}_{match.group(2)}_ms" if match else key
+def study_engine(study_dir: str | Path) -> str | None:
+    """The engine a study tuned (from its candidates' launch arguments), ``None`` if unnamed.
+
+    Raises:
+        InputError: candidates of several engines in one study.
+    """
+    path = Path(study_dir) / CANDIDATES_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    entries = data.get("candidates") if isinstance(data, Mapping) else data
+    engines = {e["launch"].get("engine") for e in entries or ()
+               if isinstance(e, Mapping) and isinstance(e.get("launch"), Mapping)} - {None}
+    if len(engines) > 1:
+        raise InputError(f"candidates of several engines ({', '.join(sorted(engines))})",
+                         path=str(path), field="launch.engine")
+    return engines.pop() if engines else None
 
 
 def load_study_candidates(study_dir: str | Path, *, top: int | None = None) -> list[Candidate]:

@@ -91,6 +91,8 @@ class ServiceGroupSpec:
             "serve"]``); the launcher appends the candidate's flags.
         start_script: a user start script run instead of the engine launcher's command.
         env: extra environment variables for the engine on every node.
+        dp_rpc_port: vLLM's data-parallel RPC port on the head (multi-node groups).
+        dist_init_port: SGLang's distributed init port on the head (multi-node groups).
     """
 
     name: str
@@ -101,6 +103,8 @@ class ServiceGroupSpec:
     start_command: tuple[str, ...] = ()
     start_script: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    dp_rpc_port: int = 13345
+    dist_init_port: int = 5000
 
     @property
     def head(self) -> NodeSpec:
@@ -160,7 +164,9 @@ class ClusterSpec:
 
     Attributes:
         groups: the service groups.
-        engine: engine launcher name (``vllm``, ``sglang``, ``transformers``, ``script``).
+        engine: the engine to launch (any name of ``servetune.data.engines``, or ``script``);
+            ``None``: not named here (``servetune validate`` takes it from the study or
+            ``--engine``).
         model: model path or id given to the engine.
         ssh: SSH connection options.
         health_timeout_s: how long a starting service may take to become healthy.
@@ -175,7 +181,7 @@ class ClusterSpec:
     """
 
     groups: tuple[ServiceGroupSpec, ...]
-    engine: str = "vllm"
+    engine: str | None = None
     model: str | None = None
     ssh: SSHOptions = field(default_factory=SSHOptions)
     health_timeout_s: float = 600.0
@@ -280,7 +286,7 @@ _CLUSTER_KEYS = {"engine": str, "model": str, "health_timeout_s": float,
 _SSH_KEYS = {f.name: f.type for f in fields(SSHOptions)}
 _NODE_KEYS = {"host", "port", "user", "key", "gpus", "work_dir"}
 _GROUP_KEYS = {"name", "nodes", "service_host", "service_port", "health_url", "start_command",
-               "start_script", "env"}
+               "start_script", "env", "dp_rpc_port", "dist_init_port"}
 
 
 class _Reader:
@@ -398,7 +404,10 @@ def load_cluster_toml(path: str | Path) -> ClusterSpec:
             health_url=r.value(table, "health_url", str, where),
             start_command=r.strings(table, "start_command", where),
             start_script=r.value(table, "start_script", str, where),
-            env=r.env(table, where)))
+            env=r.env(table, where),
+            dp_rpc_port=_port(table.get("dp_rpc_port", 13345), f"{path}: {where}.dp_rpc_port"),
+            dist_init_port=_port(table.get("dist_init_port", 5000),
+                                 f"{path}: {where}.dist_init_port")))
     names = [group.name for group in groups]
     if len(set(names)) != len(names):
         raise r.fail("service_groups", f"group names must be unique, got {names}")

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from servetune import ConfigError
+from servetune.data.engines import SGLANG, TRANSFORMERS_CB, VLLM, EngineSpec, get_engine
 from servetune.tuner.hardware._cluster import ServiceGroupSpec
 
 __all__ = ["LaunchSpec", "EngineLauncher", "VLLMLauncher", "SGLangLauncher",
@@ -42,6 +43,12 @@ class LaunchSpec:
     rank: int
 
 
+def _flag_value(value: object) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
 @dataclass
 class RenderedKnobs:
     """Flags and environment from a candidate, and the knobs that could not be applied."""
@@ -51,81 +58,52 @@ class RenderedKnobs:
     unapplied: list[str] = field(default_factory=list)
 
 
-def _flag_value(value: object) -> str:
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
-
-
 class EngineLauncher(abc.ABC):
-    """Base of the engine launchers.
+    """Base of the engine launchers: an engine's spec plus how it spreads over a group's nodes.
 
     Attributes:
-        name: registry key (``--engine``).
-        engine_label: the ``engine`` value of the measured runs in the trace store.
-        program: default program argv (a group's ``start_command`` replaces it).
-        request_extras: extra JSON fields for every benchmark request.
-        aliases: knob -> flag for knobs the engine spells differently; ``None`` = no flag.
-        bool_flags: knob -> (flag when true, flag when false); ``None`` = nothing to add.
-        generic: whether other knobs become ``--knob-name value`` (engines whose CLI mirrors
-            their config); if not, they are unsupported.
+        spec: the engine's :class:`~servetune.data.engines.EngineSpec` (knobs, flags, program),
+            ``None`` for the script launcher, which passes every knob through.
+        skip: knobs the launcher places itself (topology), not through their flag.
     """
 
-    name: str = ""
-    engine_label: str = ""
-    program: tuple[str, ...] = ()
-    request_extras: Mapping[str, object] = {}
-    aliases: Mapping[str, str | None] = {}
-    bool_flags: Mapping[str, tuple[str | None, str | None]] = {}
-    generic: bool = True
+    spec: EngineSpec | None = None
+    skip: tuple[str, ...] = ()
 
     def __init__(self, *, unsupported: str = "error") -> None:
         if unsupported not in ("error", "record"):
             raise ConfigError(f"unsupported= must be 'error' or 'record', got {unsupported!r}")
         self.unsupported = unsupported
 
+    @property
+    def name(self) -> str:
+        """The engine's canonical name (``--engine``)."""
+        return self.spec.name
+
+    @property
+    def engine_label(self) -> str:
+        """The ``engine`` value of the measured runs in the trace store."""
+        return self.spec.name
+
+    @property
+    def program(self) -> tuple[str, ...]:
+        """Default program argv (a group's ``start_command`` replaces it)."""
+        return self.spec.program
+
+    @property
+    def request_extras(self) -> Mapping[str, object]:
+        """Extra JSON fields for every benchmark request."""
+        return self.spec.request_extras
+
     def knobs(self, config: Mapping[str, object], *, skip: tuple[str, ...] = ()) -> RenderedKnobs:
-        """Flags and env for ``config``; raises :class:`ConfigError` on an unsupported knob."""
-        out = RenderedKnobs()
-        for key, value in config.items():
-            if key in skip or value is None:
-                continue
-            if key.startswith("env."):
-                out.env[key[4:]] = _flag_value(value)
-                continue
-            if key in self.bool_flags or isinstance(value, bool):
-                if not isinstance(value, bool):
-                    raise ConfigError(f"{self.name}: knob {key!r} expects true or false, "
-                                      f"got {value!r}")
-                on, off = self.bool_flags.get(key, (self._flag(key), self._no_flag(key)))
-                chosen = on if value else off
-                if chosen is None and key not in self.bool_flags:
-                    self._unsupported(key, out)
-                elif chosen:
-                    out.flags.append(chosen)
-                continue
-            flag = self.aliases[key] if key in self.aliases else (
-                self._flag(key) if self.generic else None)
-            if flag is None:
-                self._unsupported(key, out)
-                continue
-            out.flags.extend([flag, _flag_value(value)])
-        return out
-
-    def _flag(self, key: str) -> str | None:
-        return "--" + key.replace("_", "-") if self.generic else None
-
-    def _no_flag(self, key: str) -> str | None:
-        return "--no-" + key.replace("_", "-") if self.generic else None
-
-    def _unsupported(self, key: str, out: RenderedKnobs) -> None:
-        if self.unsupported == "record":
-            out.unapplied.append(key)
-            return
-        known = sorted(set(self.aliases) | set(self.bool_flags))
-        raise ConfigError(f"{self.name}: the engine's command line has no flag for knob {key!r} "
-                          f"(known: {', '.join(known) or 'none'}); drop it from the candidate "
-                          f"or allow unapplied knobs (--unapplied record)")
+        """Flags and env for ``config``; raises :class:`ConfigError` naming the knobs the engine
+        cannot take (and those it can) unless unapplied knobs are recorded."""
+        skipped = set(skip) | set(self.skip)
+        config = {k: v for k, v in self.spec.canonical(config, strict=False).items()
+                  if k not in skipped}
+        parts = self.spec.check_launchable(config, unapplied=self.unsupported)
+        return RenderedKnobs(list(parts.flags), dict(parts.env),
+                             parts.unknown + parts.config_only)
 
     @staticmethod
     def bind_host(group: ServiceGroupSpec) -> str:
@@ -149,6 +127,13 @@ class EngineLauncher(abc.ABC):
     def program_for(self, group: ServiceGroupSpec) -> tuple[str, ...]:
         return tuple(group.start_command) or self.program
 
+    def base_argv(self, group: ServiceGroupSpec, model: str, flags: list[str]) -> list[str]:
+        """Program, model, the spec's fixed arguments, host and port, then ``flags``."""
+        head = [*self.program_for(group)]
+        head += [self.spec.model_flag, model] if self.spec.model_flag else [model]
+        return [*head, *self.spec.fixed_args, "--host", self.bind_host(group), "--port",
+                str(group.service_port), *flags]
+
 
 def _need_model(name: str, model: str | None) -> str:
     if not model:
@@ -159,35 +144,28 @@ def _need_model(name: str, model: str | None) -> str:
 class VLLMLauncher(EngineLauncher):
     """``vllm serve``; several nodes run data parallelism (head + ``--headless`` workers)."""
 
-    name = "vllm"
-    engine_label = "vllm"
-    program = ("vllm", "serve")
-    request_extras = {"ignore_eos": True}
-    aliases = {"tp": "--tensor-parallel-size", "pp": "--pipeline-parallel-size",
-               "dp": "--data-parallel-size", "max_batch_tokens": "--max-num-batched-tokens",
-               "dp_rpc_port": None}
-    bool_flags = {"cuda_graph": (None, "--enforce-eager"),
-                  "chunked_prefill": ("--enable-chunked-prefill", "--no-enable-chunked-prefill"),
-                  "prefix_caching": ("--enable-prefix-caching", "--no-enable-prefix-caching")}
+    spec = VLLM
+    skip = ("data_parallel_size",)
 
     def render(self, config, group, *, model):
         model = _need_model(self.name, model)
-        knobs = self.knobs(config, skip=("dp", "dp_rpc_port"))
-        base = [*self.program_for(group), model, "--host", self.bind_host(group),
-                "--port", str(group.service_port), *knobs.flags]
+        knobs = self.knobs(config)
+        base = self.base_argv(group, model, knobs.flags)
+        dp = self.spec.canonical(config, strict=False).get("data_parallel_size")
         nodes = len(group.nodes)
         if nodes == 1:
-            if "dp" in config:
-                base += ["--data-parallel-size", str(config["dp"])]
+            if dp is not None:
+                base += self.spec.knob("data_parallel_size").render(int(dp))
             return [LaunchSpec(tuple(base), {**knobs.env, **self.node_env(group, 0)}, "head", 0)]
-        dp = int(config.get("dp", nodes))
+        dp = int(dp if dp is not None else nodes)
         if dp % nodes:
             raise ConfigError(f"vllm: dp={dp} does not split over the {nodes} nodes of group "
                               f"{group.name}; multi-node groups run data parallelism")
         local = dp // nodes
-        rpc_port = str(config.get("dp_rpc_port", 13345))
-        common = ["--data-parallel-size", str(dp), "--data-parallel-size-local", str(local),
-                  "--data-parallel-address", group.head.host, "--data-parallel-rpc-port", rpc_port]
+        common = [*self.spec.knob("data_parallel_size").render(dp),
+                  "--data-parallel-size-local", str(local),
+                  "--data-parallel-address", group.head.host, "--data-parallel-rpc-port",
+                  str(group.dp_rpc_port)]
         specs = [LaunchSpec(tuple(base + common), {**knobs.env, **self.node_env(group, 0)},
                             "head", 0)]
         for rank in range(1, nodes):
@@ -200,27 +178,16 @@ class VLLMLauncher(EngineLauncher):
 class SGLangLauncher(EngineLauncher):
     """``python -m sglang.launch_server``; several nodes share one TP group (``--nnodes``)."""
 
-    name = "sglang"
-    engine_label = "sglang"
-    program = ("python3", "-m", "sglang.launch_server")
-    request_extras = {"ignore_eos": True}
-    aliases = {"tp": "--tp-size", "dp": "--dp-size", "pp": "--pp-size",
-               "max_num_seqs": "--max-running-requests",
-               "max_batch_tokens": "--chunked-prefill-size",
-               "gpu_memory_utilization": "--mem-fraction-static", "block_size": "--page-size",
-               "dist_init_port": None}
-    bool_flags = {"cuda_graph": (None, "--disable-cuda-graph"),
-                  "prefix_caching": (None, "--disable-radix-cache")}
+    spec = SGLANG
 
     def render(self, config, group, *, model):
         model = _need_model(self.name, model)
-        knobs = self.knobs(config, skip=("dist_init_port",))
-        base = [*self.program_for(group), "--model-path", model, "--host",
-                self.bind_host(group), "--port", str(group.service_port), *knobs.flags]
+        knobs = self.knobs(config)
+        base = self.base_argv(group, model, knobs.flags)
         nodes = len(group.nodes)
         if nodes == 1:
             return [LaunchSpec(tuple(base), {**knobs.env, **self.node_env(group, 0)}, "head", 0)]
-        init = f"{group.head.host}:{config.get('dist_init_port', 5000)}"
+        init = f"{group.head.host}:{group.dist_init_port}"
         return [LaunchSpec(tuple(base + ["--dist-init-addr", init, "--nnodes", str(nodes),
                                          "--node-rank", str(rank)]),
                            {**knobs.env, **self.node_env(group, rank)},
@@ -231,30 +198,11 @@ class SGLangLauncher(EngineLauncher):
 class TransformersLauncher(EngineLauncher):
     """``transformers serve MODEL --continuous-batching --cb-...`` (single node).
 
-    transformers 5.17's ``serve`` exposes ``--cb-block-size``, ``--cb-num-blocks``,
-    ``--cb-max-batch-tokens``, ``--cb-max-memory-percent`` and ``--cb-use-cuda-graph``; other
-    ``ContinuousBatchingConfig`` fields (``max_requests_per_batch``, ``scheduler``,
-    ``async_batching``) have no flag and count as unsupported.
+    transformers 5.17's ``serve`` takes only some ``ContinuousBatchingConfig`` fields as flags
+    (the spec says which); the others count as unapplied.
     """
 
-    name = "transformers"
-    engine_label = "transformers-cb"
-    program = ("transformers", "serve")
-    request_extras = {}
-    aliases = {"block_size": "--cb-block-size", "num_blocks": "--cb-num-blocks",
-               "max_batch_tokens": "--cb-max-batch-tokens",
-               "max_memory_percent": "--cb-max-memory-percent",
-               "attn_implementation": "--attn-implementation", "dtype": "--dtype",
-               "device": "--device", "max_requests_per_batch": None, "scheduler": None}
-    bool_flags = {"cuda_graph": ("--cb-use-cuda-graph", "--no-cb-use-cuda-graph"),
-                  "compile": ("--compile", "--no-compile"), "async_batching": (None, None)}
-    generic = False
-
-    def knobs(self, config, *, skip=()):
-        out = super().knobs(config, skip=skip)
-        if config.get("async_batching") is True and "async_batching" not in out.unapplied:
-            self._unsupported("async_batching", out)
-        return out
+    spec = TRANSFORMERS_CB
 
     def render(self, config, group, *, model):
         model = _need_model(self.name, model)
@@ -262,8 +210,7 @@ class TransformersLauncher(EngineLauncher):
             raise ConfigError(f"transformers: group {group.name} has {len(group.nodes)} nodes; "
                               "transformers serve runs on one node")
         knobs = self.knobs(config)
-        argv = [*self.program_for(group), model, "--continuous-batching", "--host",
-                self.bind_host(group), "--port", str(group.service_port), *knobs.flags]
+        argv = self.base_argv(group, model, knobs.flags)
         return [LaunchSpec(tuple(argv), {**knobs.env, **self.node_env(group, 0)}, "head", 0)]
 
 
@@ -279,6 +226,22 @@ class ScriptLauncher(EngineLauncher):
 
     name = "script"
     engine_label = "script"
+    program = ()
+    request_extras: Mapping[str, object] = {}
+
+    def knobs(self, config, *, skip=()):
+        """Every knob as ``--knob-name value`` (``--knob`` / ``--no-knob`` for booleans)."""
+        out = RenderedKnobs()
+        for key, value in config.items():
+            if key in skip or value is None:
+                continue
+            if key.startswith("env."):
+                out.env[key[4:]] = _flag_value(value)
+            elif isinstance(value, bool):
+                out.flags.append(("--" if value else "--no-") + key.replace("_", "-"))
+            else:
+                out.flags += ["--" + key.replace("_", "-"), _flag_value(value)]
+        return out
 
     def render(self, config, group, *, model):
         program = (group.start_script,) if group.start_script else tuple(group.start_command)
@@ -302,14 +265,19 @@ class ScriptLauncher(EngineLauncher):
 
 
 LAUNCHERS: Mapping[str, type[EngineLauncher]] = {
-    cls.name: cls for cls in (VLLMLauncher, SGLangLauncher, TransformersLauncher, ScriptLauncher)}
+    "vllm": VLLMLauncher, "sglang": SGLangLauncher, "transformers-cb": TransformersLauncher,
+    "script": ScriptLauncher}
 
 
 def launcher_for(name: str, *, unsupported: str = "error") -> EngineLauncher:
-    """The launcher called ``name`` (``transformers-cb`` is an alias of ``transformers``)."""
-    key = {"transformers-cb": "transformers"}.get(name, name)
-    try:
-        return LAUNCHERS[key](unsupported=unsupported)
-    except KeyError:
-        raise ConfigError(f"unknown engine {name!r}; expected one of "
-                          f"{', '.join(LAUNCHERS)}") from None
+    """The launcher of engine ``name`` (any of its names), or ``script``."""
+    key = name if name == "script" else _launchable_engine(name)
+    return LAUNCHERS[key](unsupported=unsupported)
+
+
+def _launchable_engine(name: str) -> str:
+    spec = get_engine(name)
+    if spec.name not in LAUNCHERS:
+        raise ConfigError(f"engine {spec.name!r} cannot be launched; launchable engines: "
+                          f"{', '.join(sorted(LAUNCHERS))}")
+    return spec.name

@@ -1,8 +1,10 @@
-"""Engine policies: the configuration keys each accepts, their defaults, and a registry.
+"""Engine policies: how an engine's resolved configuration becomes the kernel's parameters.
 
-A policy is declared as data: a tuple of :class:`Knob` (name, type, default, help, bounds) and a
-function that turns a validated configuration into the kernel's parameter vector. The registry
-refuses duplicate names and lists the valid ones when a lookup fails.
+An engine's knobs (names, types, defaults, aliases) come from its
+:class:`~servetune.data.engines.EngineSpec`; a policy adds only what the simulation itself needs
+(the deployment: DP replicas, TP size, router; hardware sizes; step noise) and a function that
+turns a resolved configuration into the kernel's parameter vector. The registry refuses duplicate
+names and lists the valid ones when a lookup fails.
 
 Example:
     >>> from servetune.tuner.simulator import default_config, engines
@@ -21,78 +23,12 @@ from types import MappingProxyType
 import numpy as np
 
 from servetune import ConfigError
+from servetune.data.engines import STATIC as STATIC_SPEC
+from servetune.data.engines import TRANSFORMERS_CB, VLLM as VLLM_SPEC, EngineSpec, Knob, get_engine
 from servetune.tuner.simulator import _kernel as K
 
 __all__ = ["Knob", "EnginePolicy", "PolicyRegistry", "default_registry", "get_policy", "engines",
-           "default_config", "config_keys", "resolve_config"]
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One configuration key: its type (``int``, ``float``, ``bool``, ``str``), default and bounds.
-
-    ``default=None`` means "let the policy decide" (for example the engine's own class default).
-    """
-
-    name: str
-    kind: type
-    default: object
-    help: str
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    nullable: bool = False
-
-    def coerce(self, value: object, engine: str) -> object:
-        """``value`` as this knob's type (strings from ``--set`` are parsed), or ConfigError."""
-        if value is None:
-            if self.nullable:
-                return None
-            raise ConfigError(f"{engine} config key {self.name!r} cannot be empty; {self.help}")
-        where = f"{engine} config key {self.name!r}"
-        try:
-            if self.kind is bool:
-                if isinstance(value, str):
-                    low = value.strip().lower()
-                    if low not in _TRUE | _FALSE:
-                        raise ValueError(value)
-                    out: object = low in _TRUE
-                elif isinstance(value, (bool, np.bool_, int, np.integer)) and value in (0, 1):
-                    out = bool(value)
-                else:
-                    raise ValueError(value)
-            elif self.kind is int:
-                if isinstance(value, (bool, np.bool_)):
-                    raise ValueError(value)
-                number = float(value)
-                if not number.is_integer():
-                    raise ValueError(value)
-                out = int(number)
-            elif self.kind is float:
-                if isinstance(value, (bool, np.bool_)):
-                    raise ValueError(value)
-                out = float(value)
-                if not np.isfinite(out):
-                    raise ValueError(value)
-            else:
-                out = str(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be {_describe(self.kind)}; got {value!r}") from None
-        if self.choices and out not in self.choices:
-            raise ConfigError(f"{where} must be one of {', '.join(self.choices)}; got {out!r}")
-        if self.minimum is not None and out < self.minimum:
-            raise ConfigError(f"{where} must be >= {self.minimum}; got {out!r}")
-        if self.maximum is not None and out > self.maximum:
-            raise ConfigError(f"{where} must be <= {self.maximum}; got {out!r}")
-        return out
-
-
-def _describe(kind: type) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
-
+           "default_config", "config_keys", "resolve_config", "COMMON_KNOBS"]
 
 # Keys every engine accepts: the deployment and the simulation itself.
 COMMON_KNOBS: tuple[Knob, ...] = (
@@ -109,33 +45,62 @@ COMMON_KNOBS: tuple[Knob, ...] = (
 )
 
 
+#: the deployment keys' other spellings (an engine spec may name them too, e.g. vLLM's
+#: ``tensor_parallel_size``: the simulator keeps them under the common names)
+_COMMON_ALIASES = MappingProxyType({"tp": "tp_size", "dp": "dp_size"})
+_DEPLOYMENT_COLUMNS = ("tp_size", "dp_size")
+
+
 @dataclass(frozen=True)
 class EnginePolicy:
-    """An engine's scheduler policy: its keys, how they become kernel parameters, its knobs.
+    """An engine's scheduler policy in the simulator.
 
     Attributes:
-        name: registry key (the ``--engine`` value).
+        engine: the engine's spec: its knobs, their names, defaults and aliases.
         code: the kernel's policy code.
-        knobs: engine-specific keys (the common deployment keys are added automatically).
+        knobs: simulation-only keys (hardware sizes, capture costs); the common deployment
+            and simulation keys (``COMMON_KNOBS``) are added automatically.
         to_params: ``resolved config -> dict`` of kernel parameter names (``_kernel.P_NAMES``).
-        model_knobs: step-time model knob (``features.KNOB_COLUMNS`` name) -> a function of the
-            resolved config giving its value.
-        description: one line for ``--help`` and error messages.
+        extra_runs_columns: ``resolved config -> dict`` of ``runs`` columns the spec's knobs do
+            not give (derived values such as the KV block count).
     """
 
-    name: str
+    engine: EngineSpec
     code: int
     knobs: tuple[Knob, ...]
     to_params: Callable[[Mapping[str, object]], dict]
-    model_knobs: Mapping[str, Callable[[Mapping[str, object]], float]]
-    description: str
-    runs_columns: Callable[[Mapping[str, object]], dict] = field(default=lambda c: {})
-    aliases: Mapping[str, str] = field(default_factory=dict)
+    extra_runs_columns: Callable[[Mapping[str, object]], dict] = field(default=lambda c: {})
+
+    @property
+    def name(self) -> str:
+        """The engine's canonical name."""
+        return self.engine.name
+
+    @property
+    def description(self) -> str:
+        """One line for ``--help`` and error messages."""
+        return self.engine.description
+
+    @property
+    def engine_knobs(self) -> tuple[Knob, ...]:
+        """The spec's knobs, less the deployment ones the simulator keeps under common names."""
+        return tuple(k for k in self.engine.knobs if k.runs_column not in _DEPLOYMENT_COLUMNS)
 
     @property
     def all_knobs(self) -> tuple[Knob, ...]:
-        """Engine keys then the common deployment/simulation keys."""
-        return self.knobs + COMMON_KNOBS
+        """Engine keys, then simulation-only keys, then the common deployment/simulation keys."""
+        return self.engine_knobs + self.knobs + COMMON_KNOBS
+
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        """Every other accepted spelling -> the simulator's key."""
+        out = dict(_COMMON_ALIASES)
+        for knob in self.engine.knobs:
+            target = knob.runs_column if knob.runs_column in _DEPLOYMENT_COLUMNS else knob.name
+            for spelling in (knob.name, *knob.aliases):
+                if spelling != target:
+                    out[spelling] = target
+        return MappingProxyType(out)
 
     def keys(self) -> tuple[str, ...]:
         """Every accepted configuration key."""
@@ -143,30 +108,49 @@ class EnginePolicy:
 
     def default_config(self) -> dict:
         """The engine's default configuration (every key, defaults filled in)."""
-        return {k.name: k.default for k in self.all_knobs}
+        return self.resolve({})
 
     def resolve(self, config: Mapping[str, object] | None) -> dict:
-        """Defaults overlaid with ``config``, every value checked and typed.
+        """Defaults overlaid with ``config``, every value checked and typed, and the defaults
+        the engine resolves at start-up filled in as it does (the spec's ``resolve_defaults``).
 
         Raises:
             ConfigError: an unknown key (the message lists the valid ones) or a bad value.
         """
-        config = dict(config or {})
-        for alias, name in self.aliases.items():
-            if alias in config:
-                if name in config:
-                    raise ConfigError(f"{self.name} config gives both {alias!r} and {name!r} "
-                                      "(the same key); keep one")
-                config[name] = config.pop(alias)
-        known = {k.name: k for k in self.all_knobs}
-        unknown = sorted(set(config) - set(known))
+        aliases = self.aliases
+        given: dict[str, str] = {}
+        values: dict = {}
+        for key, value in dict(config or {}).items():
+            name = aliases.get(key, key)
+            if name in given:
+                raise ConfigError(f"{self.name} config gives both {given[name]!r} and {key!r} "
+                                  "(the same key); keep one")
+            given[name] = key
+            values[name] = value
+        engine_names = {k.name for k in self.engine_knobs}
+        sim = {k.name: k for k in self.knobs + COMMON_KNOBS}
+        unknown = sorted(set(values) - engine_names - set(sim))
         if unknown:
-            aliases = (f" (aliases: {', '.join(f'{a}={n}' for a, n in self.aliases.items())})"
-                       if self.aliases else "")
+            shown = ", ".join(f"{a}={n}" for a, n in sorted(aliases.items()))
             raise ConfigError(f"unknown {self.name} config key(s) {', '.join(map(repr, unknown))};"
-                              f" valid keys: {', '.join(sorted(known))}{aliases}")
-        return {name: knob.coerce(config.get(name, knob.default), self.name)
-                for name, knob in known.items()}
+                              f" valid keys: {', '.join(sorted(engine_names | set(sim)))} "
+                              f"(aliases: {shown})")
+        resolved_sim = {name: knob.coerce(values.get(name, knob.default), self.name)
+                        for name, knob in sim.items()}
+        engine = self.engine.resolve({k: v for k, v in values.items() if k in engine_names},
+                                     hardware={"gpu_memory_gib": resolved_sim.get(
+                                         "gpu_memory_gib")})
+        return {**{k.name: engine[k.name] for k in self.engine_knobs}, **resolved_sim}
+
+    def model_knobs(self, resolved: Mapping[str, object]) -> dict[str, float]:
+        """The step-time model knobs (``features.KNOB_COLUMNS`` names) of a resolved config."""
+        return {**self.engine.model_knobs(resolved), "tp_size": float(resolved["tp_size"])}
+
+    def runs_columns(self, resolved: Mapping[str, object]) -> dict:
+        """The ``runs`` table's knob columns of a resolved config."""
+        return {**self.engine.runs_columns({k: v for k, v in resolved.items()
+                                            if k in self.engine.spellings}),
+                **self.extra_runs_columns(resolved)}
 
     def params(self, resolved: Mapping[str, object]) -> np.ndarray:
         """The kernel's float64 parameter vector for a resolved configuration."""
@@ -213,33 +197,13 @@ class PolicyRegistry:
 
 # --- transformers continuous batching (transformers 5.x ContinuousBatchingConfig names) -------
 
-_TRANSFORMERS_KNOBS = (
-    Knob("scheduler_type", str, "fifo", "FIFOScheduler (decodes first) or PrefillFirstScheduler",
-         choices=("fifo", "prefill_first")),
-    Knob("block_size", int, 256, "tokens per KV block", minimum=1),
-    Knob("num_blocks", int, None, "KV blocks; the value the engine reported, else inferred from "
-         "memory (gpu_memory_gib, model_weights_gib, kv_bytes_per_token, max_memory_percent)",
-         minimum=1, nullable=True),
-    Knob("max_memory_percent", float, 0.9, "fraction of free GPU memory for the KV cache",
-         minimum=0.01, maximum=1.0),
+# simulation-only keys of the transformers policy (the engine's own knobs: TRANSFORMERS_CB)
+_TRANSFORMERS_SIM_KNOBS = (
     Knob("gpu_memory_gib", float, 140.0, "GPU memory per device (GiB; H200: 140)", minimum=0.1),
     Knob("model_weights_gib", float, 2.3, "model weights per device (GiB; llama-1b-like bf16: "
          "2.3)", minimum=0.0),
     Knob("kv_bytes_per_token", int, 32768, "KV bytes per token per device (llama-1b-like bf16: "
          "16 layers x 2 x 8 heads x 64 x 2 = 32768)", minimum=1),
-    Knob("max_batch_tokens", int, 8192, "query tokens per step", minimum=1),
-    Knob("max_requests_per_batch", int, 1024, "sequences per step", minimum=1),
-    Knob("safety_margin", float, None, "free-block fraction below which new prefills stop "
-         "(default: 0.15 for fifo, 0.0 for prefill_first)", minimum=0.0, maximum=1.0,
-         nullable=True),
-    Knob("use_async_batching", bool, False, "double-buffered batches (a finished request still "
-         "takes a slot in the next step)"),
-    Knob("use_cuda_graph", bool, False, "CUDA graphs: a batch's padded shape is captured the "
-         "first time it is seen (costing cuda_graph_capture_ms), then replayed"),
-    Knob("q_padding_interval_size", int, 64, "query padding interval of the graph shapes "
-         "(engine default 64)", minimum=0),
-    Knob("kv_padding_interval_size", int, 16384, "KV read padding interval of the graph shapes "
-         "(engine default 16384)", minimum=0),
     Knob("cuda_graph_capture_ms", float, None, "cost of one graph capture beyond the step itself"
          " (default: the H200 llama-1b-like sample's fit for the batching mode and token "
          "budget)", minimum=0.0, nullable=True),
@@ -257,8 +221,6 @@ _TRANSFORMERS_KNOBS = (
     Knob("cuda_graph_capture_run_cv", float, 0.0, "coefficient of variation of a seeded "
          "log-normal factor drawn once per replica and run for all its captures (the engine's "
          "run-to-run spread of capture cost; 0: none)", minimum=0.0, maximum=2.0),
-    Knob("max_blocks_per_request", int, 32, "decode fast-path block table width (0 disables the "
-         "fast path)", minimum=0),
 )
 
 
@@ -318,43 +280,18 @@ def _transformers_params(c: Mapping[str, object]) -> dict:
 
 
 TRANSFORMERS = EnginePolicy(
-    name="transformers",
+    engine=TRANSFORMERS_CB,
     code=K.POLICY_TRANSFORMERS,
-    knobs=_TRANSFORMERS_KNOBS,
+    knobs=_TRANSFORMERS_SIM_KNOBS,
     to_params=_transformers_params,
-    model_knobs={"block_size": lambda c: c["block_size"],
-                 "async_batching": lambda c: float(c["use_async_batching"]),
-                 "cuda_graph": lambda c: float(c["use_cuda_graph"]),
-                 "tp_size": lambda c: c["tp_size"],
-                 "max_batch_tokens": lambda c: c["max_batch_tokens"]},
-    description="transformers continuous batching (FIFO / prefill-first), transformers 5.x",
-    runs_columns=lambda c: {"scheduler": c["scheduler_type"],
-                            "max_batch_tokens": c["max_batch_tokens"],
-                            "max_num_seqs": c["max_requests_per_batch"],
-                            "block_size": c["block_size"],
-                            "num_blocks": transformers_num_blocks(c),
-                            "chunked_prefill": True, "async_batching": c["use_async_batching"],
-                            "cuda_graph": c["use_cuda_graph"],
-                            "gpu_memory_utilization": c["max_memory_percent"]},
-    aliases={"scheduler": "scheduler_type", "async_batching": "use_async_batching",
-             "cuda_graph": "use_cuda_graph", "tp": "tp_size", "dp": "dp_size"},
+    extra_runs_columns=lambda c: {"num_blocks": transformers_num_blocks(c),
+                                  "chunked_prefill": True},
 )
 
 # --- vLLM V1 ----------------------------------------------------------------------------------
 
-_VLLM_KNOBS = (
-    Knob("block_size", int, 16, "tokens per KV block", minimum=1),
-    Knob("max_num_batched_tokens", int, 8192, "token budget per step", minimum=1),
-    Knob("max_num_seqs", int, 256, "running sequences", minimum=1),
-    Knob("enable_chunked_prefill", bool, True, "split prompts over steps"),
-    Knob("long_prefill_token_threshold", int, 0, "cap on one request's prefill chunk (0: none)",
-         minimum=0),
-    Knob("max_num_partial_prefills", int, 0, "sequences with a prefill chunk per step (0: no "
-         "limit, as the V1 scheduler)", minimum=0),
-    Knob("num_gpu_blocks_override", int, None, "explicit KV block count (else from memory)",
-         minimum=1, nullable=True),
-    Knob("gpu_memory_utilization", float, 0.9, "fraction of GPU memory vLLM may use",
-         minimum=0.01, maximum=1.0),
+# simulation-only keys of the vLLM policy (the engine's own knobs: servetune.data.engines.VLLM)
+_VLLM_SIM_KNOBS = (
     Knob("gpu_memory_gib", float, 140.0, "GPU memory per device (GiB; H200: 140)", minimum=0.1),
     Knob("model_weights_gib", float, 2.5, "model weights per device (GiB)", minimum=0.0),
     Knob("activation_gib", float, 2.0, "activation peak reserved at profiling (GiB)",
@@ -363,8 +300,6 @@ _VLLM_KNOBS = (
          "kv_heads x head_dim x dtype bytes / tp)", minimum=1),
     Knob("watermark", float, 0.0, "fraction of blocks kept free when admitting a new request",
          minimum=0.0, maximum=1.0),
-    Knob("async_scheduling", bool, False, "step-time model knob async_batching"),
-    Knob("enforce_eager", bool, False, "no CUDA graphs (step-time model knob cuda_graph)"),
 )
 
 
@@ -384,52 +319,30 @@ def vllm_num_blocks(c: Mapping[str, object]) -> int:
 
 
 VLLM = EnginePolicy(
-    name="vllm",
+    engine=VLLM_SPEC,
     code=K.POLICY_VLLM,
-    knobs=_VLLM_KNOBS,
+    knobs=_VLLM_SIM_KNOBS,
+    # the V1 scheduler gives any number of requests a prefill chunk in one step (no partial
+    # prefill cap): kernel parameter max_partial_prefills = 0 means no limit
     to_params=lambda c: {"block_size": c["block_size"], "num_blocks": vllm_num_blocks(c),
                          "max_tokens": c["max_num_batched_tokens"], "max_seqs": c["max_num_seqs"],
                          "safety_margin": c["watermark"],
                          "long_prefill_threshold": c["long_prefill_token_threshold"],
-                         "max_partial_prefills": c["max_num_partial_prefills"],
+                         "max_partial_prefills": 0,
                          "chunked_prefill": float(c["enable_chunked_prefill"])},
-    model_knobs={"block_size": lambda c: c["block_size"],
-                 "async_batching": lambda c: float(c["async_scheduling"]),
-                 "cuda_graph": lambda c: float(not c["enforce_eager"]),
-                 "tp_size": lambda c: c["tp_size"],
-                 "max_batch_tokens": lambda c: c["max_num_batched_tokens"]},
-    description="vLLM V1 style: chunked prefill, FCFS, preemption by recompute",
-    runs_columns=lambda c: {"scheduler": "fcfs", "max_batch_tokens": c["max_num_batched_tokens"],
-                            "max_num_seqs": c["max_num_seqs"], "block_size": c["block_size"],
-                            "num_blocks": vllm_num_blocks(c),
-                            "chunked_prefill": c["enable_chunked_prefill"],
-                            "async_batching": c["async_scheduling"],
-                            "cuda_graph": not c["enforce_eager"],
-                            "gpu_memory_utilization": c["gpu_memory_utilization"]},
-    aliases={"tp": "tp_size", "dp": "dp_size", "async_batching": "async_scheduling"},
+    extra_runs_columns=lambda c: {"scheduler": "fcfs", "num_blocks": vllm_num_blocks(c)},
 )
 
 # --- static batching --------------------------------------------------------------------------
 
-_STATIC_KNOBS = (
-    Knob("max_batch_size", int, 32, "requests per batch", minimum=1),
-    Knob("block_size", int, 16, "tokens per KV block", minimum=1),
-    Knob("num_blocks", int, 65536, "KV blocks (a request reserves input + output up front)",
-         minimum=1),
-)
 
 STATIC = EnginePolicy(
-    name="static",
+    engine=STATIC_SPEC,
     code=K.POLICY_STATIC,
-    knobs=_STATIC_KNOBS,
+    knobs=(),
     to_params=lambda c: {"block_size": c["block_size"], "num_blocks": c["num_blocks"],
                          "max_tokens": 2**62, "max_seqs": c["max_batch_size"]},
-    model_knobs={"block_size": lambda c: c["block_size"], "tp_size": lambda c: c["tp_size"]},
-    description="static batching: whole requests in fixed batches, no joining mid-batch",
-    runs_columns=lambda c: {"scheduler": "static", "max_num_seqs": c["max_batch_size"],
-                            "block_size": c["block_size"], "num_blocks": c["num_blocks"],
-                            "chunked_prefill": False},
-    aliases={"tp": "tp_size", "dp": "dp_size"},
+    extra_runs_columns=lambda c: {"scheduler": "static", "chunked_prefill": False},
 )
 
 
@@ -442,18 +355,17 @@ def default_registry() -> PolicyRegistry:
 
 
 _DEFAULT = MappingProxyType({p.name: p for p in (TRANSFORMERS, VLLM, STATIC)})
-# Other spellings of engine names (the store's engine partition value, the tuner's spaces).
-ENGINE_ALIASES = MappingProxyType({"transformers-cb": "transformers", "vllm-v1": "vllm"})
 
 
 def get_policy(engine: str) -> EnginePolicy:
-    """The shipped policy called ``engine`` (ConfigError listing the valid names otherwise)."""
+    """The simulator policy of ``engine`` (any of its names); ConfigError when the engine is
+    unknown or has no simulator policy."""
+    spec = get_engine(engine)
     try:
-        return _DEFAULT[ENGINE_ALIASES.get(engine, engine)]
+        return _DEFAULT[spec.name]
     except KeyError:
-        raise ConfigError(f"unknown engine {engine!r}; expected one of "
-                          f"{', '.join(sorted(_DEFAULT))} (aliases: "
-                          f"{', '.join(sorted(ENGINE_ALIASES))})") from None
+        raise ConfigError(f"engine {spec.name!r} has no simulator policy; simulated engines: "
+                          f"{', '.join(sorted(_DEFAULT))}") from None
 
 
 def engines() -> tuple[str, ...]:

@@ -30,18 +30,17 @@ __all__ = ["Simulator", "simulate", "model_knobs"]
 
 log = logging.getLogger(__name__)
 
-_STORE_ENGINE = {"transformers": "transformers-cb"}
 _ROUTERS = {"round_robin": K.ROUTER_ROUND_ROBIN, "least_pending_tokens": K.ROUTER_LEAST_PENDING}
 
 
 def model_knobs(policy: EnginePolicy, resolved: Mapping[str, object]) -> np.ndarray:
     """The step-time model's knob vector (``KNOB_COLUMNS`` order) for a resolved configuration;
     knobs the engine has no value for are NaN (the model's missing value)."""
+    values = policy.model_knobs(resolved)
     out = np.full(len(KNOB_COLUMNS), np.nan, dtype=np.float64)
     for j, name in enumerate(KNOB_COLUMNS):
-        getter = policy.model_knobs.get(name)
-        if getter is not None:
-            out[j] = float(getter(resolved))
+        if name in values:
+            out[j] = values[name]
     return out
 
 
@@ -154,7 +153,7 @@ class Simulator:
             log.warning("%d of %d requests could not be served (larger than the KV cache of "
                         "%g blocks)", failed, len(workload), params[1])
         return SimulationResult(
-            engine=self.engine, store_engine=_STORE_ENGINE.get(self.engine, self.engine),
+            engine=self.engine, store_engine=self.engine,
             config=dict(c), seed=int(seed), workload=workload, slo=self.slo,
             replica=req[:, 0], status=req[:, 1], preemptions=req[:, 2], generated=req[:, 3],
             first_scheduled_s=first_sched, first_token_s=first_tok, finish_s=finish,
