@@ -1,6 +1,7 @@
 """Trace schemas, the Parquet store, the workspace, ingestion adapters, collectors, workloads."""
 
 from servetune.data._atomic import atomic_write_bytes, atomic_write_text
+from servetune.data._metrics import SLO, metric_name, run_metrics
 from servetune.data._schemas import (
     KINDS,
     PARTITION_COLUMNS,
@@ -35,6 +36,7 @@ __all__ = [
     "PARTITION_COLUMNS",
     "REQUESTS_SCHEMA",
     "RUNS_SCHEMA",
+    "SLO",
     "SOURCES",
     "STEPS_SCHEMA",
     "IngestResult",
@@ -53,9 +55,11 @@ __all__ = [
     "detect_workload_format",
     "file_schema_for",
     "load_workload",
+    "metric_name",
     "parse_workload_spec",
     "partition_value",
     "resolve_workload",
+    "run_metrics",
     "schema_for",
     "synthetic_workload",
 ]

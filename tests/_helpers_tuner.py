@@ -40,13 +40,13 @@ class BowlEvaluator:
         goodput = 10.0 * math.exp(-3.0 * d2)
         ttft = 200.0 * (1 + 5 * d2)
         tpot = 20.0 * (1 + 3 * d2)
-        metrics = {"requests": 100.0, "completed": 100.0, "success_rate": 1.0,
+        metrics = {"num_requests": 100.0, "completed": 100.0, "success_rate": 1.0,
                    "duration_s": 50.0, "request_throughput_rps": 2.0,
                    "output_throughput_tok_s": 1000.0 * math.exp(-d2), "goodput_rps": goodput,
                    "slo_attainment": goodput / 10.0}
-        for name, base in (("ttft_ms", ttft), ("tpot_ms", tpot), ("e2e_ms", ttft + 100 * tpot)):
+        for name, base in (("ttft", ttft), ("tpot", tpot), ("e2e", ttft + 100 * tpot)):
             for stat, factor in (("mean", 1.0), ("p50", 0.9), ("p90", 1.5), ("p99", 2.0)):
-                metrics[f"{name}_{stat}"] = base * factor
+                metrics[f"{name}_{stat}_ms"] = base * factor
         return metrics
 
 

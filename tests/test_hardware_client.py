@@ -50,11 +50,13 @@ def test_latencies_and_pacing(server, api):
         assert 40 <= float(np.median(r.itl_ms)) <= 200
         assert r.tpot_ms == pytest.approx((r.e2e_ms - r.ttft_ms) / 4)
     assert ok[2].tpot_ms is None and ok[2].itl_ms == []  # one token: no TPOT
-    metrics = aggregate_metrics(result.requests, duration_s=result.duration_s,
-                                slo_ttft_ms=50, slo_tpot_ms=1000)
+    metrics = aggregate_metrics(result.requests, {"ttft_ms": 50, "tpot_ms": 1000})
     assert metrics["completed"] == 3 and metrics["success_rate"] == 1.0
     assert metrics["goodput_rps"] == 0.0  # every TTFT is above the 50 ms SLO
-    assert metrics["output_throughput_tok_s"] == pytest.approx(11 / result.duration_s)
+    last_finish = max(r.sent_s + r.e2e_ms / 1e3 for r in ok)  # from the replay's start
+    assert metrics["duration_s"] == pytest.approx(last_finish)
+    assert last_finish <= result.duration_s
+    assert metrics["output_throughput_tok_s"] == pytest.approx(11 / last_finish)
     assert metrics["itl_mean_ms"] == pytest.approx(np.mean(ok[0].itl_ms + ok[1].itl_ms))
 
 
@@ -64,4 +66,6 @@ def test_refused_connection_is_a_failed_request_not_a_crash():
                                 ClientOptions(model="m")))
     (request,) = result.requests
     assert request.status == "error" and "ConnectError" in request.error
-    assert aggregate_metrics(result.requests, duration_s=1.0)["success_rate"] == 0.0
+    metrics = aggregate_metrics(result.requests, {"ttft_ms": 500})
+    assert metrics["success_rate"] == 0.0 and metrics["duration_s"] is None
+    assert metrics["goodput_rps"] is None and metrics["good_requests"] == 0

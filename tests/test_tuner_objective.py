@@ -16,8 +16,8 @@ from servetune.tuner import (
 )
 
 METRICS = {"goodput_rps": 4.0, "output_throughput_tok_s": 2000.0, "success_rate": 1.0,
-           "ttft_ms_mean": 300.0, "ttft_ms_p90": 800.0, "ttft_ms_p99": 1500.0,
-           "tpot_ms_mean": 30.0, "tpot_ms_p90": 45.0, "tpot_ms_p99": 90.0}
+           "ttft_mean_ms": 300.0, "ttft_p90_ms": 800.0, "ttft_p99_ms": 1500.0,
+           "tpot_mean_ms": 30.0, "tpot_p90_ms": 45.0, "tpot_p99_ms": 90.0}
 
 
 def test_default_objective_is_goodput():
@@ -32,7 +32,7 @@ def test_throughput_counts_only_when_the_slo_percentile_holds():
     strict = parse_objective("throughput:ttft_ms=1000,tpot_ms=50,percentile=p99")
     # p99: ttft 1.5x over, tpot 1.8x over -> overshoot 0.5 + 0.8
     assert strict.score(METRICS) == pytest.approx(-1.3)
-    worse = dict(METRICS, ttft_ms_p99=3000.0)
+    worse = dict(METRICS, ttft_p99_ms=3000.0)
     assert strict.score(worse) < strict.score(METRICS) < 0 < ok.score(METRICS)
 
 
@@ -40,7 +40,7 @@ def test_fitness_penalises_slo_overshoot_exponentially():
     objective = FitnessObjective(slo=SLO(ttft_ms=300, tpot_ms=30), speed_target=2000)
     at_slo = objective.score(METRICS)
     assert at_slo == pytest.approx(0.4 + 0.2 + 0.3 + 0.1)
-    over = objective.score(dict(METRICS, ttft_ms_mean=600.0))  # 100% over the TTFT SLO
+    over = objective.score(dict(METRICS, ttft_mean_ms=600.0))  # 100% over the TTFT SLO
     assert at_slo - over == pytest.approx(0.2 * (1 - math.exp(-3.0)))
     failed = objective.score(dict(METRICS, success_rate=0.5))
     assert at_slo - failed == pytest.approx(0.1 * (1 - math.exp(-2.5)))
@@ -66,5 +66,5 @@ def test_bad_objective_specs(spec, message):
 
 
 def test_missing_metric_names_what_the_evaluator_returned():
-    with pytest.raises(ConfigError, match="no 'goodput_rps'.*ttft_ms_mean"):
-        GoodputObjective().score({"ttft_ms_mean": 1.0})
+    with pytest.raises(ConfigError, match="no 'goodput_rps'.*ttft_mean_ms"):
+        GoodputObjective().score({"ttft_mean_ms": 1.0})

@@ -16,7 +16,7 @@ from servetune.tuner._export import launch_args
 __all__ = ["build_candidates", "candidates_table", "write_candidates", "format_cell",
            "TABLE_METRICS"]
 
-TABLE_METRICS = ("goodput_rps", "output_throughput_tok_s", "ttft_ms_p90", "tpot_ms_p90",
+TABLE_METRICS = ("goodput_rps", "output_throughput_tok_s", "ttft_p90_ms", "tpot_p90_ms",
                  "success_rate")
 
 

@@ -34,13 +34,14 @@ from servetune import ConfigError
 __all__ = ["SLO", "Objective", "GoodputObjective", "ThroughputObjective", "FitnessObjective",
            "parse_objective", "OBJECTIVES", "METRIC_KEYS"]
 
-# What an evaluator returns (all floats): the objective reads a subset.
+# What an evaluator returns (all floats; :func:`servetune.data.run_metrics` names, the ``runs``
+# columns): the objective reads a subset.
 METRIC_KEYS = (
-    "requests", "completed", "success_rate", "duration_s",
+    "num_requests", "completed", "success_rate", "duration_s",
     "request_throughput_rps", "output_throughput_tok_s", "goodput_rps", "slo_attainment",
-    "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99",
-    "tpot_ms_mean", "tpot_ms_p50", "tpot_ms_p90", "tpot_ms_p99",
-    "e2e_ms_mean", "e2e_ms_p50", "e2e_ms_p90", "e2e_ms_p99",
+    "ttft_mean_ms", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms",
+    "tpot_mean_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
+    "e2e_mean_ms", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms",
 )
 
 
@@ -103,8 +104,8 @@ class ThroughputObjective(Objective):
                               f"p99; got {self.percentile!r}")
 
     def score(self, metrics: dict) -> float:
-        ttft = _need(metrics, f"ttft_ms_{self.percentile}")
-        tpot = _need(metrics, f"tpot_ms_{self.percentile}")
+        ttft = _need(metrics, f"ttft_{self.percentile}_ms")
+        tpot = _need(metrics, f"tpot_{self.percentile}_ms")
         over = max(0.0, ttft / self.slo.ttft_ms - 1) + max(0.0, tpot / self.slo.tpot_ms - 1)
         if over > 0 or not math.isfinite(over):
             return -over if math.isfinite(over) else -1e9
@@ -132,8 +133,8 @@ class FitnessObjective(Objective):
 
     def score(self, metrics: dict) -> float:
         speed = _need(metrics, "output_throughput_tok_s")
-        ttft = _need(metrics, "ttft_ms_mean")
-        tpot = _need(metrics, "tpot_ms_mean")
+        ttft = _need(metrics, "ttft_mean_ms")
+        tpot = _need(metrics, "tpot_mean_ms")
         success = _need(metrics, "success_rate")
         over_ttft = max(0.0, ttft / self.slo.ttft_ms - 1)
         over_tpot = max(0.0, tpot / self.slo.tpot_ms - 1)

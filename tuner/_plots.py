@@ -65,7 +65,7 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
 
 
 def pareto_png(study, candidates: list[dict] | None = None,
-               latency_key: str = "ttft_ms_p90",
+               latency_key: str = "ttft_p90_ms",
                throughput_key: str = "output_throughput_tok_s") -> bytes:
     """p90 TTFT vs output throughput of every evaluated configuration, Pareto front marked."""
     plt = _figure()

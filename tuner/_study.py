@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from servetune import ConfigError, ServetuneError
-from servetune.data import atomic_write_text
+from servetune.data import atomic_write_text, metric_name
 from servetune.tuner._base import Evaluator, Optimizer
 from servetune.tuner._baselines import GridSearch, RandomSearch
 from servetune.tuner._objective import Objective, parse_objective
@@ -344,7 +344,10 @@ def _read_log(path: Path, count: int, size: int) -> list[Evaluation]:
     if len(data) != size or len(lines) != count:
         raise ConfigError(f"{path}: holds {len(lines)} evaluations in {len(data)} bytes; the "
                           f"checkpoint expects {count} in {size}: the study folder is damaged")
-    return [Evaluation(**json.loads(line)) for line in lines]
+    records = [Evaluation(**json.loads(line)) for line in lines]
+    for record in records:  # logs written before the metric names were unified: ttft_ms_p90
+        record.metrics = {metric_name(k): v for k, v in record.metrics.items()}
+    return records
 
 
 def _copy_result(record: Evaluation, source: Evaluation) -> None:

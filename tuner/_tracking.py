@@ -95,7 +95,7 @@ class StudyTracker:
                                           if r.status == "ok")),
         }
         if best:
-            for key in ("goodput_rps", "output_throughput_tok_s", "ttft_ms_p90", "tpot_ms_p90"):
+            for key in ("goodput_rps", "output_throughput_tok_s", "ttft_p90_ms", "tpot_p90_ms"):
                 if best.metrics.get(key) is not None:
                     values[f"best_{key}"] = float(best.metrics[key])
         metrics = [Metric(k, float(v), 0, it) for k, v in values.items()

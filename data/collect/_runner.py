@@ -31,7 +31,8 @@ from time import perf_counter
 import numpy as np
 
 from servetune import ConfigError
-from servetune.data._schemas import partition_value
+from servetune.data._metrics import SLO, run_metrics
+from servetune.data._schemas import RUNS_SCHEMA, partition_value
 from servetune.data._workload import Workload
 from servetune.data.collect._plan import EngineConfig, knob_names
 from servetune.data.collect._presets import build_model
@@ -43,6 +44,7 @@ __all__ = ["CollectorOptions", "RunResult", "TransformersCBCollector", "ENGINE"]
 log = logging.getLogger(__name__)
 
 ENGINE = "transformers-cb"
+_RUNS_COLUMNS = frozenset(RUNS_SCHEMA.names)
 STEP_DEFINITION = ("wall time of one generation-loop iteration that launched a forward pass: "
                    "schedule + prepare inputs + forward + sample + update (async: launch-to-launch)")
 
@@ -315,23 +317,12 @@ class TransformersCBCollector:
     def _run_row(self, run_id, config, workload, workload_name, repeat, resolved, recorder,
                  req, started_at) -> dict:
         ok = [s == "ok" for s in req["status"]]
-        completed = int(sum(ok))
-        finishes = [json.loads(e)["finish_s"] for e in req["extra"]]
-        finishes = [f for f in finishes if f is not None]
-        duration = max(finishes) if finishes else None
-        out_tokens = sum(o for o, good in zip(req["output_tokens"], ok) if good)
-        in_tokens = sum(i for i, good in zip(req["input_tokens"], ok) if good)
-        per_second = (lambda x: x / duration) if duration else (lambda x: None)
-        goodput = None
-        if self.options.slo_ttft_ms is not None or self.options.slo_tpot_ms is not None:
-            good = 0
-            for ttft, tpot, fine in zip(req["ttft_ms"], req["tpot_ms"], ok):
-                within_ttft = (self.options.slo_ttft_ms is None
-                               or (ttft is not None and ttft <= self.options.slo_ttft_ms))
-                within_tpot = (self.options.slo_tpot_ms is None or tpot is None
-                               or tpot <= self.options.slo_tpot_ms)
-                good += bool(fine and within_ttft and within_tpot)
-            goodput = per_second(good)
+        metrics = run_metrics(arrival_s=req["arrival_s"], ttft_ms=req["ttft_ms"],
+                              e2e_ms=req["e2e_ms"], output_tokens=req["output_tokens"],
+                              input_tokens=req["input_tokens"], ok=ok,
+                              slo=SLO(ttft_ms=self.options.slo_ttft_ms,
+                                      tpot_ms=self.options.slo_tpot_ms),
+                              itl_ms=req["itl_ms"], preemptions=recorder.evictions)
         cuda_graph = resolved.get("use_cuda_graph")
         row = {
             "gpu_name": self.fingerprint.get("gpu_name") or "cpu", "gpu_count": 1,
@@ -347,13 +338,7 @@ class TransformersCBCollector:
             "gpu_memory_utilization": resolved.get("max_memory_percent"),
             "workload": json.dumps({**json.loads(workload.to_json()),
                                     "name": workload_name or workload.name}, sort_keys=True),
-            "num_requests": len(workload), "duration_s": duration,
-            "completed": completed, "failed": len(ok) - completed,
-            "success_rate": completed / len(ok) if ok else None,
-            "request_throughput_rps": per_second(completed),
-            "output_throughput_tok_s": per_second(out_tokens),
-            "total_token_throughput_tok_s": per_second(in_tokens + out_tokens),
-            "goodput_rps": goodput, "preemptions": recorder.evictions,
+            **{k: v for k, v in metrics.items() if k in _RUNS_COLUMNS},
             "started_at": started_at, "host": self.fingerprint.get("hostname"),
             "command": self.options.command,
             "provenance": json.dumps({**self.fingerprint, "preset": self.options.model,
@@ -366,21 +351,9 @@ class TransformersCBCollector:
                                  "knobs": config.knobs, "steps": len(recorder.steps),
                                  "step_definition": STEP_DEFINITION}, sort_keys=True),
         }
-        itl_all = [v for values, good in zip(req["itl_ms"], ok) if good and values for v in values]
-        for metric, values in (("ttft", req["ttft_ms"]), ("tpot", req["tpot_ms"]),
-                               ("itl", itl_all), ("e2e", req["e2e_ms"])):
-            row.update(_summary(metric, values))
         rows = self._identity(run_id, 1)
         rows.update({k: [v] for k, v in row.items()})
         return rows
-
-
-def _summary(metric: str, values) -> dict:
-    data = np.array([v for v in values if v is not None], dtype=np.float64)
-    if not data.size:
-        return {f"{metric}_{s}_ms": None for s in ("mean", "p50", "p90", "p99")}
-    return {f"{metric}_mean_ms": float(data.mean()),
-            **{f"{metric}_p{q}_ms": float(np.percentile(data, q)) for q in (50, 90, 99)}}
 
 
 def _jsonable(value):

@@ -586,8 +586,8 @@ class Dispatcher:
     def _persist(self, outcome: CandidateOutcome, candidate: Candidate, group: ServiceGroupSpec,
                  repeat: int, result, specs) -> None:
         opts = self.options
-        metrics = aggregate_metrics(result.requests, duration_s=result.duration_s,
-                                    slo_ttft_ms=opts.slo_ttft_ms, slo_tpot_ms=opts.slo_tpot_ms)
+        metrics = aggregate_metrics(result.requests, {"ttft_ms": opts.slo_ttft_ms,
+                                                      "tpot_ms": opts.slo_tpot_ms})
         run_id = f"hw-{candidate.name}-{group.name}-r{repeat}-{uuid.uuid4().hex[:8]}"
         head = specs[0]
         extra = {"candidate": candidate.name, "group": group.name, "repeat": repeat,

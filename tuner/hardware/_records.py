@@ -5,7 +5,7 @@ aggregate metrics, and - in its ``extra`` JSON - the candidate's name, the servi
 repeat index and the *predicted* metrics, so predicted and measured sit side by side.
 
 Example:
-    >>> aggregate_metrics([], duration_s=1.0)["completed"]
+    >>> aggregate_metrics([], {"ttft_ms": 500})["completed"]
     0
 """
 
@@ -18,10 +18,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from servetune import __version__
-from servetune.data import Workload, conform
+from servetune.data import SLO, Workload, conform, run_metrics
 from servetune.tuner.hardware._client import BenchmarkResult, RequestResult
 
 __all__ = ["aggregate_metrics", "measurement_tables", "REPORT_METRICS", "LOWER_IS_BETTER"]
@@ -47,41 +45,16 @@ _KNOB_COLUMNS = {
 }
 
 
-def _stats(values: Sequence[float]) -> dict[str, float | None]:
-    if not len(values):
-        return {"mean": None, "p50": None, "p90": None, "p99": None}
-    arr = np.asarray(values, dtype=np.float64)
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"mean": float(arr.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
-
-
-def aggregate_metrics(requests: Sequence[RequestResult], *, duration_s: float,
-                      slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None
+def aggregate_metrics(requests: Sequence[RequestResult], slo: SLO | Mapping | None = None
                       ) -> dict[str, float | int | None]:
-    """The runs-table aggregates of a replay (throughputs over ``duration_s``, percentiles)."""
-    ok = [r for r in requests if r.status == "ok"]
-    duration = max(duration_s, 1e-9)
-    out_tokens = sum(r.output_tokens or 0 for r in ok)
-    in_tokens = sum((r.prompt_tokens or r.input_tokens) for r in ok)
-    metrics: dict[str, float | int | None] = {
-        "num_requests": len(requests), "completed": len(ok), "failed": len(requests) - len(ok),
-        "success_rate": len(ok) / len(requests) if requests else None,
-        "duration_s": float(duration_s),
-        "request_throughput_rps": len(ok) / duration,
-        "output_throughput_tok_s": out_tokens / duration,
-        "total_token_throughput_tok_s": (out_tokens + in_tokens) / duration,
-    }
-    if slo_ttft_ms is not None or slo_tpot_ms is not None:
-        good = [r for r in ok
-                if (slo_ttft_ms is None or (r.ttft_ms or 0) <= slo_ttft_ms)
-                and (slo_tpot_ms is None or r.tpot_ms is None or r.tpot_ms <= slo_tpot_ms)]
-        metrics["goodput_rps"] = len(good) / duration
-    series = {"ttft": [r.ttft_ms for r in ok], "tpot": [r.tpot_ms for r in ok if r.tpot_ms is not None],
-              "itl": [x for r in ok for x in r.itl_ms], "e2e": [r.e2e_ms for r in ok]}
-    for name, values in series.items():
-        for stat, value in _stats(values).items():
-            metrics[f"{name}_{stat}_ms"] = value
-    return metrics
+    """The runs-table aggregates of a replay: :func:`servetune.data.run_metrics` of its requests
+    (TTFT/E2E from when each request was sent; ``duration_s`` to the last completed request's
+    finish; the server's ``prompt_tokens`` where it reported them)."""
+    return run_metrics(
+        arrival_s=[r.sent_s for r in requests], ttft_ms=[r.ttft_ms for r in requests],
+        e2e_ms=[r.e2e_ms for r in requests], output_tokens=[r.output_tokens for r in requests],
+        input_tokens=[r.prompt_tokens or r.input_tokens for r in requests],
+        ok=[r.status == "ok" for r in requests], slo=slo, itl_ms=[r.itl_ms for r in requests])
 
 
 _COLUMN_TYPES = {"scheduler": str, "chunked_prefill": bool, "async_batching": bool,

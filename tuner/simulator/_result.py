@@ -1,9 +1,10 @@
 """What one simulation produces: per-request arrays, run metrics, and the store's records.
 
-Metric definitions follow the collector (``data/collect/_runner.py``) so simulated and measured
-runs compare like for like: ``duration_s`` is the last finish time (arrivals start at 0),
-throughputs divide by it, TPOT is a request's mean inter-token latency (requests with one output
-token have none), goodput counts completed requests within every given SLO.
+The run metrics are :func:`servetune.data.run_metrics` of the per-request arrays - the same
+function, definitions and names as every measured run (``data/_metrics.py`` says which):
+:meth:`SimulationResult.flat_metrics` is its flat dict (the ``runs`` column names, what the tuner
+scores) plus the simulator's step counts, and :attr:`SimulationResult.metrics` the same numbers
+nested for people (``{"ttft_ms": {"mean", "p50", "p90", "p99"}, ...}``).
 """
 
 from __future__ import annotations
@@ -20,60 +21,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from servetune.data import Workload, atomic_write_bytes, conform
+from servetune.data import SLO, Workload, atomic_write_bytes, conform, run_metrics
+from servetune.data._metrics import LATENCY_METRICS, STATS
 from servetune.tuner.simulator import _kernel as K
 
 __all__ = ["SLO", "SimulationResult"]
 
-_STATS = ("mean", "p50", "p90", "p99")
-
-
-@dataclass(frozen=True)
-class SLO:
-    """Latency objectives for goodput; ``None`` means no bound on that metric.
-
-    Example:
-        >>> SLO(ttft_ms=500, tpot_ms=50).as_dict()
-        {'ttft_ms': 500.0, 'tpot_ms': 50.0, 'e2e_ms': None}
-    """
-
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2e_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, float(value))
-
-    def as_dict(self) -> dict:
-        """``{"ttft_ms": ..., "tpot_ms": ..., "e2e_ms": ...}``."""
-        return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms}
-
-    @classmethod
-    def coerce(cls, value: "SLO | dict | None") -> "SLO":
-        """An SLO from an SLO, a mapping with some of its keys, or None (no bounds)."""
-        if value is None:
-            return cls()
-        if isinstance(value, SLO):
-            return value
-        from servetune import ConfigError
-
-        unknown = set(value) - {"ttft_ms", "tpot_ms", "e2e_ms"}
-        if unknown:
-            raise ConfigError(f"unknown SLO key(s) {sorted(unknown)}; valid: ttft_ms, tpot_ms, "
-                              "e2e_ms")
-        return cls(**dict(value))
-
-
-def _summary(values: np.ndarray) -> dict:
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return {s: None for s in _STATS}
-    p50, p90, p99 = np.percentile(values, (50, 90, 99))
-    return {"mean": float(values.mean()), "p50": float(p50), "p90": float(p90),
-            "p99": float(p99)}
+#: latency metrics that are ``runs`` columns (queue is the simulator's own)
+_RUNS_LATENCIES = ("ttft", "tpot", "itl", "e2e")
 
 
 @dataclass(eq=False)
@@ -129,86 +84,61 @@ class SimulationResult:
 
     @property
     def tpot_ms(self) -> np.ndarray:
-        """Mean inter-token latency per request (NaN with fewer than two tokens or failed)."""
+        """Time per output token per request, ``(e2e - ttft) / (tokens - 1)`` (NaN with fewer
+        than two tokens or failed)."""
         n = self.generated
         with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = (self.finish_s - self.first_token_s) * 1e3 / (n - 1)
+            tpot = (self.e2e_ms - self.ttft_ms) / (n - 1)
         return np.where(self.ok & (n > 1), tpot, np.nan)
+
+    def _itl_flat(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every request's inter-token latencies (ms) as one array and per-request offsets
+        (the same values as the ``itl_ms`` lists of :meth:`requests_table`)."""
+        diffs = np.diff(self.token_s * 1e3)
+        counts = np.diff(self.token_offset)
+        owner = np.repeat(np.arange(len(self.workload)), counts)
+        keep = owner[1:] == owner[:-1]
+        offsets = np.concatenate(([0], np.cumsum(np.maximum(counts - 1, 0))))
+        return diffs[keep], offsets
 
     def itl_ms(self) -> np.ndarray:
         """Every inter-token latency of every completed request, pooled (ms)."""
-        diffs = np.diff(self.token_s) * 1e3
-        owner = np.repeat(np.arange(len(self.workload)), np.diff(self.token_offset))
-        same = owner[1:] == owner[:-1]
-        keep = same & self.ok[owner[1:]]
-        return diffs[keep]
+        values, offsets = self._itl_flat()
+        owner = np.repeat(np.arange(len(self.workload)), np.diff(offsets))
+        return values[self.ok[owner]]
 
     # -- per run --------------------------------------------------------------------------------
 
     @property
     def metrics(self) -> dict:
-        """Run metrics: counts, throughputs, goodput, latency summaries (see the module doc)."""
-        if self._metrics is None:
-            self._metrics = self._compute_metrics()
-        return self._metrics
-
-    def _compute_metrics(self) -> dict:
-        ok = self.ok
-        completed = int(ok.sum())
-        finishes = self.finish_s[ok]
-        duration = float(finishes.max()) if completed else None
-        out_tokens = int(self.workload.output_tokens[ok].sum())
-        in_tokens = int(self.workload.input_tokens[ok].sum())
-        ttft, tpot, e2e = self.ttft_ms, self.tpot_ms, self.e2e_ms
-        good = ok.copy()
-        if self.slo.ttft_ms is not None:
-            good &= ttft <= self.slo.ttft_ms
-        if self.slo.tpot_ms is not None:
-            good &= ~(tpot > self.slo.tpot_ms)  # one-token requests have no TPOT: within
-        if self.slo.e2e_ms is not None:
-            good &= e2e <= self.slo.e2e_ms
-
-        def rate(x: float) -> float | None:
-            return x / duration if duration else None
-
-        return {
-            "num_requests": len(self.workload),
-            "completed": completed,
-            "failed": len(self.workload) - completed,
-            "duration_s": duration,
-            "request_throughput_rps": rate(completed),
-            "output_throughput_tok_s": rate(out_tokens),
-            "total_token_throughput_tok_s": rate(in_tokens + out_tokens),
-            "goodput_rps": rate(int(good.sum())),
-            "good_requests": int(good.sum()),
-            "slo": self.slo.as_dict(),
-            "preemptions": int(self.preemptions.sum()),
-            "steps": int(self.num_steps),
-            "graph_captures": int(self.graph_captures),
-            "ttft_ms": _summary(ttft[ok]),
-            "tpot_ms": _summary(tpot[ok]),
-            "itl_ms": _summary(self.itl_ms()),
-            "e2e_ms": _summary(e2e[ok]),
-            "queue_ms": _summary(self.queue_ms[ok]),
-        }
+        """The run metrics nested for people: counts, throughputs, goodput, the SLO, and
+        ``{"ttft_ms": {"mean", "p50", "p90", "p99"}, ...}`` - the numbers of
+        :meth:`flat_metrics`, regrouped."""
+        flat = self.flat_metrics()
+        nested = {k: flat[k] for k in (
+            "num_requests", "completed", "failed", "duration_s", "request_throughput_rps",
+            "output_throughput_tok_s", "total_token_throughput_tok_s", "goodput_rps",
+            "good_requests")}
+        nested.update({"slo": self.slo.as_dict(), "preemptions": flat["preemptions"],
+                       "steps": flat["steps"], "graph_captures": flat["graph_captures"]})
+        for metric in LATENCY_METRICS:
+            nested[f"{metric}_ms"] = {s: flat[f"{metric}_{s}_ms"] for s in STATS}
+        return nested
 
     def flat_metrics(self) -> dict:
-        """The metrics as one flat dict (``ttft_ms_p90``, ...; the tuner's ``METRIC_KEYS``),
-        plus ``slo_attainment``: the share of all requests that completed within the SLO."""
-        m = self.metrics
-        n = m["num_requests"]
-        good = m["good_requests"]
-        flat = {"requests": n, "completed": m["completed"], "success_rate": m["completed"] / n,
-                "duration_s": m["duration_s"],
-                "request_throughput_rps": m["request_throughput_rps"],
-                "output_throughput_tok_s": m["output_throughput_tok_s"],
-                "total_token_throughput_tok_s": m["total_token_throughput_tok_s"],
-                "goodput_rps": m["goodput_rps"], "slo_attainment": good / n,
-                "preemptions": m["preemptions"], "steps": m["steps"]}
-        for metric in ("ttft", "tpot", "itl", "e2e", "queue"):
-            for stat in _STATS:
-                flat[f"{metric}_ms_{stat}"] = m[f"{metric}_ms"][stat]
-        return flat
+        """:func:`servetune.data.run_metrics` of this run (the ``runs`` column names, what the
+        tuner scores: ``ttft_p90_ms``, ``goodput_rps``, ...) plus ``steps`` and
+        ``graph_captures``. Computed once."""
+        if self._metrics is None:
+            itl, offsets = self._itl_flat()
+            self._metrics = {
+                **run_metrics(arrival_s=self.workload.arrival_s, ttft_ms=self.ttft_ms,
+                              e2e_ms=self.e2e_ms, output_tokens=self.generated,
+                              input_tokens=self.workload.input_tokens, ok=self.ok, slo=self.slo,
+                              itl_ms=itl, itl_offsets=offsets, queue_ms=self.queue_ms,
+                              preemptions=self.preemptions),
+                "steps": int(self.num_steps), "graph_captures": int(self.graph_captures)}
+        return dict(self._metrics)
 
     @property
     def run_id(self) -> str:
@@ -260,30 +190,28 @@ class SimulationResult:
         """The run's one ``runs`` row (source=simulated), conforming to the store's schema."""
         from servetune.tuner.simulator._policies import get_policy
 
-        m = self.metrics
+        m = self.flat_metrics()
         c = self.config
         row = {
             "gpu_name": self.labels.get("gpu_name"), "gpu_count": c["tp_size"] * c["dp_size"],
             "tp_size": c["tp_size"], "pp_size": 1, "dp_size": c["dp_size"],
             "config": json.dumps(c, sort_keys=True),
             **get_policy(self.engine).runs_columns(c),
-            "workload": self.workload.to_json(), "num_requests": m["num_requests"],
-            "duration_s": m["duration_s"], "completed": m["completed"], "failed": m["failed"],
-            "success_rate": m["completed"] / m["num_requests"],
-            "request_throughput_rps": m["request_throughput_rps"],
-            "output_throughput_tok_s": m["output_throughput_tok_s"],
-            "total_token_throughput_tok_s": m["total_token_throughput_tok_s"],
-            "goodput_rps": m["goodput_rps"], "preemptions": m["preemptions"],
+            "workload": self.workload.to_json(),
+            **{k: m[k] for k in ("num_requests", "duration_s", "completed", "failed",
+                                 "success_rate", "request_throughput_rps",
+                                 "output_throughput_tok_s", "total_token_throughput_tok_s",
+                                 "goodput_rps", "preemptions")},
+            **{f"{metric}_{s}_ms": m[f"{metric}_{s}_ms"] for metric in _RUNS_LATENCIES
+               for s in STATS},
             "started_at": started_at or datetime.fromtimestamp(0, tz=timezone.utc),
             "provenance": json.dumps({"simulator": "servetune", "seed": self.seed,
                                       "model_uri": self.labels.get("model_uri"),
                                       "slo": self.slo.as_dict()}, sort_keys=True),
-            "extra": json.dumps({"steps": m["steps"], "queue_ms": m["queue_ms"]},
+            "extra": json.dumps({"steps": m["steps"],
+                                 "queue_ms": {s: m[f"queue_{s}_ms"] for s in STATS}},
                                 sort_keys=True),
         }
-        for metric in ("ttft", "tpot", "itl", "e2e"):
-            for stat in _STATS:
-                row[f"{metric}_{stat}_ms"] = m[f"{metric}_ms"][stat]
         columns = {**self._identity(1), **{k: [v] for k, v in row.items()}}
         return conform(columns, "runs")
 
