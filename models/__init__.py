@@ -21,6 +21,12 @@ from servetune.models._compiled import (
     linear_base_matrix,
     step_time_batch,
 )
+from servetune.models._domain import (
+    DOMAIN_COLUMNS,
+    TrainingDomain,
+    domain_report,
+    format_domain_warning,
+)
 from servetune.models._estimator import StepTimeRegressor
 from servetune.models._evaluation import (
     extrapolation_split,
@@ -49,6 +55,7 @@ from servetune.models._training import (
 __all__ = [
     "CHAMPION",
     "EXPERIMENT_NAME",
+    "DOMAIN_COLUMNS",
     "SEARCH_SPACE",
     "CompiledForest",
     "CompiledStepTime",
@@ -56,8 +63,11 @@ __all__ = [
     "StepTimeRegressor",
     "TrainConfig",
     "TrainResult",
+    "TrainingDomain",
+    "domain_report",
     "ensure_champion",
     "extrapolation_split",
+    "format_domain_warning",
     "forest_predict_matrix",
     "forest_predict_row",
     "grouped_oof_predict",

@@ -29,6 +29,7 @@ from servetune.models._compiled import (
     CompiledStepTime,
     linear_base_matrix,
 )
+from servetune.models._domain import DOMAIN_ARTIFACT, TrainingDomain
 from servetune.models._registry import client_for, parse_model_uri
 
 __all__ = ["StepTimeModel", "MODEL_ARTIFACT", "model_metadata", "use_step_time_pyfunc"]
@@ -90,6 +91,7 @@ class StepTimeModel:
     run_id: str = ""
     base_coef: np.ndarray = field(default_factory=lambda: NO_BASE, repr=False)
     base_intercept: float = 0.0
+    domain: TrainingDomain | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, model_uri: str, *, tracking_uri: str) -> "StepTimeModel":
@@ -112,16 +114,22 @@ class StepTimeModel:
                              "ls`") from None
         artifact_uri = client.get_run(mv.run_id).info.artifact_uri
         if artifact_uri.startswith("file:"):  # the workspace's own artifact root: read in place
-            model = cls.from_directory(Path(url2pathname(urlparse(artifact_uri).path))
-                                       / MODEL_ARTIFACT)
+            root = Path(url2pathname(urlparse(artifact_uri).path))
+            model = cls.from_directory(root / MODEL_ARTIFACT)
+            domain = _read_domain(root / DOMAIN_ARTIFACT)
         else:
             with tempfile.TemporaryDirectory(prefix="servetune-model-") as tmp:
                 model = cls.from_directory(client.download_artifacts(mv.run_id, MODEL_ARTIFACT,
                                                                      tmp))
+                try:
+                    domain = _read_domain(Path(client.download_artifacts(
+                        mv.run_id, DOMAIN_ARTIFACT, tmp)))
+                except (MlflowException, OSError):
+                    domain = None
         return cls(booster=model.booster, feature_set=model.feature_set,
                    log_target=model.log_target, uri=model_uri, name=ref.name,
                    version=str(mv.version), run_id=mv.run_id, base_coef=model.base_coef,
-                   base_intercept=model.base_intercept)
+                   base_intercept=model.base_intercept, domain=domain)
 
     @classmethod
     def from_directory(cls, path: str | Path) -> "StepTimeModel":
@@ -166,10 +174,24 @@ class StepTimeModel:
         return np.exp(margin) if self.log_target else margin
 
     def compile(self) -> CompiledStepTime:
-        """Flat tree arrays + the feature kernel, evaluated by numba (see ``CompiledStepTime``)."""
+        """Flat tree arrays + the feature kernel, evaluated by numba (see ``CompiledStepTime``);
+        the training domain rides along as its ``domain`` attribute (None when unknown)."""
         forest = CompiledForest.from_booster(self.booster, log_target=self.log_target,
                                              feature_set=self.feature_set.name,
                                              feature_set_version=self.feature_set.version,
                                              base_coef=self.base_coef,
                                              base_intercept=self.base_intercept)
-        return CompiledStepTime(forest, self.feature_set)
+        compiled = CompiledStepTime(forest, self.feature_set)
+        object.__setattr__(compiled, "domain", self.domain)  # frozen dataclass, no slots
+        return compiled
+
+
+def _read_domain(path: Path) -> TrainingDomain | None:
+    """The ``domain.json`` at ``path``; None when absent (a model registered before domains
+    were recorded)."""
+    if not path.is_file():
+        return None
+    try:
+        return TrainingDomain.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: unreadable training domain ({exc})") from None

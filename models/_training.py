@@ -6,6 +6,7 @@ One call of :func:`train_step_time_model` is one MLflow run:
 2. hold out test runs by a salted hash of their run id (stable across trainings);
 3. search a few hyperparameter settings by grouped CV on the training runs only;
 4. fit on the training runs (early stopping on held-out training runs, then refit);
+   record the training domain (models._domain: step ranges, knob combinations, cache sizes);
 5. score on the test runs (MAPE, p50/p90/p99 APE, R², per-run errors) and run the extrapolation
    check (train on steps up to the 80th token percentile, test above it);
 6. log params, lineage, metrics, plots and the model (signature + input example), register a
@@ -46,6 +47,7 @@ from servetune.features import (
     graph_captured,
     join_knobs,
 )
+from servetune.models._domain import DOMAIN_ARTIFACT, TrainingDomain
 from servetune.models._estimator import StepTimeRegressor
 from servetune.models._evaluation import (
     extrapolation_split,
@@ -70,7 +72,7 @@ from servetune.models._step_time_model import (
 )
 
 __all__ = ["TrainConfig", "TrainResult", "load_training_frame", "train_step_time_model",
-           "ensure_champion", "parse_where"]
+           "ensure_champion", "parse_where", "training_domain"]
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +242,14 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
                   else not progress, delay=0.5)
     with stages:
         stages.set_postfix_str("loading steps")
-        frame, lineage = load_training_frame(TraceStore.for_workspace(workspace), where,
-                                             source=config.source)
+        store = TraceStore.for_workspace(workspace)
+        frame, lineage = load_training_frame(store, where, source=config.source)
         y = frame["duration_ms"].to_numpy(dtype=np.float64)
         groups = frame["run_id"].to_numpy()
         test_runs = held_out_runs(groups, config.test_fraction, config.holdout_salt)
         test = np.isin(groups, test_runs)
         train, X_test = frame[~test], frame[test]
+        domain = training_domain(store, train)
         stages.update(1)
 
         stages.set_postfix_str(f"search ({config.n_trials} trials)")
@@ -287,9 +290,19 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
 
         stages.set_postfix_str("logging to MLflow")
         result = _log_and_register(workspace, config, model, frame, test, pred, metrics,
-                                   per_run, lineage, test_runs, trials, started)
+                                   per_run, lineage, test_runs, trials, started, domain)
         stages.update(1)
     return result
+
+
+def training_domain(store: TraceStore, train: pd.DataFrame) -> TrainingDomain:
+    """The :class:`TrainingDomain` of the training steps: their knobs (as joined for training)
+    and each run's KV cache size from the ``runs`` table's ``num_blocks``."""
+    runs = train.groupby("run_id", sort=True)[list(KNOB_COLUMNS)].first().reset_index()
+    blocks = store.query("runs", columns=["run_id", "num_blocks"],
+                         run_id=sorted(runs["run_id"].astype(str)))
+    runs = runs.merge(blocks.drop_duplicates("run_id"), on="run_id", how="left")
+    return TrainingDomain.from_training(train, runs)
 
 
 def _extrapolation(estimator, frame: pd.DataFrame, y: np.ndarray, groups: np.ndarray,
@@ -310,7 +323,8 @@ def _extrapolation(estimator, frame: pd.DataFrame, y: np.ndarray, groups: np.nda
 def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
                       frame: pd.DataFrame, test: np.ndarray, pred: np.ndarray,
                       metrics: dict, per_run: pd.DataFrame, lineage: dict, test_runs: list[str],
-                      trials: pd.DataFrame | None, started: float) -> TrainResult:
+                      trials: pd.DataFrame | None, started: float,
+                      domain: TrainingDomain | None = None) -> TrainResult:
     import mlflow
     import xgboost as xgb
     from mlflow.entities import Metric, Param, RunTag
@@ -347,6 +361,8 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
         client.log_dict(run_id, {**lineage, "test_runs": test_runs,
                                  "train_runs": sorted(set(frame.run_id[~test]))},
                         "lineage.json")
+        if domain is not None:
+            client.log_dict(run_id, domain.to_dict(), DOMAIN_ARTIFACT)
         client.log_text(run_id, per_run.to_csv(index=False), "per_run_errors.csv")
         if trials is not None:
             client.log_text(run_id, trials.to_csv(index=False), "search_trials.csv")

@@ -21,12 +21,13 @@ from servetune import ConfigError, ServetuneError
 from servetune.data import Workload
 from servetune.features import KNOB_COLUMNS, get_feature_set
 from servetune.models import CompiledStepTime, forest_predict_row
+from servetune.models._domain import DOMAIN_COLUMNS, domain_report
 from servetune.tuner.simulator import _kernel as K
 from servetune.tuner.simulator._forest import pack_forest
 from servetune.tuner.simulator._policies import EnginePolicy, get_policy
 from servetune.tuner.simulator._result import SLO, SimulationResult
 
-__all__ = ["Simulator", "simulate", "model_knobs"]
+__all__ = ["Simulator", "simulate", "model_knobs", "simulation_domain"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ class Simulator:
                 registered = None
             if registered is not None and registered.version == fs.version:
                 return (_rebuild_simulator, (self.engine, dict(self.config), forest, fs.name,
-                                             self.slo, dict(self.labels), self.fast_forest))
+                                             self.slo, dict(self.labels), self.fast_forest,
+                                             getattr(sm, "domain", None)))
         return (_rebuild_plain, (self.engine, dict(self.config), sm, self.slo, dict(self.labels),
                                  self.predict_row, self.fast_forest))
 
@@ -122,6 +124,11 @@ class Simulator:
                                  np.float32(-np.inf))
             thr = np.where(folded, direction, thr).astype(np.float32)
         return feat, thr, left, max_depth, ok, fold
+
+    def domain_report(self, result: SimulationResult | None = None) -> dict:
+        """This configuration (and ``result``'s recorded steps) against the step model's
+        training domain; see :func:`simulation_domain`."""
+        return simulation_domain(self, result)
 
     def run(self, workload: Workload, seed: int = 0, *, record_steps: bool = False
             ) -> SimulationResult:
@@ -162,9 +169,26 @@ class Simulator:
             graph_captures=int(n_captures))
 
 
-def _rebuild_simulator(engine, config, forest, feature_set, slo, labels, fast_forest):
+def _rebuild_simulator(engine, config, forest, feature_set, slo, labels, fast_forest,
+                       domain=None):
     step_model = CompiledStepTime(forest, get_feature_set(feature_set))
+    object.__setattr__(step_model, "domain", domain)
     return Simulator(engine, config, step_model, slo=slo, labels=labels, fast_forest=fast_forest)
+
+
+def simulation_domain(simulator: Simulator, result: SimulationResult | None = None) -> dict:
+    """The ``domain`` block of a simulation (``models.domain_report``): the configuration
+    checked against the step model's training domain (its ``domain`` attribute; a model without
+    one reads "domain unknown") and, when ``result`` recorded its steps, the share of steps
+    outside the trained ranges and the worst column."""
+    policy = get_policy(simulator.engine)
+    params = policy.params(simulator.config)
+    knobs = policy.model_knobs(simulator.config)
+    steps = None
+    if result is not None and result.steps is not None:
+        steps = result.steps[:, [K.STEP_COLUMNS.index(c) for c in DOMAIN_COLUMNS]]
+    return domain_report(getattr(simulator.step_model, "domain", None), knobs,
+                         int(params[0] * params[1]), steps)
 
 
 def _rebuild_plain(engine, config, step_model, slo, labels, predict_row, fast_forest):
