@@ -34,6 +34,7 @@ from servetune import ConfigError
 from servetune.data._metrics import SLO, run_metrics
 from servetune.data._schemas import RUNS_SCHEMA, partition_value
 from servetune.data._workload import Workload
+from servetune.data.engines import TRANSFORMERS_CB
 from servetune.data.collect._plan import EngineConfig, knob_names
 from servetune.data.collect._presets import build_model
 from servetune.data.collect._provenance import machine_fingerprint
@@ -328,14 +329,12 @@ class TransformersCBCollector:
             "gpu_name": self.fingerprint.get("gpu_name") or "cpu", "gpu_count": 1,
             "tp_size": 1, "pp_size": 1, "dp_size": 1,
             "config": json.dumps(resolved, sort_keys=True),
-            "scheduler": resolved.get("scheduler_type"),
-            "max_batch_tokens": resolved.get("max_batch_tokens"),
-            "max_num_seqs": resolved.get("max_requests_per_batch"),
-            "block_size": resolved.get("block_size"), "num_blocks": resolved.get("num_blocks"),
+            **TRANSFORMERS_CB.runs_columns({
+                **{k: v for k, v in resolved.items() if k in TRANSFORMERS_CB.spellings},
+                "use_async_batching": bool(resolved.get("use_async_batching")),
+                "use_cuda_graph": bool(any(cuda_graph)) if isinstance(cuda_graph, list)
+                else bool(cuda_graph)}),
             "chunked_prefill": True,
-            "async_batching": bool(resolved.get("use_async_batching")),
-            "cuda_graph": bool(any(cuda_graph)) if isinstance(cuda_graph, list) else bool(cuda_graph),
-            "gpu_memory_utilization": resolved.get("max_memory_percent"),
             "workload": json.dumps({**json.loads(workload.to_json()),
                                     "name": workload_name or workload.name}, sort_keys=True),
             **{k: v for k, v in metrics.items() if k in _RUNS_COLUMNS},

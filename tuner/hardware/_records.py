@@ -20,6 +20,7 @@ from pathlib import Path
 
 from servetune import __version__
 from servetune.data import SLO, Workload, conform, run_metrics
+from servetune.data.engines import ENGINES
 from servetune.tuner.hardware._client import BenchmarkResult, RequestResult
 
 __all__ = ["aggregate_metrics", "measurement_tables", "REPORT_METRICS", "LOWER_IS_BETTER"]
@@ -28,21 +29,6 @@ __all__ = ["aggregate_metrics", "measurement_tables", "REPORT_METRICS", "LOWER_I
 REPORT_METRICS = ("request_throughput_rps", "output_throughput_tok_s", "goodput_rps",
                   "ttft_mean_ms", "tpot_mean_ms", "itl_mean_ms", "e2e_mean_ms", "e2e_p90_ms")
 LOWER_IS_BETTER = {m for m in REPORT_METRICS if m.endswith("_ms")}
-
-_KNOB_COLUMNS = {
-    "scheduler": ("scheduler",),
-    "max_batch_tokens": ("max_batch_tokens", "max_num_batched_tokens"),
-    "max_num_seqs": ("max_num_seqs", "max_requests_per_batch"),
-    "block_size": ("block_size",),
-    "num_blocks": ("num_blocks",),
-    "chunked_prefill": ("chunked_prefill", "enable_chunked_prefill"),
-    "async_batching": ("async_batching",),
-    "cuda_graph": ("cuda_graph",),
-    "gpu_memory_utilization": ("gpu_memory_utilization", "max_memory_percent"),
-    "tp_size": ("tp", "tensor_parallel_size"),
-    "pp_size": ("pp", "pipeline_parallel_size"),
-    "dp_size": ("dp", "data_parallel_size"),
-}
 
 
 def aggregate_metrics(requests: Sequence[RequestResult], slo: SLO | Mapping | None = None
@@ -55,31 +41,6 @@ def aggregate_metrics(requests: Sequence[RequestResult], slo: SLO | Mapping | No
         e2e_ms=[r.e2e_ms for r in requests], output_tokens=[r.output_tokens for r in requests],
         input_tokens=[r.prompt_tokens or r.input_tokens for r in requests],
         ok=[r.status == "ok" for r in requests], slo=slo, itl_ms=[r.itl_ms for r in requests])
-
-
-_COLUMN_TYPES = {"scheduler": str, "chunked_prefill": bool, "async_batching": bool,
-                 "cuda_graph": bool, "gpu_memory_utilization": float}
-
-
-def _coerce(value: object, kind: type = int):
-    """``value`` as the column's type, or ``None`` when it is not one (the config JSON keeps it)."""
-    if value is None:
-        return None
-    if kind is bool:
-        return value if isinstance(value, bool) else None
-    if isinstance(value, bool):
-        return None
-    try:
-        return kind(value) if kind is not int or float(value).is_integer() else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _knob(config: Mapping[str, object], names: tuple[str, ...]):
-    for name in names:
-        if name in config:
-            return config[name]
-    return None
 
 
 def measurement_tables(result: BenchmarkResult, *, run_id: str, engine: str, model: str,
@@ -115,8 +76,7 @@ def measurement_tables(result: BenchmarkResult, *, run_id: str, engine: str, mod
            "provenance": json.dumps({"servetune": __version__, **provenance}, sort_keys=True,
                                     default=str),
            "extra": json.dumps(dict(extra), sort_keys=True, default=str)}
-    for column, names in _KNOB_COLUMNS.items():
-        run[column] = _coerce(_knob(config, names), _COLUMN_TYPES.get(column, int))
+    run.update(_knob_columns(engine, config))
     run.update({k: v for k, v in metrics.items()})
     runs = {k: [v] for k, v in run.items()}
     tables = {"requests": conform(requests, "requests", path=f"measured run {run_id}"),
@@ -125,6 +85,14 @@ def measurement_tables(result: BenchmarkResult, *, run_id: str, engine: str, mod
     for kind in ("requests", "runs"):
         digest.update(json.dumps(tables[kind].to_pylist(), sort_keys=True, default=str).encode())
     return tables, digest.hexdigest()
+
+
+def _knob_columns(engine: str, config: Mapping[str, object]) -> dict:
+    """The runs table's knob columns of ``config`` under any spelling of its engine's knobs
+    (an engine without a spec, such as a user start script, fills none)."""
+    if engine not in ENGINES:
+        return {}
+    return ENGINES[engine].runs_columns(config)
 
 
 def model_label(model: str | None) -> str:
