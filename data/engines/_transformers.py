@@ -15,6 +15,10 @@ from collections.abc import Mapping
 
 from servetune.data.engines._knob import Knob
 from servetune.data.engines._spec import EngineSpec
+from servetune.data.engines._transformers_resolve import (
+    CB_CONFIG_FIELDS,
+    resolve_transformers_config,
+)
 
 __all__ = ["TRANSFORMERS_CB"]
 
@@ -60,28 +64,33 @@ _KNOBS = (
          flag_off="--no-compile", simulated=False),
 )
 
-# What transformers 5.17 resolves at start-up for ``paged|sdpa`` attention when a field is left
-# unset (``continuous_batching/initialization.py``, ``continuous_api.py``): no CUDA graphs and no
-# async batching, 90 % of free memory, 1024 requests per batch, the CUDA-graph padding presets
-# (64 query tokens, 16,384 KV tokens) and the fast-path block-table width. ``max_batch_tokens``
-# and ``num_blocks`` are solved from free memory by the engine; the simulator solves them from its
-# hardware keys (``gpu_memory_gib``, ``model_weights_gib``, ``kv_bytes_per_token``).
-_RESOLVED = {"use_cuda_graph": False, "use_async_batching": False, "max_memory_percent": 0.9,
-             "max_requests_per_batch": 1024, "max_blocks_per_request": 32,
-             "max_batch_tokens": 8192}
-_PADDING_PRESETS = {"q_padding_interval_size": 64, "kv_padding_interval_size": 16384}
+# The fields resolve_transformers_config needs from a configuration (its own field names).
+_CB_FIELDS = frozenset(CB_CONFIG_FIELDS)
+# The simulator's token budget when the engine would size it from memory: transformers takes
+# min(8192, the budget of a batch filling 10 % of the cache) (cb/cache.py:652-681), which is 8192
+# for every cache above ~82 k tokens.
+_MEMORY_SIZED_BATCH_TOKENS = 8192
 
 
 def _resolve(config: dict, hardware: Mapping[str, object]) -> dict:
+    """Fill the knobs transformers 5.17 resolves at start-up, as it does for the attention
+    implementation in use (:func:`resolve_transformers_config`)."""
+    given = {k: v for k, v in config.items() if k in _CB_FIELDS and v is not None
+             and v != TRANSFORMERS_CB_DEFAULTS.get(k)}
+    resolved = resolve_transformers_config(
+        given, attn_implementation=config.get("attn_implementation") or "paged|sdpa")
     out = dict(config)
-    for key, value in _RESOLVED.items():
-        if out.get(key) is None:
-            out[key] = value
-    for key, value in _PADDING_PRESETS.items():
-        if not out.get(key):
-            out[key] = value
+    for key in _CB_FIELDS & set(out):
+        if out[key] is None or key in ("q_padding_interval_size", "kv_padding_interval_size"):
+            out[key] = resolved[key]
+    graphs = out["use_cuda_graph"]
+    out["use_cuda_graph"] = bool(any(graphs)) if isinstance(graphs, (tuple, list)) else graphs
+    if out["max_batch_tokens"] is None:
+        out["max_batch_tokens"] = _MEMORY_SIZED_BATCH_TOKENS
     return out
 
+
+TRANSFORMERS_CB_DEFAULTS = {k.name: k.default for k in _KNOBS}
 
 TRANSFORMERS_CB = EngineSpec(
     name="transformers-cb",
