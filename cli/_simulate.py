@@ -33,7 +33,8 @@ def _step_model(ctx: Context, model_uri: str | None):
 
 
 @click.command("simulate")
-@click.option("--engine", required=True, help="Engine policy: transformers, vllm or static.")
+@click.option("--engine", required=True,
+              help="Engine: transformers-cb (alias transformers), vllm or static.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="A configuration key (repeatable); unknown keys are refused with the list.")
 @click.option("--workload", required=True, metavar="FILE|SPEC",

@@ -347,7 +347,7 @@ STATIC = EnginePolicy(
 
 
 def default_registry() -> PolicyRegistry:
-    """A fresh registry holding the shipped policies (transformers, vllm, static)."""
+    """A fresh registry holding the shipped policies (transformers-cb, vllm, static)."""
     registry = PolicyRegistry()
     for policy in (TRANSFORMERS, VLLM, STATIC):
         registry.register(policy)
