@@ -60,6 +60,8 @@ _KNOBS = (
          "--attn-implementation; CB switches to a paged one)", nullable=True,
          flag="--attn-implementation", simulated=False),
     Knob("dtype", str, "auto", "model dtype", flag="--dtype", simulated=False),
+    Knob("device", str, "auto", "device for inference (auto, cuda:0, cpu)", flag="--device",
+         simulated=False),
     Knob("compile", bool, False, "torch.compile the model", flag="--compile",
          flag_off="--no-compile", simulated=False),
 )
