@@ -16,7 +16,9 @@ bit for bit; ``tests/test_features_feature_set.py`` proves it.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+import types
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -156,7 +158,7 @@ def make_feature_set(name: str, version: int, features: Mapping[str, int],
     unknown = [t for t in base_terms if t not in features]
     if unknown:
         raise ConfigError(f"base terms {', '.join(unknown)} are not features of {name}")
-    jitted = numba.njit(error_model="numpy", cache=False)(formulas)
+    jitted = numba.njit(error_model="numpy", cache=False)(_named_by_content(formulas))
     n_features = len(features)
 
     def kernel(raw, knobs, out):
@@ -166,7 +168,7 @@ def make_feature_set(name: str, version: int, features: Mapping[str, int],
 
     return FeatureSet(name=name, version=version, feature_names=tuple(features),
                       monotone=tuple(int(v) for v in features.values()), formulas=formulas,
-                      kernel=numba.njit(error_model="numpy")(kernel),
+                      kernel=numba.njit(error_model="numpy")(_named_by_content(kernel)),
                       base_terms=tuple(base_terms))
 
 
@@ -179,7 +181,7 @@ def select_features(base: FeatureSet, name: str, version: int,
     keep = tuple(i for i, n in enumerate(base.feature_names) if n not in drop)
     keep_array = np.asarray(keep, dtype=np.int64)
     base_formulas = base.formulas
-    jitted = numba.njit(error_model="numpy")(base_formulas)
+    jitted = numba.njit(error_model="numpy")(_named_by_content(base_formulas))
 
     def formulas(r, k):
         values = base_formulas(r, k)
@@ -193,8 +195,39 @@ def select_features(base: FeatureSet, name: str, version: int,
     return FeatureSet(name=name, version=version,
                       feature_names=tuple(base.feature_names[i] for i in keep),
                       monotone=tuple(base.monotone[i] for i in keep), formulas=formulas,
-                      kernel=numba.njit(error_model="numpy")(kernel),
+                      kernel=numba.njit(error_model="numpy")(_named_by_content(kernel)),
                       base_terms=tuple(t for t in base.base_terms if t not in drop))
+
+
+def _named_by_content(func: Callable) -> Callable:
+    """A copy of ``func`` whose qualified name ends in a digest of its code and closure.
+
+    numba names machine code by module, qualified name and a per-process counter. Code that
+    several processes compiled and cached on disk (the simulation loop, ``models._jit_cache``)
+    can then hold two different functions under one name (every feature set's kernel is a
+    ``make_feature_set.<locals>.kernel``), and loaded together the linker keeps only one of them.
+    """
+    cells = tuple(_value_key(cell.cell_contents) for cell in func.__closure__ or ())
+    digest = hashlib.sha256(repr((_code_key(func.__code__), cells)).encode()).hexdigest()[:16]
+    copy = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__,
+                              func.__closure__)
+    copy.__qualname__ = f"{func.__qualname__}_{digest}"
+    return copy
+
+
+def _code_key(code: types.CodeType) -> tuple:
+    consts = tuple(_code_key(c) if isinstance(c, types.CodeType) else repr(c)
+                   for c in code.co_consts)
+    return code.co_qualname, code.co_code, code.co_names, consts
+
+
+def _value_key(value: object) -> str:
+    func = getattr(value, "py_func", value)  # a numba dispatcher: its Python function
+    if callable(func) and hasattr(func, "__qualname__"):
+        return f"{getattr(func, '__module__', '')}.{func.__qualname__}"
+    if isinstance(value, np.ndarray):
+        return repr((value.dtype.str, value.shape, value.tobytes()))
+    return repr(value)
 
 
 class FeatureSetRegistry:

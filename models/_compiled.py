@@ -34,6 +34,7 @@ import numpy as np
 from servetune import ModelError
 from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, STEP_INPUT_COLUMNS, FeatureSet
 from servetune.features._columns import previous_step_matrix
+from servetune.models._jit_cache import bind_cached, cached_entry
 
 __all__ = ["CompiledForest", "CompiledStepTime", "forest_predict_row", "forest_predict_matrix",
            "linear_base_margin", "linear_base_matrix", "step_time_batch", "BASE_FLOOR_MS",
@@ -47,7 +48,7 @@ _IDENTITY_OBJECTIVES = ("reg:squarederror", "reg:absoluteerror", "reg:pseudohube
                         "reg:quantileerror")
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def forest_predict_row(feature, threshold, left, right, default_left, value, roots, base_margin,
                        x):
     """Raw margin of one feature row ``x`` (float32): base margin plus one leaf per tree.
@@ -69,7 +70,7 @@ def forest_predict_row(feature, threshold, left, right, default_left, value, roo
     return total
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def forest_predict_matrix(feature, threshold, left, right, default_left, value, roots,
                           base_margin, x):
     """Raw margins of every row of a float32 feature matrix ``x`` (n, F)."""
@@ -80,7 +81,7 @@ def forest_predict_matrix(feature, threshold, left, right, default_left, value, 
     return out
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def linear_base_margin(base_coef, base_intercept, log_target, x):
     """The linear base's margin for feature row ``x``: ``intercept + coef . x`` (NaN features
     count as 0), its log (clipped at ``BASE_FLOOR_MS``) for a log target; 0 without a base."""
@@ -98,7 +99,7 @@ def linear_base_margin(base_coef, base_intercept, log_target, x):
     return total
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def linear_base_matrix(base_coef, base_intercept, log_target, x):
     """:func:`linear_base_margin` of every row of a float32 feature matrix ``x`` (n, F)."""
     out = np.empty(x.shape[0], dtype=np.float64)
@@ -107,9 +108,11 @@ def linear_base_matrix(base_coef, base_intercept, log_target, x):
     return out
 
 
+# The kernel argument is a dispatcher, which numba's cache cannot key on: ``step_time_batch``
+# binds it (models._jit_cache) so that each feature set's batch loop is cached on disk.
 @numba.njit(nogil=True)
-def step_time_batch(kernel, n_features, feature, threshold, left, right, default_left, value,
-                    roots, base_margin, base_coef, base_intercept, log_target, raw, knobs):
+def _step_time_batch(kernel, n_features, feature, threshold, left, right, default_left, value,
+                     roots, base_margin, base_coef, base_intercept, log_target, raw, knobs):
     """Step times (ms) of ``raw`` (n, 17) steps (composition, then the previous step's) under one
     ``knobs`` vector: kernel, forest plus linear base, exp."""
     buf = np.empty(n_features, dtype=np.float32)
@@ -121,6 +124,15 @@ def step_time_batch(kernel, n_features, feature, threshold, left, right, default
         margin += linear_base_margin(base_coef, base_intercept, log_target, buf)
         out[i] = np.exp(margin) if log_target else margin
     return out
+
+
+step_time_batch = bind_cached(_step_time_batch, ("kernel",))
+
+
+@numba.njit
+def _apply_kernel(kernel, raw, knobs, out):
+    """``kernel(raw, knobs, out)``; bound to a feature set's kernel, a form cached on disk."""
+    kernel(raw, knobs, out)
 
 
 @dataclass(frozen=True)
@@ -286,8 +298,10 @@ class CompiledStepTime:
 
     @property
     def kernel(self):
-        """The feature set's numba kernel ``kernel(raw, knobs, out)``."""
-        return self.feature_set.kernel
+        """The feature set's numba kernel ``kernel(raw, knobs, out)``, in a form numba caches on
+        disk (a process calling it from Python loads it instead of compiling it)."""
+        kernel = self.feature_set.kernel
+        return cached_entry(_apply_kernel, kernel=kernel) or kernel
 
     @property
     def n_features(self) -> int:

@@ -9,6 +9,12 @@ by an integer code (``_transformers``, ``_vllm``, ``_static``) over the shared s
 Time is in seconds (float64). Ties between events break deterministically: an arrival at the same
 instant as a step end is routed first (so the next schedule sees it), and replicas finishing at
 the same instant are handled in index order.
+
+Compilation is cached on disk: :func:`run_kernel` compiles the feature set's kernel and the
+forest evaluator it is given into the loop (``models._jit_cache.bind_cached``), so a process
+loads the machine code an earlier one stored, and a changed formula or policy compiles anew.
+Helpers keep numba's own ``cache=True`` only when everything they read is in their own module
+(numba checks the timestamp of that one file).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numba
 import numpy as np
 
 from servetune.models._compiled import linear_base_margin
+from servetune.models._jit_cache import bind_cached
 from servetune.tuner.simulator._state import (
     N_PARAMS,
     P_NAMES,
@@ -139,10 +146,11 @@ def _seeded_state(seed, stream):
     return state
 
 
-# Not cached: its signature holds the feature set's kernel (a dispatcher type), and numba's
-# on-disk index would pickle that function by reference and fail to load once features change.
+# Not cached itself: its signature holds the feature set's kernel and the forest evaluator
+# (dispatcher types, which numba's index compares by object identity, so every process would
+# miss). ``run_kernel`` below binds them and caches that on disk, keyed by a hash of all the code.
 @numba.njit
-def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_kernel, n_features,
+def _run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_kernel, n_features,
                feature, threshold, left, right, default_left, value, roots, base_margin,
                base_coef, base_intercept, log_target, predict_row, fast_feat, fast_thr, fast_left,
                max_depth, use_fast, fold_mask, step_noise_cv, seed, record_steps):
@@ -489,3 +497,6 @@ def run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ker
         req[i, 3] = st[i, _GEN]
     return (req, first_sched, first_tok, finish, token_s, token_offset, steps[:n_steps], n_steps,
             total_steps, box_hits, n_captures)
+
+
+run_kernel = bind_cached(_run_kernel, ("feat_kernel", "predict_row"))

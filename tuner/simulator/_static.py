@@ -24,11 +24,15 @@ from servetune.tuner.simulator._state import (
 )
 
 
+# Not ``cache=True``: these read ``_state``'s helpers and column constants, and numba would not
+# notice a change there. They are compiled into the simulation loop, which is cached whole
+# (``_kernel.run_kernel``).
+
 # ---------------------------------------------------------------------------------------------
 # static batching
 # ---------------------------------------------------------------------------------------------
 
-@numba.njit(cache=True)
+@numba.njit
 def _schedule_static(r, p, st, rs, run, wq, bq, bl):
     """Whole requests in fixed batches: a new batch of up to ``max_seqs`` waiting requests starts
     only when the previous one has finished; each is given the blocks of its whole sequence up

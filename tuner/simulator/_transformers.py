@@ -47,11 +47,15 @@ from servetune.tuner.simulator._state import (
 )
 
 
+# Not ``cache=True``: these read ``_state``'s helpers and column constants, and numba would not
+# notice a change there. They are compiled into the simulation loop, which is cached whole
+# (``_kernel.run_kernel``).
+
 # ---------------------------------------------------------------------------------------------
 # transformers continuous batching (FIFOScheduler / PrefillFirstScheduler, transformers 5.x)
 # ---------------------------------------------------------------------------------------------
 
-@numba.njit(cache=True)
+@numba.njit
 def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand):
     """One ``schedule_batch`` call; returns (scheduled count, one_allocation_failed, n_starved).
 
@@ -156,7 +160,7 @@ def _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand):
     return n_sched, failed, n_starved
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _tf_offload(r, st, rs, run, wq, starved, n_starved):
     """``OffloadingManager.offload_requests`` without a CPU pool: soft-reset starved requests,
     newest first, until the rest fit; never the last active one. Returns the number evicted."""
@@ -183,7 +187,7 @@ def _tf_offload(r, st, rs, run, wq, starved, n_starved):
     return n_victims
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand):
     n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand)
     while n_sched == 0 and failed:
@@ -199,7 +203,7 @@ def _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand):
 # transformers CUDA graphs: padded batch shapes, captured once each
 # ---------------------------------------------------------------------------------------------
 
-@numba.njit(cache=True)
+@numba.njit
 def _pad_to_interval(size, interval, max_value):
     if interval <= 0:
         return max_value
@@ -207,7 +211,7 @@ def _pad_to_interval(size, interval, max_value):
     return min(padded, max_value)
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _pad_to_pow2(value, max_value, min_value):
     value = max(value, max(1, min_value))
     padded = 1
@@ -216,7 +220,7 @@ def _pad_to_pow2(value, max_value, min_value):
     return min(padded, max_value)
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _graph_key(p, n_seq, num_q, kv_read, kv_max, fast_path, pair):
     """The engine's graph key (``ContinuousBatchingIOs._get_graph_key``) of a step, hashed:
     decode fast path: padded request count; varlen path: padded query tokens, padded KV read,
@@ -242,7 +246,7 @@ def _graph_key(p, n_seq, num_q, kv_read, kv_max, fast_path, pair):
     return key * 2 + pair, shape, q, kv
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _graph_seen(graphs, r, key):
     """True if replica ``r`` already captured ``key``; otherwise remember it and return False."""
     slot = key % _GRAPH_SLOTS

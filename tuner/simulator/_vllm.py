@@ -38,11 +38,15 @@ from servetune.tuner.simulator._state import (
 )
 
 
+# Not ``cache=True``: these read ``_state``'s helpers and column constants, and numba would not
+# notice a change there. They are compiled into the simulation loop, which is cached whole
+# (``_kernel.run_kernel``).
+
 # ---------------------------------------------------------------------------------------------
 # vLLM V1 scheduler (chunked prefill, FCFS, preemption by recompute)
 # ---------------------------------------------------------------------------------------------
 
-@numba.njit(cache=True)
+@numba.njit
 def _schedule_vllm(r, p, st, rs, run, wq, bq, bl):
     """Running requests first (preempting the newest running one when blocks run out), then
     waiting requests in FCFS order while seats, tokens and blocks last (none after a preemption)."""
