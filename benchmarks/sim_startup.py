@@ -67,8 +67,9 @@ def _imported_from(env: dict) -> str:
     return str(Path(done.stdout.strip()).parent)
 
 
-def _commit() -> str:
-    done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+def _commit(tree: str) -> str:
+    """``git describe`` of the checkout holding ``tree``, or "unknown" outside one."""
+    done = subprocess.run(["git", "-C", tree, "describe", "--always", "--dirty"],
                           capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
 
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workspace", type=Path, default=None,
                         help="workspace with (or to train) the champion; default: a temp dir")
     parser.add_argument("--workload", type=Path, default=WORKLOAD)
+    parser.add_argument("--label", default="", help="what tree this is, for the record")
     parser.add_argument("--json", dest="json_out", type=Path,
                         default=REPO / "benchmarks/results/sim_startup.json")
     args = parser.parse_args(argv)
@@ -103,8 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    report = {"benchmark": "sim_startup", "commit": _commit(),
-              "servetune": _imported_from(dict(os.environ)),
+    tree = _imported_from(dict(os.environ))
+    report = {"benchmark": "sim_startup", "label": args.label, "servetune": tree,
+              "commit": _commit(tree),
               "command": " ".join(["servetune", "--workspace", "WS", *ARGS, str(args.workload),
                                    "--json"]),
               "machine": {"nproc": len(os.sched_getaffinity(0)), "cpu": _cpu_model(),

@@ -215,8 +215,8 @@ def cached_entry(generic: Dispatcher, **bound: Dispatcher) -> Dispatcher | None:
     """A numba function cached on disk: ``generic`` with the arguments ``bound`` fixed, taking
     the others in order; usable from Python and from numba code alike.
 
-    Returns None when there is no writable cache directory. Memoised per process (the
-    fingerprint walks every function the code reaches).
+    Returns None when there is no writable cache directory or no source of ``generic`` to copy.
+    Memoised per process (the fingerprint walks every function the code reaches).
 
     Raises:
         TypeError: ``bound`` names a parameter ``generic`` does not have.
@@ -240,14 +240,18 @@ def cached_entry(generic: Dispatcher, **bound: Dispatcher) -> Dispatcher | None:
     module = sys.modules.get(name)
     if module is None:
         path = directory / f"{name}.py"
-        _write_once(path, functools.partial(_source, generic, names))
+        try:
+            _write_once(path, functools.partial(_source, generic, names))
+        except (OSError, TypeError) as exc:  # no source to copy, or the directory went away
+            log.info("%s is not cached (%s)", generic.__name__, exc)
+            return None
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         own = {"__name__", "__file__", "__spec__", "__loader__", "__package__", "__doc__",
                "__builtins__", "__cached__"}
-        for key, value in generic.py_func.__globals__.items():
-            if key not in own:
-                setattr(module, key, value)
+        for attr, value in generic.py_func.__globals__.items():
+            if attr not in own:
+                setattr(module, attr, value)
         for param in names:
             setattr(module, param, bound[param])
         # numba re-imports the module by name when it loads a cached function's environment
