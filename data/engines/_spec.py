@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,7 +23,19 @@ from types import MappingProxyType
 from servetune import ConfigError
 from servetune.data.engines._knob import Knob
 
-__all__ = ["EngineSpec", "KnobSplit"]
+__all__ = ["EngineSpec", "KnobSplit", "check_env_name", "ENV_NAME"]
+
+#: what an environment variable name may be: a leading letter or underscore, then letters,
+#: digits and underscores (so no name can read as an option of ``env`` or a shell word)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env_name(name: str, where: str = "environment variable") -> str:
+    """``name`` if it is a valid environment variable name, else ConfigError naming ``where``."""
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: {name!r} is not an environment variable name (expected "
+                          "letters, digits and _, not starting with a digit)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -202,7 +215,7 @@ class EngineSpec:
         unknown: list[str] = []
         for key, value in self.canonical(config, strict=False).items():
             if key.startswith("env."):
-                env[key[4:]] = str(value)
+                env[check_env_name(key[4:], f"{self.name} knob {key!r}")] = str(value)
                 continue
             knob = self._by_name.get(key)  # type: ignore[attr-defined]
             if knob is None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from servetune import ConfigError
+from servetune.data.engines import ENV_NAME
 
 __all__ = [
     "NodeSpec",
@@ -333,7 +334,7 @@ class _Reader:
             raise self.fail(f"{where}.env", f"expected a table of NAME = value, got {raw!r}")
         out = {}
         for name, value in raw.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            if not ENV_NAME.fullmatch(name):
                 raise self.fail(f"{where}.env.{name}", "expected an environment variable name")
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise self.fail(f"{where}.env.{name}", f"expected a string, got {value!r}")

@@ -24,7 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from servetune import ConfigError
-from servetune.data.engines import SGLANG, TRANSFORMERS_CB, VLLM, EngineSpec, get_engine
+from servetune.data.engines import (
+    SGLANG,
+    TRANSFORMERS_CB,
+    VLLM,
+    EngineSpec,
+    check_env_name,
+    get_engine,
+)
 from servetune.tuner.hardware._cluster import ServiceGroupSpec
 
 __all__ = ["LaunchSpec", "EngineLauncher", "VLLMLauncher", "SGLangLauncher",
@@ -236,7 +243,7 @@ class ScriptLauncher(EngineLauncher):
             if key in skip or value is None:
                 continue
             if key.startswith("env."):
-                out.env[key[4:]] = _flag_value(value)
+                out.env[check_env_name(key[4:], f"script knob {key!r}")] = _flag_value(value)
             elif isinstance(value, bool):
                 out.flags.append(("--" if value else "--no-") + key.replace("_", "-"))
             else:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import ssl
 import threading
@@ -33,7 +34,7 @@ from servetune.tuner.hardware._errors import (
 from servetune.tuner.hardware._launchers import LaunchSpec
 from servetune.tuner.hardware._transport import Transport
 
-__all__ = ["ServiceRun", "StartedProcess", "Cancelled"]
+__all__ = ["ServiceRun", "StartedProcess", "Cancelled", "path_segment"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,13 @@ class StartedProcess:
     argv: tuple[str, ...]
 
 
+def path_segment(text: str) -> str:
+    """``text`` as one safe file-name segment: anything but letters, digits, ``.``, ``_`` and
+    ``-`` becomes ``_``, and a leading dot is escaped (no ``..``, no ``/``, no hidden file)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text) or "_"
+    return "_" + safe[1:] if safe.startswith(".") else safe
+
+
 class ServiceRun:
     """Start, watch and stop one candidate's processes on a group (one transport per node)."""
 
@@ -64,7 +72,7 @@ class ServiceRun:
                  cancel: threading.Event | None = None) -> None:
         self.group = group
         self.transports = list(transports)
-        self.tag = tag
+        self.tag = path_segment(tag)
         self.env = dict(env or {})
         self.stop_grace_s = stop_grace_s
         self.cancel = cancel

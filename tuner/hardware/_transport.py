@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from servetune.data.engines import check_env_name
 from servetune.tuner.hardware._cluster import NodeSpec
 from servetune.tuner.hardware._errors import (
     CommandFailed,
@@ -127,7 +128,9 @@ class Transport(abc.ABC):
         """Start ``argv`` in a new session on the node; return the session id (= its pgid)."""
         if not argv:
             raise ServiceStartFailed(f"{self.node.label}: empty start command")
-        env_prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
+        # names are checked and `--` ends env's options, so no name can act as one (`-S...`)
+        env_prefix = (["env", "--", *(f"{check_env_name(k, self.node.label)}={v}"
+                                      for k, v in env.items())] if env else [])
         result = self.run(["sh", "-c", LAUNCH_SCRIPT, "servetune-launch", work_dir, log_path,
                            *env_prefix, *argv], check=False)
         if result.exit_status != 0:

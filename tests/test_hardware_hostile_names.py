@@ -1,0 +1,69 @@
+"""Hostile names: an ``env.*`` knob cannot run a command through GNU ``env``, and a candidate
+name cannot leave the work dir (issue: security and robustness)."""
+
+from __future__ import annotations
+
+import pytest
+
+from servetune import ConfigError
+from servetune.cli import main
+from servetune.data.engines import get_engine
+from servetune.tuner.hardware import NodeSpec, ServiceGroupSpec, launcher_for
+from servetune.tuner.hardware._service import path_segment
+from servetune.tuner.hardware._transport import LocalTransport
+
+HOSTILE = ("-S/bin/touch PWNED #", "A B", "1ABC", "A=B", "-u", "")
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_env_knob_names_are_refused_by_every_launcher(name):
+    group = ServiceGroupSpec("g", (NodeSpec("local"),), start_script="/bin/true")
+    for engine in ("vllm", "sglang", "transformers-cb", "script"):
+        with pytest.raises(ConfigError, match="not an environment variable name"):
+            launcher_for(engine).render({f"env.{name}": "1"}, group, model="m")
+    with pytest.raises(ConfigError, match="not an environment variable name"):
+        get_engine("vllm").split({f"env.{name}": "1"})
+
+
+def test_the_transport_refuses_a_hostile_name_and_runs_nothing(tmp_path):
+    """The last line of defence: even a caller that skips the launcher cannot pass `-S`."""
+    marker = tmp_path / "PWNED"
+    transport = LocalTransport(NodeSpec("local", work_dir=str(tmp_path / "w")))
+    with pytest.raises(ConfigError):
+        transport.start(["/bin/true"], work_dir=str(tmp_path / "w"),
+                        log_path=str(tmp_path / "w" / "log"),
+                        env={f"-S/bin/touch {marker} #": "1"})
+    assert not marker.exists()
+
+
+def test_a_valid_env_name_still_reaches_the_process(tmp_path):
+    out = tmp_path / "out"
+    transport = LocalTransport(NodeSpec("local", work_dir=str(tmp_path / "w")))
+    sid = transport.start(["sh", "-c", f'printf %s "$SERVETUNE_T" > {out}'],
+                          work_dir=str(tmp_path / "w"), log_path=str(tmp_path / "w" / "log"),
+                          env={"SERVETUNE_T": "-S not an option"})
+    transport.stop_session(sid, grace_s=5)
+    for _ in range(100):
+        if out.exists() and out.read_text():
+            break
+        import time
+
+        time.sleep(0.05)
+    assert out.read_text() == "-S not an option"
+
+
+def test_validate_refuses_a_hostile_knob_before_any_connection(tmp_path, capsys):
+    # 192.0.2.1 (TEST-NET-1) is never contacted: the refusal comes first
+    code = main(["--workspace", str(tmp_path / "ws"), "validate", "--cluster", "192.0.2.1",
+                 "--engine", "vllm", "--model", "m", "--set", "env.-S/bin/touch PWNED #=1",
+                 "--workload", "poisson:rate=20,n=4,input=const:8,output=const:4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not an environment variable name" in err
+
+
+@pytest.mark.parametrize("name, expected", [("../../etc/cron.d/x", "_._.._etc_cron.d_x"),
+                                            ("rank1-ab12", "rank1-ab12"), ("a b/c", "a_b_c"),
+                                            (".hidden", "_hidden"), ("", "_")])
+def test_candidate_names_become_one_path_segment(name, expected):
+    assert path_segment(name) == expected
+    assert "/" not in path_segment(name) and not path_segment(name).startswith(".")
