@@ -67,3 +67,72 @@ def test_validate_refuses_a_hostile_knob_before_any_connection(tmp_path, capsys)
 def test_candidate_names_become_one_path_segment(name, expected):
     assert path_segment(name) == expected
     assert "/" not in path_segment(name) and not path_segment(name).startswith(".")
+
+
+def _start(transport, work, tmp_path):
+    return transport.start(["sleep", "30"], work_dir=str(work),
+                           log_path=str(work / "logs" / "x.log"))
+
+
+def test_a_work_dir_writable_by_others_is_refused(tmp_path):
+    from servetune.tuner.hardware import HardwareError
+
+    work = tmp_path / "shared"
+    work.mkdir()
+    work.chmod(0o777)
+    transport = LocalTransport(NodeSpec("local", work_dir=str(work)))
+    with pytest.raises(HardwareError, match="writable by other users"):
+        _start(transport, work, tmp_path)
+
+
+def test_a_work_dir_owned_by_another_uid_is_refused(tmp_path):
+    import os
+
+    from servetune.tuner.hardware import HardwareError
+
+    if os.geteuid() != 0:
+        pytest.skip("making a directory owned by another uid needs root (CI runs as root)")
+    work = tmp_path / "theirs"
+    work.mkdir(mode=0o700)
+    os.chown(work, 65534, 65534)  # nobody
+    transport = LocalTransport(NodeSpec("local", work_dir=str(work)))
+    with pytest.raises(HardwareError, match="not a directory owned by"):
+        _start(transport, work, tmp_path)
+
+
+def test_a_symlinked_work_dir_is_refused(tmp_path):
+    from servetune.tuner.hardware import HardwareError
+
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    transport = LocalTransport(NodeSpec("local", work_dir=str(link)))
+    with pytest.raises(HardwareError, match="not a directory owned by"):
+        _start(transport, link, tmp_path)
+
+
+def test_each_service_runs_in_a_fresh_private_dir_and_nothing_planted_is_imported(tmp_path):
+    """A `sglang/launch_server.py` planted in the work dir is not what `python3 -m` runs."""
+    import sys
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    (work / "planted").mkdir()
+    (work / "planted" / "__init__.py").write_text("")
+    (work / "planted" / "__main__.py").write_text(
+        f"open({str(tmp_path / 'PWNED')!r}, 'w').write('x')\n")
+    out = tmp_path / "cwd"
+    transport = LocalTransport(NodeSpec("local", work_dir=str(work)))
+    sid = transport.start(["sh", "-c", f'pwd > {out}; stat -c %a . >> {out}; '
+                                       f'{sys.executable} -m planted; true'],
+                          work_dir=str(work), log_path=str(work / "logs" / "p.log"))
+    for _ in range(200):
+        if out.exists() and len(out.read_text().split()) == 2:
+            break
+        time.sleep(0.05)
+    transport.stop_session(sid, grace_s=5)
+    cwd, mode = out.read_text().split()
+    assert cwd.startswith(str(work) + "/run.") and mode == "700"
+    assert not (tmp_path / "PWNED").exists()

@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 LOCAL_HOST = "local"
+#: the default work dir: private to the SSH user, never a shared, predictable path
+DEFAULT_WORK_DIR = "~/.servetune/work"
 _HOST = re.compile(r"^[A-Za-z0-9._\-\[\]:]+$")
 
 
@@ -55,7 +57,9 @@ class NodeSpec:
         user: SSH user (default: the current user).
         key: path of the private key (default: the SSH agent and ``~/.ssh`` keys).
         gpus: GPU indices given to the engine on this node (``CUDA_VISIBLE_DEVICES``).
-        work_dir: directory on the node for logs, pid files and benchmark results.
+        work_dir: directory on the node for logs and benchmark results: the SSH user's own,
+            writable by nobody else (created 0700 when missing; ``~/`` is the user's home);
+            each service runs in a fresh private directory inside it.
     """
 
     host: str
@@ -63,7 +67,7 @@ class NodeSpec:
     user: str | None = None
     key: str | None = None
     gpus: tuple[int, ...] = ()
-    work_dir: str = "/tmp/servetune-work"
+    work_dir: str = DEFAULT_WORK_DIR
 
     @property
     def is_local(self) -> bool:
@@ -243,7 +247,7 @@ def _groups_from_hosts(hosts: list[NodeSpec], nodes_per_group: int, where: str,
 
 def parse_node_string(text: str, *, gpus_per_node: int = 0, port: int = 22,
                       user: str | None = None, key: str | None = None,
-                      work_dir: str = "/tmp/servetune-work", service_port: int = 8000,
+                      work_dir: str = DEFAULT_WORK_DIR, service_port: int = 8000,
                       **settings) -> ClusterSpec:
     """Groups from ``"n0,n1:n2,n3"`` (``:`` separates groups, ``,`` nodes of a group)."""
     groups = []
@@ -259,7 +263,7 @@ def parse_node_string(text: str, *, gpus_per_node: int = 0, port: int = 22,
 
 def read_hostfile(path: str | Path, *, nodes_per_group: int = 1, gpus_per_node: int = 0,
                   port: int = 22, user: str | None = None, key: str | None = None,
-                  work_dir: str = "/tmp/servetune-work", service_port: int = 8000,
+                  work_dir: str = DEFAULT_WORK_DIR, service_port: int = 8000,
                   **settings) -> ClusterSpec:
     """Groups of ``nodes_per_group`` consecutive hosts of a hostfile."""
     path = Path(path)
@@ -430,7 +434,7 @@ def _node_from_table(r: _Reader, table: Mapping, where: str) -> NodeSpec:
     return NodeSpec(host=host, port=_port(table.get("port", 22), f"{r.path}: {where}.port"),
                     user=r.value(table, "user", str, where),
                     key=str(Path(key).expanduser()) if key else None, gpus=tuple(gpus),
-                    work_dir=r.value(table, "work_dir", str, where, "/tmp/servetune-work"))
+                    work_dir=r.value(table, "work_dir", str, where, DEFAULT_WORK_DIR))
 
 
 def load_cluster(source: str, *, nodes_per_group: int = 1, gpus_per_node: int = 0,

@@ -69,7 +69,7 @@ class EngineBenchmark:
         from servetune.data._ingest import ingest_paths
         from servetune.data.adapters import default_registry
 
-        result_dir = f"{work_dir.rstrip('/')}/results"
+        result_dir = transport.node_path(f"{work_dir.rstrip('/')}/results")
         argv = self.argv(base_url=base_url, model=model, workload=workload,
                          result_dir=result_dir, result_file=f"{run_id}.json", metadata=metadata)
         transport.run(["mkdir", "-p", result_dir])

@@ -158,6 +158,10 @@ class SSHTransport(Transport):
         return transport
 
     # ------------------------------------------------------------------------ commands
+    def node_path(self, path: str) -> str:
+        # remote commands and SFTP start in the login user's home: "~/x" is the relative "x"
+        return path[2:] if path.startswith("~/") else path
+
     def run(self, argv: Sequence[str], *, timeout_s: float | None = None,
             check: bool = True) -> CommandResult:
         argv = tuple(str(a) for a in argv)

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,17 @@ __all__ = ["CommandResult", "Transport", "LocalTransport", "LAUNCH_SCRIPT", "SES
 # pid of the session leader, which is also its process-group id) on stdout, then closes stdout.
 # Arguments: work dir, log path, argv...
 LAUNCH_SCRIPT = (
-    'mkdir -p "$1" && cd "$1" || { echo "servetune: cannot use work dir $1" >&2; exit 97; }; '
+    # the work dir must be this user's own, a real directory, writable by nobody else; each
+    # service then runs in a fresh private directory made inside it (mktemp -d, mode 0700), so
+    # nothing another account plants can be imported or executed from the service's cwd
+    'umask 077; base="$1"; '
+    'mkdir -p "$base" 2>/dev/null; '
+    '{ [ -d "$base" ] && [ ! -L "$base" ] && [ -O "$base" ]; } || '
+    '{ echo "servetune: work dir $base is not a directory owned by $(id -un)" >&2; exit 96; }; '
+    '[ -z "$(find "$base" -maxdepth 0 -perm /022)" ] || '
+    '{ echo "servetune: work dir $base is writable by other users" >&2; exit 96; }; '
+    'run=$(mktemp -d "$base/run.XXXXXXXX") && cd "$run" || '
+    '{ echo "servetune: cannot make a private dir in $base" >&2; exit 97; }; '
     'log="$2"; shift 2; '
     'mkdir -p "$(dirname "$log")" || exit 98; '
     "setsid sh -c 'echo $$; exec \"$@\" >>\"$0\" 2>&1 </dev/null' \"$log\" \"$@\" </dev/null &"
@@ -122,10 +133,19 @@ class Transport(abc.ABC):
     def write_file(self, path: str, data: bytes) -> None:
         """Write a file on the node (creating its parent directory)."""
 
+    def node_path(self, path: str) -> str:
+        """``path`` as the node resolves it: a leading ``~/`` is the login user's home."""
+        return path
+
     # ----------------------------------------------------------------- services, by session
     def start(self, argv: Sequence[str], *, work_dir: str, log_path: str,
               env: Mapping[str, str] | None = None) -> int:
-        """Start ``argv`` in a new session on the node; return the session id (= its pgid)."""
+        """Start ``argv`` in a new session on the node; return the session id (= its pgid).
+
+        ``work_dir`` must be the login user's own directory, writable by no one else (it is
+        created 0700 when missing); the service runs in a fresh private directory inside it.
+        """
+        work_dir, log_path = self.node_path(work_dir), self.node_path(log_path)
         if not argv:
             raise ServiceStartFailed(f"{self.node.label}: empty start command")
         # names are checked and `--` ends env's options, so no name can act as one (`-S...`)
@@ -165,7 +185,8 @@ class Transport(abc.ABC):
     def tail(self, path: str, lines: int = 20) -> str:
         """The last lines of a text file on the node ('' when it cannot be read)."""
         try:
-            result = self.run(["tail", "-n", str(lines), path], check=False, timeout_s=15)
+            result = self.run(["tail", "-n", str(lines), self.node_path(path)], check=False,
+                              timeout_s=15)
         except HardwareError:
             return ""
         return result.stdout if result.exit_status == 0 else ""
@@ -180,6 +201,9 @@ class Transport(abc.ABC):
 
 class LocalTransport(Transport):
     """Runs commands on this machine as subprocesses (argv lists, no shell of ours)."""
+
+    def node_path(self, path: str) -> str:
+        return os.path.expanduser(path) if path.startswith("~/") else path
 
     def run(self, argv: Sequence[str], *, timeout_s: float | None = None,
             check: bool = True) -> CommandResult:
