@@ -15,7 +15,6 @@ import re
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -23,27 +22,31 @@ from tqdm.auto import tqdm
 
 from servetune import InputError, ServetuneError
 from servetune.cli._main import Context, emit_json
-from servetune.data import TraceStore, atomic_write_text, resolve_workload
-from servetune.data.engines import canonical_engine_name, engine_names
+from servetune.data import TraceStore, resolve_workload
+from servetune.tuner._verify import (
+    EXIT_DRIFT,
+    EXIT_FAILED,
+    EXIT_OK,
+    VerificationResult,
+    engine_to_launch,
+    verify_candidates,
+    verify_study,
+)
 from servetune.tuner.hardware import (
     ClientOptions,
-    Dispatcher,
     DispatchOptions,
     EngineBenchmark,
-    build_report,
     candidates_from_sets,
     launcher_for,
     load_cluster,
     load_study_candidates,
-    study_engine,
 )
 
-__all__ = ["command", "parse_duration", "ValidationOutcome", "EXIT_OK", "EXIT_DRIFT",
-           "EXIT_FAILED"]
+__all__ = ["command", "parse_duration", "ValidationOutcome", "echo_result", "EXIT_OK",
+           "EXIT_DRIFT", "EXIT_FAILED"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_DRIFT, EXIT_FAILED = 0, 3, 4
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DEFAULT_WORKLOAD = "poisson:rate=2,n=32,input=const:128,output=const:32"
 
@@ -113,8 +116,10 @@ def _study_dir(ctx: Context, study: str) -> Path:
               help="Measure the baseline first on each group for a per-host correction.")
 @click.option("--hardware", default="unknown", show_default=True,
               help="Hardware label of the measured runs (GPU name).")
-@click.option("--slo-ttft-ms", type=float, default=None)
-@click.option("--slo-tpot-ms", type=float, default=None)
+@click.option("--slo-ttft-ms", type=float, default=None,
+              help="Goodput TTFT bound (default with --candidates: the study objective's).")
+@click.option("--slo-tpot-ms", type=float, default=None,
+              help="Goodput TPOT bound (default with --candidates: the study objective's).")
 @click.option("--ssh-user", default=None)
 @click.option("--ssh-key", default=None, type=click.Path(dir_okay=False))
 @click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True)
@@ -124,7 +129,9 @@ def _study_dir(ctx: Context, study: str) -> Path:
               help="Accept hosts missing from known_hosts and record their keys (never a "
                    "changed key).")
 @click.option("--service-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--work-dir", default="/tmp/servetune-work", show_default=True)
+@click.option("--work-dir", default="~/.servetune/work", show_default=True,
+              help="Work dir on each node for logs and results: the SSH user's own, writable by "
+                   "nobody else (created 0700); each service runs in a private dir inside it.")
 @click.option("--timeout", "candidate_timeout_s", type=float, default=None,
               help="Seconds one candidate may take in all (start, benchmark, stop).")
 @click.option("--health-timeout", "health_timeout_s", type=float, default=None)
@@ -185,21 +192,13 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
         cluster = dataclasses.replace(cluster, ssh=dataclasses.replace(cluster.ssh,
                                                                        **ssh_overrides))
     study_dir = _study_dir(ctx, study) if study else None
-    launcher = launcher_for(_engine_to_launch(engine, cluster.engine, study_dir),
-                            unsupported=unapplied)
-    candidates = (load_study_candidates(study_dir, top=top) if study_dir
-                  else candidates_from_sets(settings))
-    if base_settings:
-        base = candidates_from_sets(base_settings)[0].config
-        candidates = [dataclasses.replace(c, config={**base, **c.config}) for c in candidates]
     study_spec, study_qps, study_limit, study_seed = _study_workload(study_dir, qps, limit, seed)
     workload_seed = seed
     if workload is None or workload == study_spec:  # replay exactly what was simulated
         workload, qps, limit, workload_seed = study_spec, study_qps, study_limit, study_seed
-    for candidate in candidates:  # refuse unsupported knobs before touching any host
-        for group in cluster.groups:
-            launcher.render(candidate.config, group, model=cluster.model or "model")
     replayed = resolve_workload(workload, seed=workload_seed, qps=qps, limit=limit)
+    launcher = launcher_for(engine_to_launch(cluster.engine, study_dir), unsupported=unapplied)
+    base = candidates_from_sets(base_settings)[0].config if base_settings else None
     client = ClientOptions(model=cluster.model or "model", api=api,
                            extra_body=dict(launcher.request_extras), seed=seed)
     options = DispatchOptions(repeats=repeats, calibrate=calibrate, hardware=hardware,
@@ -210,32 +209,29 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
                                   program=tuple(shlex.split(bench_command)), seed=seed)
                               if benchmark == "vllm-bench" else None)
     store = TraceStore.for_workspace(ctx.workspace)
+
+    def one_round(on_outcome) -> VerificationResult:
+        common = dict(workload=replayed, store=store, client=client, options=options,
+                      launcher=launcher, threshold=drift_threshold, on_outcome=on_outcome)
+        if study_dir is not None:
+            return verify_study(study_dir, cluster, top=top, base_config=base, **common)
+        candidates = candidates_from_sets(settings)
+        if base:
+            candidates = [dataclasses.replace(c, config={**base, **c.config})
+                          for c in candidates]
+        return verify_candidates(candidates, cluster, **common)
+
+    total = len(load_study_candidates(study_dir, top=top)) if study_dir is not None else 1
     rounds = 0
     while True:
-        code, last_summary = _one_round(ctx, cluster, launcher, replayed, client, store, options, candidates,
-                          drift_threshold, study_dir, as_json)
+        result = _one_round(one_round, total, as_json)
         rounds += 1
         if period is None or (count is not None and rounds >= count):
             break
         log.info("next validation in %gs", period)
         time.sleep(period)
-    _finish(code, last_summary)
-
-
-def _engine_to_launch(option: str | None, cluster: str | None, study_dir) -> str:
-    """``--engine``, else the cluster file's ``engine``, else the study's engine; a named engine
-    that differs from the study's is refused (a user start script may serve any engine)."""
-    tuned = study_engine(study_dir) if study_dir is not None else None
-    chosen = option or cluster or tuned
-    if chosen is None:
-        raise InputError("no engine to launch: pass --engine (one of "
-                         f"{', '.join(engine_names())} or script) or set `engine` in the "
-                         "cluster file", field="--engine")
-    if tuned is not None and chosen != "script" and canonical_engine_name(chosen) != tuned:
-        raise InputError(f"the study tuned {tuned} but {chosen} would be launched; drop "
-                         "--engine / the cluster file's engine, or validate a study of that "
-                         "engine", field="--engine")
-    return chosen
+    if result.exit_code:
+        raise ValidationOutcome(result.exit_code, result.summary())
 
 
 class ValidationOutcome(ServetuneError):
@@ -246,47 +242,34 @@ class ValidationOutcome(ServetuneError):
         self.exit_code = exit_code
 
 
-def _finish(code: int, summary: str) -> None:
-    """Exit with ``code``: as a ServetuneError when run as ``servetune validate`` (the CLI prints
-    the summary and returns the code), as ``click.exceptions.Exit`` when another command invoked
-    this one (``servetune tune --verify`` reads ``exit_code`` from it)."""
-    if not code:
-        return
-    parent = click.get_current_context().parent
-    if parent is None or isinstance(parent.command, click.Group):
-        raise ValidationOutcome(code, summary)
-    raise click.exceptions.Exit(code)
-
-
-def _one_round(ctx, cluster, launcher, workload, client, store, options, candidates,
-               drift_threshold, study_dir, as_json) -> tuple[int, str]:
-    bar = tqdm(total=len(candidates), unit="candidate", desc="validating", file=sys.stderr,
-               disable=None)
+def _one_round(measure, total: int, as_json: bool) -> VerificationResult:
+    """One validation with a progress bar on stderr; prints the JSON document or the table."""
+    bar = tqdm(total=total, unit="candidate", desc="validating", file=sys.stderr, disable=None)
     with bar:
-        dispatcher = Dispatcher(cluster, launcher, workload, client=client, store=store,
-                                options=options, on_outcome=lambda outcome: bar.update(1))
-        result = dispatcher.run(candidates)
-    report = build_report(result, threshold=drift_threshold)
-    code = EXIT_FAILED if result.failed else (EXIT_DRIFT if report.drift else EXIT_OK)
-    document = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "exit_code": code, "statistics": result.statistics(),
-                "outcomes": [o.to_dict() for o in result.outcomes], "report": report.to_dict()}
-    if study_dir is not None and study_dir.is_dir():
-        atomic_write_text(study_dir / "measurements.json",
-                          json.dumps(document, indent=1, default=str))
-    stats = result.statistics()
-    summary = (f"{stats['failed']} of {stats['candidates']} candidate(s) failed" if result.failed
-               else "predictions drifted beyond threshold and noise: retrain the step-time "
-                    "model" if report.drift else "ok")
+        result = measure(lambda outcome: bar.update(1))
     if as_json:
-        emit_json(document)
-        return code, summary
-    for outcome in result.outcomes:
+        emit_json(result.to_dict())
+        return result
+    echo_result(result)
+    return result
+
+
+def echo_result(result: VerificationResult) -> None:
+    """The human-readable verification: outcomes, predicted vs measured, the measured best."""
+    for outcome in result.dispatch.outcomes:
         what = (f"{len(outcome.measurements)} measurement(s)" if outcome.status == "measured"
                 else f"{outcome.error_kind}: {outcome.reason}")
         click.echo(f"{outcome.candidate.name:16s} {outcome.status:9s} {what}")
-    if report.rows:
-        click.echo(report.table())
+    if result.report.rows:
+        click.echo(result.report.table())
+    stats = result.dispatch.statistics()
     click.echo(f"{stats['measured']}/{stats['candidates']} measured, {stats['retries']} "
-               f"retries, {stats['wall_s']:.1f}s; drift: {'yes' if report.drift else 'no'}")
-    return code, summary
+               f"retries, {stats['wall_s']:.1f}s; drift: {'yes' if result.report.drift else 'no'}")
+    best = result.measured_best
+    if best is not None:
+        predicted = ("-" if best.predicted_objective is None
+                     else f"{best.predicted_objective:.4g}")
+        agrees = {True: "agrees", False: "disagrees", None: "no prediction"}[
+            best.agrees(result.threshold, result.noise_factor)]
+        click.echo(f"measured best on {result.objective}: {best.name} "
+                   f"({best.measured_objective:.4g} measured, {predicted} predicted: {agrees})")

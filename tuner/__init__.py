@@ -4,7 +4,9 @@ The optimisers (:class:`PSO`, :class:`RandomSearch`, :class:`GridSearch`) never 
 objective: a :class:`Study` asks them for points, decodes them through a :class:`SearchSpace`,
 has an evaluator (the simulator, the hardware dispatcher, any ``config -> metrics`` callable)
 measure them through a ``concurrent.futures.Executor``, scores the metrics with an
-:class:`Objective` and tells the optimiser.
+:class:`Objective` and tells the optimiser. Hardware is one more evaluator:
+:func:`verify_study` measures a study's top-K and the engine default on real service groups and
+chooses the best on measurements (:class:`VerificationResult`).
 
 Example:
     >>> from servetune.tuner import SearchSpace, parse_objective
@@ -51,7 +53,23 @@ from servetune.tuner._study import (
 )
 from servetune.tuner._tracking import StudyTracker
 
+# Verification pulls in the hardware dispatcher (asyncio, the HTTP client); it loads on first use
+# so that ``servetune simulate`` and ``tune`` without ``--verify`` do not pay for it.
+_VERIFY_NAMES = ("CandidateVerification", "VerificationResult", "engine_to_launch",
+                 "study_workload", "verify_candidates", "verify_study")
+
+
+def __getattr__(name: str):
+    """The verification names of :mod:`servetune.tuner._verify`, imported when first used."""
+    if name in _VERIFY_NAMES:
+        from servetune.tuner import _verify
+
+        return getattr(_verify, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "CandidateVerification",
     "DEFAULT_OBJECTIVE",
     "DEFAULT_WORKLOAD",
     "Constraint",
@@ -80,11 +98,13 @@ __all__ = [
     "StudyTracker",
     "ThroughputObjective",
     "TuneSettings",
+    "VerificationResult",
     "build_candidates",
     "builtin_spaces",
     "candidates_table",
     "config_key",
     "engine_defaults",
+    "engine_to_launch",
     "import_auto_tuning_vllm",
     "import_llmservingtuner",
     "import_space",
@@ -94,6 +114,9 @@ __all__ = [
     "parse_objective",
     "render_report",
     "run_tune",
+    "study_workload",
+    "verify_candidates",
+    "verify_study",
     "write_candidates",
     "write_report",
 ]
