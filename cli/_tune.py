@@ -18,7 +18,7 @@ __all__ = ["command"]
                    "transformers-cb.")
 @click.option("--workload", default=None, metavar="FILE|SPEC",
               help="Trace file or synthetic spec; default: 2,000 Splitwise-like requests "
-                   "(gamma arrivals at 4 req/s).")
+                   "(gamma arrivals at 1.5 req/s, a load the engine default serves).")
 @click.option("--qps", type=float, default=None, help="Rescale the workload to this rate.")
 @click.option("--limit", type=int, default=None, help="Use only the first N requests.")
 @click.option("--objective", default=None, metavar="SPEC",
@@ -47,9 +47,16 @@ __all__ = ["command"]
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Simulator key fixed under every configuration (e.g. gpu_memory_gib=80).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the study to MLflow.")
+@click.option("--domain", "domain", type=click.Choice(["strict", "penalise", "ignore"]),
+              default="strict", show_default=True,
+              help="Candidates outside the step-time model's training data: strict = refused "
+                   "unless none is inside, penalise = ranked by a pessimistic estimate "
+                   "(objective x 0.5), ignore = labelled only.")
 @click.option("--verify", is_flag=True,
-              help="Then measure the candidates on real hardware (servetune validate): needs "
-                   "--cluster; knobs the engine's CLI cannot express are recorded as unapplied.")
+              help="Then measure the candidates on real hardware and recommend the best by "
+                   "measurement: needs --cluster; knobs the engine's CLI cannot express are "
+                   "recorded as unapplied. Exit code as servetune validate (3 drift, 4 a "
+                   "candidate failed).")
 @click.option("--cluster", default=None, metavar="FILE|NODES",
               help="With --verify: cluster TOML, hostfile or node string.")
 @click.option("--model", "served_model", default=None,
@@ -59,7 +66,7 @@ __all__ = ["command"]
 @click.pass_obj
 def command(ctx: Context, space, workload, qps, limit, objective, optimizer, particles,
             iterations, top_k, seed, sim_seed, study_name, resume, jobs, executor, model_uri,
-            sets, no_mlflow, verify, cluster, served_model, as_json) -> None:
+            sets, no_mlflow, domain, verify, cluster, served_model, as_json) -> None:
     """Tune an engine's configuration against a workload in simulation (PSO by default).
 
     On a fresh workspace this ingests the bundled samples and trains the champion step-time
@@ -89,16 +96,18 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
                             particles=particles, iterations=iterations, top_k=top_k, seed=seed,
                             sim_seed=sim_seed, study=study_name, jobs=jobs, executor=executor,
                             model_uri=model_uri, base_config=_parse_sets(sets),
-                            track=not no_mlflow)
+                            track=not no_mlflow, domain=domain)
     result = run_tune(ctx.workspace, settings, resume=resume, progress=True)
     table = result.pop("table")
-    exit_code = 0
+    verification = None
     if verify:
-        exit_code = _verify(result, cluster, served_model, as_json)
+        from servetune.data import TraceStore
+
+        verification = _verify(result, cluster, served_model,
+                               TraceStore.for_workspace(ctx.workspace))
     if as_json:
         emit_json(result)
-        if exit_code:
-            raise click.exceptions.Exit(exit_code)
+        _exit_with(verification)
         return
     study = result["study"]
     ev = result["evaluations"]
@@ -106,56 +115,61 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
                f"{ev['simulated']} simulated, {ev['cached']} cached, {ev['infeasible']} "
                f"infeasible, {ev['failed']} failed, {result.get('wall_s', 0):.1f} s")
     click.echo(table)
+    for note in result.get("notes", []):
+        click.echo("note: " + note)
     best = result["best"]
     if best is not None:
         click.echo(f"best {study['objective']}: {best['objective']:.4g}"
                    + (f"  ({result['improvement_over_baseline']:.3g}x the engine default)"
                       if result.get("improvement_over_baseline") else ""))
-        click.echo("launch: " + result["candidates"][0]["launch"]["command"])
+        if verification is None:
+            click.echo("launch: " + result["candidates"][0]["launch"]["command"])
+    if verification is not None:
+        from servetune.cli._validate import echo_result
+
+        echo_result(verification)
+        chosen = result["recommendation"]
+        if chosen is not None:
+            click.echo(f"recommended (chosen on measurements): {chosen['name']}; launch: "
+                       + (chosen["launch"]["command"] or str(chosen["config"])))
+        else:
+            click.echo("no candidate could be scored on measurements: nothing recommended")
     click.echo(f"files: {study['path']}  (report: servetune report {study['name']})")
-    if exit_code:
-        raise click.exceptions.Exit(exit_code)
+    _exit_with(verification)
 
 
-def _verify(result: dict, cluster: str, served_model: str | None, as_json: bool) -> int:
-    """Run ``servetune validate`` on the study's candidates with the tuned workload; the
-    measurements land in the trace store and ``<study>/measurements.json``. Returns its exit
-    code (0 ok, 3 drift, 4 a candidate failed)."""
-    import contextlib
-    import json
+def _exit_with(verification) -> None:
+    """Exit with validate's code when the verification did not pass (3 drift, 4 failed)."""
+    if verification is not None and verification.exit_code:
+        from servetune.cli._validate import ValidationOutcome
+
+        raise ValidationOutcome(verification.exit_code, verification.summary())
+
+
+def _verify(result: dict, cluster_source: str, served_model: str | None, store):
+    """Measure the study's candidates on the cluster with the tuned workload
+    (:func:`servetune.tuner.verify_study`): the measurements land in the trace store and
+    ``<study>/measurements.json``; ``result`` gains ``verification`` and the measured-best
+    ``recommendation``. Returns the :class:`~servetune.tuner.VerificationResult` (its
+    ``exit_code`` is validate's: 0 ok, 3 drift, 4 a candidate failed)."""
     import sys
-    from pathlib import Path
 
-    from servetune.cli import _validate
+    from tqdm.auto import tqdm
 
-    study = result["study"]
-    info = study["evaluator"]
-    engine = study["engine"]
-    if cluster.endswith(".toml") and Path(cluster).is_file():
-        import tomllib
+    from servetune.tuner import verify_study
+    from servetune.tuner.hardware import load_cluster
 
-        if "engine" in tomllib.loads(Path(cluster).read_text()):
-            engine = None  # the cluster file names its own launcher (e.g. a start script)
-    slo = _slo_of(study["objective"])
-    kwargs = dict(cluster_source=cluster, study=study["path"], engine=engine,
-                  model=served_model, workload=info["workload"], limit=info.get("limit"),
-                  qps=info.get("qps"), unapplied="record", slo_ttft_ms=slo.ttft_ms,
-                  slo_tpot_ms=slo.tpot_ms, as_json=False)
-    code = 0
-    # keep stdout for the tune --json document: the validation's own lines go to stderr then
-    redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-    with redirect:
-        try:
-            click.get_current_context().invoke(_validate.command, **kwargs)
-        except click.exceptions.Exit as exc:
-            code = exc.exit_code
-    measurements = Path(study["path"]) / "measurements.json"
-    result["verification"] = (json.loads(measurements.read_text()) if measurements.exists()
-                              else None)
-    return code
-
-
-def _slo_of(objective_spec: str):
-    from servetune.tuner import parse_objective
-
-    return parse_objective(objective_spec).slo
+    cluster = load_cluster(cluster_source, model=served_model)
+    bar = tqdm(total=len(result["candidates"]), unit="candidate", desc="verifying",
+               file=sys.stderr, disable=None)
+    with bar:
+        verification = verify_study(result["study"]["path"], cluster, store=store,
+                                    unapplied="record",
+                                    on_outcome=lambda outcome: bar.update(1))
+    result["verification"] = verification.to_dict()
+    recommendation = verification.recommendation()
+    if recommendation is not None:
+        chosen = next(c for c in result["candidates"] if c["name"] == recommendation["name"])
+        recommendation["launch"] = chosen["launch"]
+    result["recommendation"] = recommendation
+    return verification
