@@ -137,3 +137,32 @@ def test_bad_key_and_closed_port(kit):
         SSHTransport(dead, SSHOptions(known_hosts=kit.known_hosts, connect_timeout_s=2)).connect()
     assert not AuthenticationFailed.transient and not HostKeyRejected.transient
     assert HostUnreachable.transient
+
+
+def test_environment_values_never_reach_a_command_line(transport, tmp_path):
+    """A token in the service's environment is in its environ, never in any process's argv,
+    and the 0600 file it travelled in is gone once the service has started."""
+    import os
+    import time
+
+    secret = f"hf_{os.getpid()}_not_on_argv"
+    work = tmp_path / "work"
+    sid = transport.start(["sleep", "30"], work_dir=str(work), log_path=str(work / "l.log"),
+                          env={"HF_TOKEN": secret, "PLAIN": "a b $(id)"})
+    try:
+        for _ in range(100):
+            if session_alive(sid):
+                break
+            time.sleep(0.05)
+        (pid,) = session_alive(sid)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"HF_TOKEN={secret}".encode() in environ
+        assert b"PLAIN=a b $(id)" in environ
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                assert secret.encode() not in cmdline.read_bytes(), cmdline
+            except OSError:
+                continue
+        assert not list(work.glob("run.*/.env"))
+    finally:
+        transport.stop_session(sid, grace_s=5)

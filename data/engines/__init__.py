@@ -17,11 +17,19 @@ from types import MappingProxyType
 from servetune import ConfigError
 from servetune.data.engines._knob import Knob
 from servetune.data.engines._others import SGLANG, STATIC
-from servetune.data.engines._spec import ENV_NAME, EngineSpec, KnobSplit, check_env_name
+from servetune.data.engines._spec import (
+    ENV_NAME,
+    EngineSpec,
+    KnobSplit,
+    check_env_name,
+    is_secret_name,
+    redact_secrets,
+)
 from servetune.data.engines._transformers import TRANSFORMERS_CB
 from servetune.data.engines._vllm import VLLM
 
-__all__ = ["Knob", "EngineSpec", "KnobSplit", "ENV_NAME", "check_env_name", "ENGINES", "get_engine", "engine_names",
+__all__ = ["Knob", "EngineSpec", "KnobSplit", "ENV_NAME", "check_env_name",
+           "is_secret_name", "redact_secrets", "ENGINES", "get_engine", "engine_names",
            "canonical_engine_name", "TRANSFORMERS_CB", "VLLM", "SGLANG", "STATIC"]
 
 

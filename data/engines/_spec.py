@@ -23,11 +23,29 @@ from types import MappingProxyType
 from servetune import ConfigError
 from servetune.data.engines._knob import Knob
 
-__all__ = ["EngineSpec", "KnobSplit", "check_env_name", "ENV_NAME"]
+__all__ = ["EngineSpec", "KnobSplit", "check_env_name", "ENV_NAME", "redact_secrets",
+           "is_secret_name"]
 
 #: what an environment variable name may be: a leading letter or underscore, then letters,
 #: digits and underscores (so no name can read as an option of ``env`` or a shell word)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+REDACTED = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable called ``name`` holds a secret (``*TOKEN*``, ``*KEY*``,
+    ``*SECRET*``, ``*PASSWORD*``, ...)."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def redact_secrets(config: Mapping[str, object]) -> dict:
+    """``config`` with the values of secret ``env.NAME`` entries replaced by ``***``: what may be
+    stored, logged or printed (the launch itself gets the real values)."""
+    return {k: (REDACTED if k.startswith("env.") and is_secret_name(k[4:]) else v)
+            for k, v in config.items()}
 
 
 def check_env_name(name: str, where: str = "environment variable") -> str:

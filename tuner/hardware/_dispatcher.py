@@ -37,6 +37,7 @@ import numpy as np
 
 from servetune import ConfigError, ServetuneError
 from servetune.data import TraceStore, Workload
+from servetune.data.engines import redact_secrets
 from servetune.tuner.hardware._candidates import Candidate
 from servetune.tuner.hardware._client import ClientOptions, replay
 from servetune.tuner.hardware._cluster import ClusterSpec, NodeSpec, ServiceGroupSpec
@@ -184,7 +185,8 @@ class CandidateOutcome:
     measurements: list[Measurement] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"candidate": self.candidate.name, "config": dict(self.candidate.config),
+        return {"candidate": self.candidate.name,
+                "config": redact_secrets(self.candidate.config),
                 "baseline": self.candidate.baseline, "status": self.status,
                 "reason": self.reason, "error_kind": self.error_kind,
                 "attempts": [vars(a) for a in self.attempts],

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from servetune import __version__
 from servetune.data import SLO, Workload, conform, run_metrics
-from servetune.data.engines import ENGINES
+from servetune.data.engines import ENGINES, redact_secrets
 from servetune.tuner.hardware._client import BenchmarkResult, RequestResult
 
 __all__ = ["aggregate_metrics", "measurement_tables", "REPORT_METRICS", "LOWER_IS_BETTER"]
@@ -70,7 +70,7 @@ def measurement_tables(result: BenchmarkResult, *, run_id: str, engine: str, mod
     }
     run = {"run_id": run_id, "engine": engine, "model": model, "hardware": hardware,
            "source": "measured", "engine_version": None, "gpu_count": gpu_count,
-           "config": json.dumps(dict(config), sort_keys=True, default=str),
+           "config": json.dumps(redact_secrets(config), sort_keys=True, default=str),
            "workload": workload.to_json(), "started_at": result.started_at,
            "host": host, "command": " ".join(shlex.quote(a) for a in command),
            "provenance": json.dumps({"servetune": __version__, **provenance}, sort_keys=True,

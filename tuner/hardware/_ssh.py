@@ -236,6 +236,17 @@ class SSHTransport(Transport):
             raise CommandFailed(f"{self.node.label}: cannot read {path} via SFTP "
                                 f"({exc.strerror or exc})") from None
 
+    def write_private_file(self, path: str, data: bytes) -> None:
+        sftp = self._sftp_client()
+        try:
+            # create it empty with mode 0600, then write: the data never sits in a wider file
+            with sftp.open(path, "wx") as handle:
+                handle.chmod(0o600)
+                handle.write(data)
+        except OSError as exc:
+            raise CommandFailed(f"{self.node.label}: cannot write {path} via SFTP "
+                                f"({exc.strerror or exc})") from None
+
     def write_file(self, path: str, data: bytes) -> None:
         self.run(["mkdir", "-p", str(PurePosixPath(path).parent)])
         sftp = self._sftp_client()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import os
+import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,25 +30,31 @@ from servetune.tuner.hardware._errors import (
     ServiceStartFailed,
 )
 
-__all__ = ["CommandResult", "Transport", "LocalTransport", "LAUNCH_SCRIPT", "SESSION_SCRIPT",
-           "STOP_SCRIPT"]
+__all__ = ["CommandResult", "Transport", "LocalTransport", "PREPARE_SCRIPT", "LAUNCH_SCRIPT",
+           "SESSION_SCRIPT", "STOP_SCRIPT"]
 
-# Runs "$@" in a new session with its output appended to a log; prints the session id (the
-# pid of the session leader, which is also its process-group id) on stdout, then closes stdout.
-# Arguments: work dir, log path, argv...
-LAUNCH_SCRIPT = (
-    # the work dir must be this user's own, a real directory, writable by nobody else; each
-    # service then runs in a fresh private directory made inside it (mktemp -d, mode 0700), so
-    # nothing another account plants can be imported or executed from the service's cwd
+# Makes the private directory a service runs in and prints it. The work dir "$1" must be this
+# user's own, a real directory, writable by nobody else (created 0700 when missing); the service
+# then runs in a fresh directory made inside it (mktemp -d, mode 0700), so nothing another
+# account plants can be imported or executed from the service's cwd.
+PREPARE_SCRIPT = (
     'umask 077; base="$1"; '
     'mkdir -p "$base" 2>/dev/null; '
     '{ [ -d "$base" ] && [ ! -L "$base" ] && [ -O "$base" ]; } || '
     '{ echo "servetune: work dir $base is not a directory owned by $(id -un)" >&2; exit 96; }; '
     '[ -z "$(find "$base" -maxdepth 0 -perm /022)" ] || '
     '{ echo "servetune: work dir $base is writable by other users" >&2; exit 96; }; '
-    'run=$(mktemp -d "$base/run.XXXXXXXX") && cd "$run" || '
-    '{ echo "servetune: cannot make a private dir in $base" >&2; exit 97; }; '
-    'log="$2"; shift 2; '
+    'run=$(mktemp -d "$base/run.XXXXXXXX") || '
+    '{ echo "servetune: cannot make a private dir in $base" >&2; exit 97; }; echo "$run"'
+)
+
+# Runs "$@" in a new session, in the private dir "$1", with its output appended to the log "$2";
+# "$3" is a 0600 file of `export NAME='value'` lines (or empty): it is read, then removed, so
+# environment values never appear on a command line. Prints the session id (the pid of the
+# session leader, which is also its process-group id), then closes stdout.
+LAUNCH_SCRIPT = (
+    'umask 077; cd "$1" || exit 97; log="$2"; envfile="$3"; shift 3; '
+    'if [ -n "$envfile" ]; then set -a; . "$envfile" || exit 99; set +a; rm -f "$envfile"; fi; '
     'mkdir -p "$(dirname "$log")" || exit 98; '
     "setsid sh -c 'echo $$; exec \"$@\" >>\"$0\" 2>&1 </dev/null' \"$log\" \"$@\" </dev/null &"
 )
@@ -137,6 +144,10 @@ class Transport(abc.ABC):
         """``path`` as the node resolves it: a leading ``~/`` is the login user's home."""
         return path
 
+    @abc.abstractmethod
+    def write_private_file(self, path: str, data: bytes) -> None:
+        """Create ``path`` (which must not exist) readable by the login user only (0600)."""
+
     # ----------------------------------------------------------------- services, by session
     def start(self, argv: Sequence[str], *, work_dir: str, log_path: str,
               env: Mapping[str, str] | None = None) -> int:
@@ -148,11 +159,22 @@ class Transport(abc.ABC):
         work_dir, log_path = self.node_path(work_dir), self.node_path(log_path)
         if not argv:
             raise ServiceStartFailed(f"{self.node.label}: empty start command")
-        # names are checked and `--` ends env's options, so no name can act as one (`-S...`)
-        env_prefix = (["env", "--", *(f"{check_env_name(k, self.node.label)}={v}"
-                                      for k, v in env.items())] if env else [])
-        result = self.run(["sh", "-c", LAUNCH_SCRIPT, "servetune-launch", work_dir, log_path,
-                           *env_prefix, *argv], check=False)
+        prepared = self.run(["sh", "-c", PREPARE_SCRIPT, "servetune-prepare", work_dir],
+                            check=False)
+        run_dir = prepared.stdout.strip().splitlines()[-1] if prepared.stdout.strip() else ""
+        if prepared.exit_status != 0 or not run_dir:
+            raise ServiceStartFailed(f"{self.node.label}: {prepared.stderr.strip() or 'no work dir'}"
+                                     f" (exit {prepared.exit_status})")
+        env_file = ""
+        if env:
+            # names are checked (none can read as an option or a shell word); values travel in
+            # a 0600 file inside the private dir, never on a command line (/proc/PID/cmdline)
+            lines = [f"{check_env_name(k, self.node.label)}={shlex.quote(str(v))}\n"
+                     for k, v in env.items()]
+            env_file = f"{run_dir}/.env"
+            self.write_private_file(env_file, "".join(lines).encode())
+        result = self.run(["sh", "-c", LAUNCH_SCRIPT, "servetune-launch", run_dir, log_path,
+                           env_file, *argv], check=False)
         if result.exit_status != 0:
             raise ServiceStartFailed(f"{self.node.label}: could not start {argv[0]!r} "
                                      f"(exit {result.exit_status}): {result.stderr.strip()}")
@@ -229,6 +251,14 @@ class LocalTransport(Transport):
             return Path(path).read_bytes()
         except OSError as exc:
             raise CommandFailed(f"local: cannot read {path} ({exc.strerror})") from None
+
+    def write_private_file(self, path: str, data: bytes) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            raise CommandFailed(f"local: cannot write {path} ({exc.strerror})") from None
 
     def write_file(self, path: str, data: bytes) -> None:
         target = Path(path)
