@@ -192,3 +192,32 @@ def test_verify_study_over_two_sshd_service_groups(tmp_path):
     runs = store.query("runs")
     assert len(runs) == 4 and set(runs["hardware"]) == {"cpu"}
     assert all(session_alive(sid) == [] for sid in sessions(result)) and sessions(result)
+
+
+def test_validate_candidates_goes_through_verify_study(tmp_path, capsys):
+    """``servetune validate --candidates`` keeps its document and exit codes and adds the
+    measured best; goodput is measured under the study objective's SLOs by default."""
+    from servetune.cli import main
+
+    workspace = tmp_path / "ws"
+    make_study(workspace / "studies" / "pace")
+    cluster = tmp_path / "cluster.toml"
+    command = json.dumps([sys.executable, HELPER])
+    cluster.write_text(f'engine = "script"\nmodel = "m"\nhealth_timeout_s = 15\n'
+                       f'candidate_timeout_s = 60\nstop_grace_s = 3\n[[service_groups]]\n'
+                       f'service_port = {free_port()}\nstart_command = {command}\n'
+                       f'nodes = [{{ host = "local", work_dir = "{tmp_path / "w"}" }}]\n')
+    code = main(["--workspace", str(workspace), "validate", "--cluster", str(cluster),
+                 "--candidates", "pace", "--top", "1", "--warmup", "0", "--json"])
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert code == doc["exit_code"] and code in (0, 3), out.err
+    assert {"finished_at", "statistics", "outcomes", "report"} <= set(doc)
+    assert sorted(c["name"] for c in doc["candidates"]) == ["default", "rank1"]
+    assert doc["measured_best"] == "default" and doc["recommendation"]["name"] == "default"
+    runs = TraceStore(workspace / "traces").query("runs")
+    assert len(runs) == 2 and runs["goodput_rps"].notna().all()
+    saved = json.loads((workspace / "studies" / "pace" / "measurements.json").read_text())
+    assert saved == doc
+    sids = [sid for o in doc["outcomes"] for a in o["attempts"] for _, sid in a["sessions"]]
+    assert sids and all(session_alive(sid) == [] for sid in sids)
