@@ -150,9 +150,9 @@ def test_validate_candidates_of_a_transformers_study_launch_transformers_serve(t
     write_candidates(tmp_path, build_candidates(_Study(), 1, baseline=(
         space.resolve(space.default_tunables()).config, {}, 0.5)))
     assert study_engine(tmp_path) == "transformers-cb"
-    from servetune.cli._validate import _engine_to_launch
+    from servetune.tuner import engine_to_launch
 
-    engine = _engine_to_launch(None, None, tmp_path)
+    engine = engine_to_launch(None, tmp_path)
     launcher = launcher_for(engine, unsupported="record")
     group = ServiceGroupSpec("g", (NodeSpec("n0"),))
     for candidate in load_study_candidates(tmp_path):
@@ -160,7 +160,7 @@ def test_validate_candidates_of_a_transformers_study_launch_transformers_serve(t
         assert launch.argv[:2] == ("transformers", "serve"), launch.argv
         assert "vllm" not in launch.argv
     with pytest.raises(Exception, match="the study tuned transformers-cb but vllm"):
-        _engine_to_launch("vllm", None, tmp_path)
+        engine_to_launch("vllm", tmp_path)
 
 
 _CANONICAL = {
@@ -253,15 +253,15 @@ def _imports(path: Path) -> set[str]:
 def test_simulator_hardware_and_cli_read_the_engine_specs_not_each_others_tables():
     groups = {"simulator": ["tuner/simulator/_policies.py"],
               "hardware": ["tuner/hardware/_launchers.py", "tuner/hardware/_records.py"],
-              "export": ["tuner/_export.py"], "cli": ["cli/_validate.py"]}
+              "export": ["tuner/_export.py"], "verify": ["tuner/_verify.py"]}
     for files in groups.values():
         for rel in files:
             imports = _imports(ROOT / rel)
             assert "servetune.data.engines" in imports, rel
-    for rel in groups["hardware"] + groups["cli"] + groups["export"]:
+    for rel in groups["hardware"] + groups["verify"] + groups["export"]:
         imports = _imports(ROOT / rel)
         assert "servetune.tuner.simulator._policies" not in imports, rel
-        assert "servetune.tuner._export" not in imports or rel.startswith("cli"), rel
+        assert "servetune.tuner._export" not in imports, rel
     for rel in groups["simulator"]:
         assert not any(m.startswith("servetune.tuner.hardware") for m in _imports(ROOT / rel))
 
