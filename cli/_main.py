@@ -8,10 +8,13 @@ tuner's dependencies can still run ``servetune collect``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
+import signal
 import sys
+import threading
 
 import click
 
@@ -74,10 +77,41 @@ def cli(ctx: click.Context, workspace: str | None, verbose: int) -> None:
     ctx.obj = Context(Workspace.resolve(workspace), verbose)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C so that every ``finally`` and
+    every started remote service is stopped the same way."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt():
+    """SIGTERM and SIGHUP behave as Ctrl-C for the duration of a command (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_terminated)
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:
-        cli.main(args=argv, prog_name="servetune", standalone_mode=False)
+        with _terminate_like_interrupt():
+            cli.main(args=argv, prog_name="servetune", standalone_mode=False)
+    except Terminated as exc:
+        click.echo(f"servetune: stopped by {exc}", err=True)
+        return 143
+    except KeyboardInterrupt:
+        click.echo("servetune: interrupted", err=True)
+        return 130
     except ServetuneError as exc:
         click.echo(f"servetune: error: {exc}", err=True)
         return exc.exit_code

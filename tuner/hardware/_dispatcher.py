@@ -227,6 +227,22 @@ class _Task:
     pinned: str | None = None  # the calibration baseline of one group
 
 
+def _wait_for(finished: Sequence[threading.Event]) -> None:
+    """Wait until every worker has stopped its services and ended, through further interrupts.
+
+    Thread state cannot be trusted here: a ``join`` interrupted by a signal on CPython 3.11
+    marks the thread stopped while it still runs (its ``is_alive`` turns false and a later
+    ``join`` returns at once), so each worker sets its own event when it ends; a second Ctrl-C
+    or SIGTERM does not abandon the remote services being stopped.
+    """
+    while not all(done.is_set() for done in finished):
+        try:
+            for done in finished:
+                done.wait(timeout=0.2)
+        except BaseException:  # noqa: BLE001 - keep stopping the services
+            log.warning("still stopping the started services; please wait")
+
+
 class Dispatcher:
     """Evaluate candidates on the cluster's service groups in parallel (one worker per group).
 
@@ -280,18 +296,19 @@ class Dispatcher:
         self._tasks += [_Task(i) for i in range(len(candidates))
                         if not (i == baseline and self.options.calibrate)]
         started = time.monotonic()
-        workers = [threading.Thread(target=self._worker, args=(g,), name=f"servetune-{g.name}",
-                                    daemon=True) for g in self.cluster.groups]
+        finished = [threading.Event() for _ in self.cluster.groups]
+        workers = [threading.Thread(target=self._worker_until_done, args=(g, done),
+                                    name=f"servetune-{g.name}", daemon=True)
+                   for g, done in zip(self.cluster.groups, finished)]
         for worker in workers:
             worker.start()
         try:
-            for worker in workers:
-                while worker.is_alive():
-                    worker.join(timeout=0.5)
+            for done in finished:
+                while not done.wait(timeout=0.5):
+                    pass
         except BaseException:
             self.cancel.set()  # workers stop their services before they exit
-            for worker in workers:
-                worker.join()
+            _wait_for(finished)
             raise
         for task in self._tasks:  # left over: cancelled, or every group gave up
             if self.cancel.is_set():
@@ -354,6 +371,12 @@ class Dispatcher:
 
     def _usable_groups(self) -> list[str]:
         return [n for n, b in self._breakers.items() if b.permanent_reason is None]
+
+    def _worker_until_done(self, group: ServiceGroupSpec, done: threading.Event) -> None:
+        try:
+            self._worker(group)
+        finally:
+            done.set()
 
     def _worker(self, group: ServiceGroupSpec) -> None:
         while True:
