@@ -44,7 +44,7 @@ def capture_table(root: Path) -> pd.DataFrame:
     """One row per capture step: configuration, mode, extra ms, the cost terms, repeated."""
     runs = labelled_runs(root / "runs.parquet")
     frame = add_previous_step(join_knobs(pd.read_parquet(root / "steps.parquet"),
-                                         runs[["run_id", *KNOB_COLUMNS]]))
+                                         runs))
     captured = graph_captured(frame)
     train = frame[~captured & (frame.duration_ms > 0)]
     model = StepTimeRegressor(n_jobs=1).fit(train[COLUMNS], train.duration_ms.to_numpy(),

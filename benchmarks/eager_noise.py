@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servetune.features import KNOB_COLUMNS, add_previous_step, graph_captured, join_knobs
+from servetune.features import add_previous_step, graph_captured, join_knobs
 from servetune.models import StepTimeRegressor, regression_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +32,7 @@ SAMPLES = HERE.parent / "data" / "samples"
 def _frame(directory: Path) -> pd.DataFrame:
     steps = pd.read_parquet(directory / "steps.parquet")
     runs = pd.read_parquet(directory / "runs.parquet")
-    frame = add_previous_step(join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]]))
+    frame = add_previous_step(join_knobs(steps, runs))
     frame = frame[~graph_captured(frame)]
     frame["configuration"] = frame.run_id.str.replace(r"-r\d-[0-9a-f]+$", "", regex=True)
     return frame[frame.duration_ms > 0].reset_index(drop=True)

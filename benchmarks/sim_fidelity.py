@@ -191,7 +191,7 @@ def sample_frame(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, 
     whether it captured a CUDA graph."""
     runs = labelled_runs(root / "runs.parquet")
     frame = add_previous_step(join_knobs(pd.read_parquet(root / "steps.parquet"),
-                                         runs[["run_id", *KNOB_COLUMNS]]))
+                                         runs))
     return runs, pd.read_parquet(root / "requests.parquet"), frame, graph_captured(frame)
 
 

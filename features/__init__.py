@@ -6,7 +6,7 @@ Example:
     >>> fs = get_feature_set()
     >>> raw = np.array([4, 1, 3, 512, 3, 2048, 900, 131072,    # this step (RAW_COLUMNS)
     ...                 3, 0, 3, 0, 3, 1400, 890, 0, 0], dtype=np.float64)  # the previous one
-    >>> knobs = np.array([32, 1, 0, 1, 512], dtype=np.float64)
+    >>> knobs = np.array([32, 1, 0, 1, 512, 262144], dtype=np.float64)
     >>> out = np.empty(fs.n_features, dtype=np.float32)
     >>> fs.kernel(raw, knobs, out)
     >>> bool((out == fs.matrix(raw[None, :], knobs)[0]).all())
@@ -17,6 +17,7 @@ from servetune.features._columns import (
     KNOB_COLUMNS,
     PREV_COLUMNS,
     RAW_COLUMNS,
+    RUN_KNOB_COLUMNS,
     STEP_INPUT_COLUMNS,
     add_previous_step,
     graph_captured,
@@ -33,6 +34,7 @@ from servetune.features._definitions import (
     STEP_V3,
     STEP_V4,
     STEP_V5,
+    STEP_V6,
     default_feature_registry,
     get_feature_set,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "PREV_COLUMNS",
     "STEP_INPUT_COLUMNS",
     "KNOB_COLUMNS",
+    "RUN_KNOB_COLUMNS",
     "DEFAULT_FEATURE_SET",
     "FeatureSet",
     "FeatureSetRegistry",
@@ -58,6 +61,7 @@ __all__ = [
     "STEP_V3",
     "STEP_V4",
     "STEP_V5",
+    "STEP_V6",
     "add_previous_step",
     "graph_captured",
     "default_feature_registry",

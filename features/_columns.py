@@ -17,7 +17,8 @@ import pandas as pd
 
 from servetune import InputError
 
-__all__ = ["RAW_COLUMNS", "PREV_COLUMNS", "STEP_INPUT_COLUMNS", "KNOB_COLUMNS", "knob_vector",
+__all__ = ["RAW_COLUMNS", "PREV_COLUMNS", "STEP_INPUT_COLUMNS", "KNOB_COLUMNS", "RUN_KNOB_COLUMNS",
+           "knob_vector",
            "knobs_from_runs", "join_knobs", "column_matrix", "add_previous_step",
            "previous_step_matrix", "graph_captured"]
 
@@ -42,10 +43,17 @@ _CAPTURED = r'"graph_captured"\s*:\s*true'
 # Per-run engine knobs that change the cost of a step of a given composition. Taken from the
 # ``runs`` table (joined on run_id) for training, constant for one simulation. Booleans are 0/1;
 # a knob an engine does not report is NaN (XGBoost's missing value). ``max_batch_tokens`` sets
-# the CUDA-graph padded shapes (the decode floor moves with it). New knobs go at the END: feature
-# sets index knobs by position.
+# the CUDA-graph padded shapes (the decode floor moves with it). ``cache_tokens`` is the KV cache
+# size (num_blocks x block_size): transformers' async batching copies a mask that grows with it
+# host-to-device every step (BENCHMARKS.md, "Async mask copy vs KV cache size"). New knobs go at
+# the END: feature sets index knobs by position.
 KNOB_COLUMNS: tuple[str, ...] = ("block_size", "async_batching", "cuda_graph", "tp_size",
-                                 "max_batch_tokens")
+                                 "max_batch_tokens", "cache_tokens")
+
+# The ``runs`` table columns the knobs are read or derived from (``cache_tokens`` is not a runs
+# column: it is ``num_blocks`` x ``block_size``).
+RUN_KNOB_COLUMNS: tuple[str, ...] = ("block_size", "async_batching", "cuda_graph", "tp_size",
+                                     "max_batch_tokens", "num_blocks")
 
 
 def column_matrix(df: pd.DataFrame, columns: tuple[str, ...], *, what: str) -> np.ndarray:
@@ -70,12 +78,16 @@ def column_matrix(df: pd.DataFrame, columns: tuple[str, ...], *, what: str) -> n
 def knob_vector(config: Mapping[str, object]) -> np.ndarray:
     """The float64 knob vector (``KNOB_COLUMNS`` order) of one engine configuration.
 
-    Knobs absent from ``config`` (or ``None``) are NaN. Unknown keys are ignored, so a whole
-    engine configuration can be passed.
+    Knobs absent from ``config`` (or ``None``) are NaN; ``cache_tokens``, when absent, is
+    ``num_blocks`` x ``block_size`` if both are given. Unknown keys are ignored, so a whole
+    engine configuration or a ``runs`` row can be passed.
     """
     out = np.full(len(KNOB_COLUMNS), np.nan, dtype=np.float64)
     for j, name in enumerate(KNOB_COLUMNS):
         value = config.get(name)
+        if name == "cache_tokens" and _missing(value):
+            blocks, size = config.get("num_blocks"), config.get("block_size")
+            value = None if _missing(blocks) or _missing(size) else float(blocks) * float(size)
         if value is None:
             continue
         try:
@@ -86,16 +98,29 @@ def knob_vector(config: Mapping[str, object]) -> np.ndarray:
     return out
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _numbers(runs: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in runs.columns:
+        return np.full(len(runs), np.nan)
+    return pd.to_numeric(runs[name]).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def knobs_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: ``run_id`` plus the ``KNOB_COLUMNS`` as float64 (NaN when unknown)."""
+    """One row per run: ``run_id`` plus the ``KNOB_COLUMNS`` as float64 (NaN when unknown).
+
+    ``cache_tokens`` is the runs' own column when they have one, else ``num_blocks`` x
+    ``block_size`` (NaN where either is unknown).
+    """
     if "run_id" not in runs.columns:
         raise InputError("runs table has no run_id column", field="run_id")
     out = pd.DataFrame({"run_id": runs["run_id"].astype(str).to_numpy()})
     for name in KNOB_COLUMNS:
-        if name in runs.columns:
-            out[name] = pd.to_numeric(runs[name]).to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            out[name] = np.nan
+        out[name] = _numbers(runs, name)
+    if "cache_tokens" not in runs.columns:
+        out["cache_tokens"] = _numbers(runs, "num_blocks") * _numbers(runs, "block_size")
     duplicated = out["run_id"].duplicated()
     if duplicated.any():
         run = out.loc[duplicated, "run_id"].iloc[0]

@@ -15,14 +15,14 @@ from servetune.features._feature_set import (
     select_features,
 )
 
-__all__ = ["RAW_V1", "RAW_V2", "STEP_V1", "STEP_V2", "STEP_V3", "STEP_V4", "STEP_V5",
+__all__ = ["RAW_V1", "RAW_V2", "STEP_V1", "STEP_V2", "STEP_V3", "STEP_V4", "STEP_V5", "STEP_V6",
            "DEFAULT_FEATURE_SET",
            "default_feature_registry", "get_feature_set"]
 
 # Indices into the raw vector (RAW_COLUMNS order) and the knob vector (KNOB_COLUMNS order).
 NUM_SEQS, NUM_PREFILL_SEQS, NUM_DECODE_SEQS, PREFILL_TOKENS, DECODE_TOKENS = 0, 1, 2, 3, 4
 KV_TOKENS_SUM, KV_TOKENS_MAX, PREFILL_ATTN_WORK = 5, 6, 7
-BLOCK_SIZE, ASYNC_BATCHING, CUDA_GRAPH, TP_SIZE, MAX_BATCH_TOKENS = 0, 1, 2, 3, 4
+BLOCK_SIZE, ASYNC_BATCHING, CUDA_GRAPH, TP_SIZE, MAX_BATCH_TOKENS, CACHE_TOKENS = 0, 1, 2, 3, 4, 5
 PREV = 8  # r[PREV + i]: the previous step's value of raw column i (zeros for a run's first step)
 PREV_CAPTURED = 16  # r[16]: 1 when the previous step captured a CUDA graph
 
@@ -244,6 +244,56 @@ STEP_V5 = make_feature_set("step_v5", 1, {
 }, _step_v5, base_terms=("kv_padded_graphs", "tokens_padded_graphs", "dense_attn_padded_graphs",
                          "num_seqs", "eager", "tokens_eager", "kv_tokens_eager", "num_seqs_eager"))
 
+# Bytes of one bf16 mask element, in GB.
+MASK_GB = 2.0e-9
+
+
+def _step_v6(r, k):
+    num_seqs = r[NUM_SEQS] * 1.0
+    tokens = r[PREFILL_TOKENS] + r[DECODE_TOKENS]
+    kv_sum = r[KV_TOKENS_SUM] * 1.0
+    decode_only = 1.0 - np.minimum(r[NUM_PREFILL_SEQS], 1.0)
+    tokens_padded = np.ceil(tokens / Q_PAD) * Q_PAD
+    kv_padded = np.ceil(kv_sum / KV_PAD) * KV_PAD
+    dense_padded = tokens_padded * (kv_padded + tokens_padded)
+    overlap = k[ASYNC_BATCHING] * 1.0
+    graphs = k[CUDA_GRAPH] * 1.0
+    eager = 1.0 - graphs
+    prev_tokens = r[PREV + PREFILL_TOKENS] + r[PREV + DECODE_TOKENS]
+    # GB copied host-to-device per async step: the bf16 mask [M, N + M] (NaN: cache unknown)
+    budget = k[MAX_BATCH_TOKENS] * 1.0
+    mask_copy_gb = overlap * budget * (k[CACHE_TOKENS] + budget) * MASK_GB
+    return (
+        num_seqs, r[NUM_PREFILL_SEQS] * 1.0, r[NUM_DECODE_SEQS] * 1.0, r[PREFILL_TOKENS] * 1.0,
+        r[DECODE_TOKENS] * 1.0, tokens, kv_sum, r[KV_TOKENS_MAX] * 1.0,
+        r[PREFILL_ATTN_WORK] * 1.0, tokens * kv_sum, tokens_padded, kv_padded, dense_padded,
+        num_seqs * r[KV_TOKENS_MAX], kv_sum / np.maximum(num_seqs, 1.0),
+        r[PREFILL_TOKENS] / np.maximum(tokens, 1.0), decode_only, kv_sum * decode_only,
+        overlap, graphs, k[TP_SIZE] * 1.0, k[MAX_BATCH_TOKENS] * overlap,
+        r[PREV + NUM_SEQS] * overlap, r[PREV + NUM_PREFILL_SEQS] * overlap,
+        r[PREV + NUM_DECODE_SEQS] * overlap, r[PREV + PREFILL_TOKENS] * overlap,
+        r[PREV + DECODE_TOKENS] * overlap, r[PREV + KV_TOKENS_SUM] * overlap,
+        r[PREV + KV_TOKENS_MAX] * overlap, r[PREV + PREFILL_ATTN_WORK] * overlap,
+        r[PREV_CAPTURED] * overlap, prev_tokens * overlap,
+        np.ceil(prev_tokens / Q_PAD) * Q_PAD * overlap,
+        np.ceil(r[PREV + KV_TOKENS_SUM] / KV_PAD) * KV_PAD * overlap,
+        kv_padded * graphs, tokens_padded * graphs, dense_padded * graphs,
+        eager, tokens * eager, kv_sum * eager, num_seqs * eager,
+        mask_copy_gb,
+    )
+
+# step_v5 plus the async mask copy: with async batching and a paged|sdpa (or paged|eager) mask,
+# transformers 5.17 copies the whole [max_batch_tokens, cache_tokens + max_batch_tokens] bf16
+# mask host-to-device every step, so the async step floor grows linearly with the KV cache
+# (BENCHMARKS.md, "Async mask copy vs KV cache size"). As a base term its time (ms per GB, i.e.
+# the inverse bandwidth) is learned per model and extrapolates linearly to caches larger than
+# any trained on, where trees would stay flat.
+STEP_V6 = make_feature_set("step_v6", 1, {
+    **{name: sign for name, sign in zip(STEP_V5.feature_names, STEP_V5.monotone)},
+    "mask_copy_gb": 1,
+}, _step_v6, base_terms=(*STEP_V5.base_terms, "mask_copy_gb"))
+
+
 # Chosen by grouped CV on the training runs of the shipped H200 sample (68 runs): step_v5 6.84 %
 # MAPE, raw_v2 9.55 %, step_v4 9.94 % (BENCHMARKS.md, "Step-time model").
 DEFAULT_FEATURE_SET = STEP_V5.name
@@ -251,7 +301,8 @@ DEFAULT_FEATURE_SET = STEP_V5.name
 
 def default_feature_registry() -> FeatureSetRegistry:
     """A registry of the shipped feature sets."""
-    return FeatureSetRegistry((RAW_V1, RAW_V2, STEP_V1, STEP_V2, STEP_V3, STEP_V4, STEP_V5))
+    return FeatureSetRegistry((RAW_V1, RAW_V2, STEP_V1, STEP_V2, STEP_V3, STEP_V4, STEP_V5,
+                               STEP_V6))
 
 
 _REGISTRY = default_feature_registry()  # immutable (a read-only mapping inside)

@@ -72,14 +72,19 @@ def _ratio_outside(value: float, lo: float, hi: float) -> float:
     return 1.0
 
 
+# The knobs whose trained combinations are recorded: the cache size is a range per mode
+# (``modes``), not part of a combination (every run may size its own cache).
+COMBINATION_KNOBS: tuple[str, ...] = tuple(k for k in KNOB_COLUMNS if k != "cache_tokens")
+
+
 @dataclass(frozen=True)
 class TrainingDomain:
     """What a step-time model was trained on.
 
     Attributes:
         step_ranges: ``{column: [min, max]}`` of the training steps (``DOMAIN_COLUMNS``).
-        knob_combinations: the distinct ``KNOB_COLUMNS`` tuples of the training runs (None for
-            a knob a run does not report), sorted.
+        knob_combinations: the distinct ``COMBINATION_KNOBS`` tuples of the training runs
+            (None for a knob a run does not report), sorted.
         modes: per :func:`mode_key`: ``runs``, ``cache_tokens`` ``[min, max]`` (None when no run
             of the mode reports ``num_blocks``) and ``max_batch_tokens`` ``[min, max]``.
         n_steps, n_runs: how much data it is.
@@ -90,12 +95,12 @@ class TrainingDomain:
     modes: Mapping[str, Mapping[str, object]]
     n_steps: int = 0
     n_runs: int = 0
-    knob_names: tuple[str, ...] = field(default=KNOB_COLUMNS)
+    knob_names: tuple[str, ...] = field(default=COMBINATION_KNOBS)
 
     @classmethod
     def from_training(cls, steps: pd.DataFrame, runs: pd.DataFrame) -> "TrainingDomain":
         """The domain of ``steps`` (``DOMAIN_COLUMNS`` + ``run_id``) and their ``runs``
-        (``run_id``, ``KNOB_COLUMNS``, ``num_blocks``; runs without steps are ignored)."""
+        (``run_id``, ``COMBINATION_KNOBS``, ``num_blocks``; runs without steps are ignored)."""
         used = runs[runs["run_id"].isin(set(steps["run_id"]))].drop_duplicates("run_id")
         ranges = {c: tuple(r) for c in DOMAIN_COLUMNS
                   if c in steps.columns and (r := _range(steps[c].to_numpy())) is not None}
@@ -103,7 +108,7 @@ class TrainingDomain:
         modes: dict[str, dict] = {}
         for row in used.itertuples(index=False):
             r = row._asdict()
-            combos.add(tuple(_num(r.get(k)) for k in KNOB_COLUMNS))
+            combos.add(tuple(_num(r.get(k)) for k in COMBINATION_KNOBS))
             key = mode_key(r.get("async_batching"), r.get("cuda_graph"))
             m = modes.setdefault(key, {"runs": 0, "_cache": [], "_mbt": []})
             m["runs"] += 1
@@ -131,11 +136,11 @@ class TrainingDomain:
     @classmethod
     def from_dict(cls, data: Mapping) -> "TrainingDomain":
         """Inverse of :meth:`to_dict`."""
-        names = tuple(data.get("knob_names", KNOB_COLUMNS))
+        names = tuple(data.get("knob_names", COMBINATION_KNOBS))
         combos = []
-        for t in data["knob_combinations"]:  # re-ordered onto today's KNOB_COLUMNS
+        for t in data["knob_combinations"]:  # re-ordered onto today's COMBINATION_KNOBS
             by_name = dict(zip(names, t))
-            combos.append(tuple(_num(by_name.get(k)) for k in KNOB_COLUMNS))
+            combos.append(tuple(_num(by_name.get(k)) for k in COMBINATION_KNOBS))
         return cls(step_ranges={k: tuple(v) for k, v in data["step_ranges"].items()},
                    knob_combinations=tuple(combos),
                    modes={k: dict(v) for k, v in data["modes"].items()},
@@ -145,17 +150,17 @@ class TrainingDomain:
 
     def check_config(self, knobs: Mapping[str, object], cache_tokens: int | None = None
                      ) -> list[str]:
-        """Reasons the configuration (``KNOB_COLUMNS`` values, KV cache size in tokens) is
+        """Reasons the configuration (``COMBINATION_KNOBS`` values, KV cache size in tokens) is
         outside the training data; empty when it is inside."""
         reasons: list[str] = []
-        combo = tuple(_num(knobs.get(k)) for k in KNOB_COLUMNS)
+        combo = tuple(_num(knobs.get(k)) for k in COMBINATION_KNOBS)
         key = mode_key(knobs.get("async_batching"), knobs.get("cuda_graph"))
         mode = self.modes.get(key)
         if mode is None:
             reasons.append(f"mode {key} (async_batching, cuda_graph) was never trained; trained "
                            f"modes: {', '.join(self.modes) or 'none'}")
         elif combo not in set(self.knob_combinations):
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(KNOB_COLUMNS, combo))
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(COMBINATION_KNOBS, combo))
             reasons.append(f"knob combination ({shown}) is not among the "
                            f"{len(self.knob_combinations)} trained")
         if mode is not None:

@@ -42,6 +42,7 @@ from servetune.features import (
     DEFAULT_FEATURE_SET,
     KNOB_COLUMNS,
     RAW_COLUMNS,
+    RUN_KNOB_COLUMNS,
     add_previous_step,
     get_feature_set,
     graph_captured,
@@ -78,7 +79,7 @@ log = logging.getLogger(__name__)
 
 _STEP_COLUMNS = ["run_id", *PARTITION_COLUMNS, "source", "step_index", "duration_ms",
                  *RAW_COLUMNS, "block_size", "tp_size", "extra"]
-_RUN_COLUMNS = ["run_id", *PARTITION_COLUMNS, *KNOB_COLUMNS]
+_RUN_COLUMNS = ["run_id", *PARTITION_COLUMNS, *RUN_KNOB_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
                          "some with `servetune ingest` (or `servetune ingest --samples`)")
     runs = runs.drop_duplicates("run_id")
     # the previous step is taken before any step is dropped: it is the batch the engine ran
-    frame = add_previous_step(join_knobs(steps, runs[["run_id", *KNOB_COLUMNS]]))
+    frame = add_previous_step(join_knobs(steps, runs[["run_id", *RUN_KNOB_COLUMNS]]))
     bad = ~(frame["duration_ms"] > 0)
     if bad.any():
         log.warning("dropping %d steps with a zero duration", int(bad.sum()))

@@ -44,13 +44,15 @@ def _kernel_rows(fs, frame: pd.DataFrame) -> np.ndarray:
 def test_frame_and_kernel_agree_exactly(name):
     fs = get_feature_set(name)
     steps, runs = synthetic_traces(n_runs=6, steps_per_run=200, seed=3)
+    runs["num_blocks"] = [256, 2048, 4096, 8192, 24544, 1024][:len(runs)]  # 32 k..3.1 M tokens
     frame = join_knobs(steps, runs)
     # Edge rows: empty batch, huge values, missing KV columns and knobs (NaN).
     edge = frame.iloc[:4].copy()
     edge.loc[edge.index[0], list(RAW_COLUMNS)] = 0
     edge.loc[edge.index[1], "prefill_attn_work"] = 3 * 10**12
     edge.loc[edge.index[2], ["kv_tokens_sum", "kv_tokens_max"]] = np.nan
-    edge.loc[edge.index[3], ["block_size", "cuda_graph", "max_batch_tokens"]] = np.nan
+    edge.loc[edge.index[3], ["block_size", "cuda_graph", "max_batch_tokens",
+                             "cache_tokens"]] = np.nan
     edge["run_id"] = "edge-run"
     frame = pd.concat([frame, edge], ignore_index=True)
     # the collector's capture flag in ``extra`` (both spellings of its JSON)

@@ -15,7 +15,6 @@ from _helpers_models import synthetic_traces
 from mlflow import MlflowClient
 
 from servetune.data import TraceStore, Workload, Workspace
-from servetune.features import KNOB_COLUMNS
 from servetune.models import (
     DOMAIN_COLUMNS,
     StepTimeModel,
@@ -25,6 +24,7 @@ from servetune.models import (
     format_domain_warning,
     train_step_time_model,
 )
+from servetune.models._domain import COMBINATION_KNOBS
 from servetune.tuner.simulator import Simulator
 
 FAST = TrainConfig(n_trials=1, cv_splits=2, search_budget_s=20)
@@ -72,7 +72,7 @@ def test_the_recorded_domain_matches_the_training_data(trained, tmp_path):
     assert domain.n_runs == len(train_runs) < 8 and domain.n_steps == len(steps)
     for col in DOMAIN_COLUMNS:
         assert domain.step_ranges[col] == (float(steps[col].min()), float(steps[col].max()))
-    combos = {tuple(float(getattr(r, k)) for k in KNOB_COLUMNS)
+    combos = {tuple(float(getattr(r, k)) for k in COMBINATION_KNOBS)
               for r in train_runs.itertuples()}
     assert set(domain.knob_combinations) == combos
     for (a, g), group in train_runs.groupby(["async_batching", "cuda_graph"]):
@@ -89,7 +89,7 @@ def test_the_recorded_domain_matches_the_training_data(trained, tmp_path):
 def test_an_in_sample_replay_is_inside_on_the_config_level(trained):
     _, _, model, train_runs, steps = trained
     run = train_runs.iloc[0]
-    knobs = {k: run[k] for k in KNOB_COLUMNS}
+    knobs = {k: run[k] for k in COMBINATION_KNOBS}
     assert model.domain.check_config(knobs, int(run.num_blocks * run.block_size)) == []
     # the training steps themselves are all inside
     cov = model.domain.step_coverage(steps)
@@ -129,7 +129,7 @@ def test_a_config_far_outside_is_flagged_with_ratios(trained):
     line = format_domain_warning(report)
     assert line.startswith("outside the model's training data: ") and f"worst {col}" in line
     # an unseen knob combination and an unseen mode are reasons too
-    odd = {**{k: run[k] for k in KNOB_COLUMNS}, "block_size": 48}
+    odd = {**{k: run[k] for k in COMBINATION_KNOBS}, "block_size": 48}
     assert any("not among the" in r for r in model.domain.check_config(odd))
     narrow = TrainingDomain.from_dict({**model.domain.to_dict(), "modes": {
         k: v for k, v in model.domain.modes.items() if k != "async=1,graph=1"}})

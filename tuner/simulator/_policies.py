@@ -143,8 +143,11 @@ class EnginePolicy:
         return {**{k.name: engine[k.name] for k in self.engine_knobs}, **resolved_sim}
 
     def model_knobs(self, resolved: Mapping[str, object]) -> dict[str, float]:
-        """The step-time model knobs (``features.KNOB_COLUMNS`` names) of a resolved config."""
-        return {**self.engine.model_knobs(resolved), "tp_size": float(resolved["tp_size"])}
+        """The step-time model knobs (``features.KNOB_COLUMNS`` names) of a resolved config;
+        ``cache_tokens`` is the KV cache the policy sizes (blocks x block size)."""
+        sized = self.to_params(resolved)
+        return {**self.engine.model_knobs(resolved), "tp_size": float(resolved["tp_size"]),
+                "cache_tokens": float(sized["num_blocks"]) * float(sized["block_size"])}
 
     def runs_columns(self, resolved: Mapping[str, object]) -> dict:
         """The ``runs`` table's knob columns of a resolved config."""
