@@ -33,9 +33,10 @@ from servetune.features import (
     join_knobs,
 )
 from servetune.models import StepTimeRegressor
+from servetune.models._engine_constants import capture_terms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import SAMPLES, capture_terms, labelled_runs  # noqa: E402
+from sim_fidelity import SAMPLES, labelled_runs  # noqa: E402
 
 COLUMNS = [*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]
 

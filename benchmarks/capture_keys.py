@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from servetune.features import graph_captured
+from servetune.models._engine_constants import CAPTURE_KEYS
 from servetune.tuner.simulator._policies import get_policy
 from servetune.tuner.simulator._transformers import _graph_key
 
@@ -33,7 +34,8 @@ from sim_fidelity import SAMPLES, labelled_runs, sim_config  # noqa: E402
 def compare_run(steps: pd.DataFrame, run: pd.Series) -> dict:
     """Capture flags of one run's measured steps: engine vs the simulator's graph key."""
     policy = get_policy("transformers")
-    p = policy.params(policy.resolve(sim_config(run)))
+    # the graph key reads the padding and cache sizes, not the capture cost
+    p = policy.params(policy.resolve({**sim_config(run), **dict.fromkeys(CAPTURE_KEYS, 0.0)}))
     asynchronous = bool(json.loads(run["config"])["use_async_batching"])
     fast = steps["extra"].fillna("").str.contains('"decode_fast_path":true', regex=False)
     engine = graph_captured(steps)

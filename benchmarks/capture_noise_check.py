@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 
 from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
+from servetune.models._engine_constants import capture_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_fidelity import (  # noqa: E402
     HELD_OUT,
     METRICS,
     SAMPLES,
-    capture_fit,
     capture_noise,
     sample_frame,
     simulate_replay,

@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 
 from servetune.features import graph_captured
+from servetune.models._engine_constants import _padded
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import SAMPLES, _padded  # noqa: E402
+from sim_fidelity import SAMPLES  # noqa: E402
 
 
 def shape_medians(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import nnls
 from scipy.stats import spearmanr
 
 import servetune
@@ -48,11 +47,15 @@ from servetune.features import (
     graph_captured,
     join_knobs,
 )
-from servetune.models import StepTimeRegressor
+from servetune.models import CaptureCost, StepTimeRegressor
+from servetune.models._engine_constants import (
+    CAPTURE_KEYS,
+    capture_fit,
+    capture_terms,
+    transformers_sim_config,
+)
 from servetune.models._search import search_hyperparameters
 from servetune.tuner.simulator import Simulator
-from servetune.tuner.simulator._policies import CAPTURE_KEYS, get_policy
-from servetune.tuner.simulator._transformers import _graph_key
 
 SAMPLES = Path(servetune.__file__).resolve().parent / "data" / "samples"
 REPEATS = Path(__file__).resolve().parent / "data" / "fidelity_repeats"
@@ -62,99 +65,17 @@ HELD_OUT = ("g-fifo-512-bs64-sync", "g-fifo-1024-bs32-async", "g-pf-1024-bs256-s
             "g-fifo-512-bs64-async-smallkv", "e-pf-1024-bs64-async")
 METRICS = (("ttft_mean_ms", "ttft_ms"), ("tpot_mean_ms", "tpot_ms"),
            ("output_throughput_tok_s", "output_throughput_tok_s"))
-ENGINE_KEYS = ("scheduler_type", "block_size", "num_blocks", "max_batch_tokens",
-               "max_requests_per_batch", "safety_margin", "use_async_batching",
-               "max_blocks_per_request", "q_padding_interval_size", "kv_padding_interval_size")
 
 
 def sim_config(run: pd.Series) -> dict:
     """The simulator's transformers config from a measured run's resolved engine config."""
-    resolved = json.loads(run["config"])
-    config = {k: resolved[k] for k in ENGINE_KEYS if k in resolved}
-    graphs = resolved.get("use_cuda_graph")
-    config["use_cuda_graph"] = bool(any(graphs)) if isinstance(graphs, list) else bool(graphs)
-    return config
-
-
-def _padded(size: np.ndarray, interval: np.ndarray, cap: np.ndarray) -> np.ndarray:
-    """The engine's ``pad_to_interval``: up to a multiple of ``interval``, at most ``cap``."""
-    return np.minimum(np.ceil(np.maximum(size, 1) / interval) * interval, cap)
-
-
-def repeated_shapes(captures: pd.DataFrame, runs: pd.DataFrame) -> np.ndarray:
-    """Per capture step (in step order within each run): True when the run had already captured
-    the same padded query and KV shape (by the other async IO pair, or with another padded key
-    length), as the simulator's graph key tells."""
-    policy = get_policy("transformers")
-    out = np.zeros(len(captures), dtype=bool)
-    position = {index: k for k, index in enumerate(captures.index)}
-    by_run = runs.set_index("run_id")
-    for run_id, group in captures.sort_values("step_index").groupby("run_id"):
-        config = sim_config(by_run.loc[run_id])
-        p = policy.params(policy.resolve(config))
-        fast = group["extra"].fillna("").str.contains('"decode_fast_path":true', regex=False)
-        pair = config["use_async_batching"]
-        seen: set[int] = set()
-        for row, is_fast in zip(group.itertuples(), fast):
-            q = row.prefill_tokens + row.decode_tokens
-            _, shape, _, _ = _graph_key(p, row.num_seqs, q, row.kv_tokens_sum - q,
-                                        row.kv_tokens_max, bool(is_fast),
-                                        row.step_index % 2 if pair else 0)
-            out[position[row.Index]] = shape in seen
-            seen.add(shape)
-    return out
-
-
-def capture_terms(captures: pd.DataFrame, runs: pd.DataFrame, repeat_factor: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per capture step: the cost terms ``[1, padded query tokens, padded KV read,
-    max_batch_tokens]``, whether its run batches asynchronously, and whether the run had captured
-    its query and KV shape before (all False with ``repeat_factor=False``)."""
-    config = runs.set_index("run_id")["config"].map(json.loads)
-    conf = captures["run_id"].map(config)
-    q = (captures["prefill_tokens"] + captures["decode_tokens"]).to_numpy()
-    q_pad = _padded(q, conf.map(lambda c: c["q_padding_interval_size"]).to_numpy(),
-                    conf.map(lambda c: c["max_batch_tokens"]).to_numpy())
-    pages = conf.map(lambda c: c["num_blocks"] * c["block_size"]).to_numpy()
-    kv_pad = _padded(captures["kv_tokens_sum"].to_numpy() - q,
-                     conf.map(lambda c: c["kv_padding_interval_size"]).to_numpy(), pages)
-    fast = captures["extra"].fillna("").str.contains('"decode_fast_path":true', regex=False)
-    kv_pad = np.where(fast.to_numpy(), 0.0, kv_pad)
-    mode = conf.map(lambda c: bool(c["use_async_batching"])).to_numpy()
-    budget = conf.map(lambda c: c["max_batch_tokens"]).to_numpy()
-    repeat = (repeated_shapes(captures, runs) if repeat_factor
-              else np.zeros(len(captures), dtype=bool))
-    return np.column_stack([np.ones(len(captures)), q_pad, kv_pad, budget]), mode, repeat
-
-
-def capture_fit(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataFrame,
-                repeat_factor: bool = True
-                ) -> dict[bool, tuple[float, float, float, float, float]]:
-    """Per batching mode (async or not): non-negative least squares
-    ``extra_ms = a + b * padded query tokens + c * padded KV read + d * max_batch_tokens`` over the
-    graph-capture steps of new shapes, where extra is the measured duration minus the step-time
-    model's prediction; then the factor ``f`` that scales that cost for the captures of a query
-    and KV shape captured before (least squares). For one configuration
-    ``a + d * max_batch_tokens``, ``b``, ``c`` and ``f`` are the simulator's
-    ``cuda_graph_capture_ms``, ``..._per_token``, ``..._per_kv_token`` and ``..._repeat_factor``.
-    ``repeat_factor=False`` fits all captures alike (factor 1)."""
-    A, mode, repeat = capture_terms(captures, runs, repeat_factor)
-    extra = captures["duration_ms"].to_numpy() - predicted_ms
-    fits = {}
-    for is_async in (False, True):
-        new = (mode == is_async) & ~repeat
-        coef, _ = nnls(A[new], extra[new])
-        again = (mode == is_async) & repeat
-        cost = A[again] @ coef
-        factor = float((extra[again] * cost).sum() / (cost * cost).sum()) if again.any() else 1.0
-        fits[is_async] = (*(float(v) for v in coef), max(factor, 0.0))
-    return fits
+    return transformers_sim_config(json.loads(run["config"]))
 
 
 def capture_noise(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataFrame,
                   fits: dict, repeat_factor: bool = True) -> dict[bool, tuple[float, float]]:
     """Per batching mode: the spread of measured capture costs around ``fits`` (from
-    :func:`capture_fit`) as two log-normal coefficients of variation, ``(per capture, per run)``,
+    ``capture_fit``) as two log-normal coefficients of variation, ``(per capture, per run)``,
     the simulator's ``cuda_graph_capture_noise_cv`` and ``cuda_graph_capture_run_cv``. The log
     ratio measured / fitted cost of each capture is split into its run's mean (the run-level
     factor: its variance less the within-run variance's share in a run mean) and the rest."""
@@ -178,11 +99,12 @@ def capture_noise(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.Dat
 
 def sim_config_with_capture(run: pd.Series,
                             fits: dict[bool, tuple[float, float, float, float, float]]) -> dict:
-    """:func:`sim_config` plus the capture cost of ``fits`` (from :func:`capture_fit`) for the
-    run's batching mode and token budget."""
+    """:func:`sim_config` plus the capture cost of ``fits`` (from
+    ``servetune.models._engine_constants.capture_fit``) for the run's batching mode and token
+    budget."""
     config = sim_config(run)
-    a, b, c, d, f = fits[bool(config["use_async_batching"])]
-    config.update(zip(CAPTURE_KEYS, (a + d * config["max_batch_tokens"], b, c, f)))
+    fit = CaptureCost(*fits[bool(config["use_async_batching"])])
+    config.update(zip(CAPTURE_KEYS, fit.config_values(config["max_batch_tokens"])))
     return config
 
 

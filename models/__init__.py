@@ -27,6 +27,7 @@ from servetune.models._domain import (
     domain_report,
     format_domain_warning,
 )
+from servetune.models._engine_constants import CaptureCost, EngineConstants
 from servetune.models._estimator import StepTimeRegressor
 from servetune.models._evaluation import (
     extrapolation_split,
@@ -57,8 +58,10 @@ __all__ = [
     "EXPERIMENT_NAME",
     "DOMAIN_COLUMNS",
     "SEARCH_SPACE",
+    "CaptureCost",
     "CompiledForest",
     "CompiledStepTime",
+    "EngineConstants",
     "StepTimeModel",
     "StepTimeRegressor",
     "TrainConfig",

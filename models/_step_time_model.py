@@ -30,6 +30,7 @@ from servetune.models._compiled import (
     linear_base_matrix,
 )
 from servetune.models._domain import DOMAIN_ARTIFACT, TrainingDomain
+from servetune.models._engine_constants import ENGINE_CONSTANTS_ARTIFACT, EngineConstants
 from servetune.models._registry import client_for, parse_model_uri
 
 __all__ = ["StepTimeModel", "MODEL_ARTIFACT", "model_metadata", "use_step_time_pyfunc"]
@@ -92,6 +93,7 @@ class StepTimeModel:
     base_coef: np.ndarray = field(default_factory=lambda: NO_BASE, repr=False)
     base_intercept: float = 0.0
     domain: TrainingDomain | None = field(default=None, repr=False)
+    engine_constants: EngineConstants | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, model_uri: str, *, tracking_uri: str) -> "StepTimeModel":
@@ -117,6 +119,7 @@ class StepTimeModel:
             root = Path(url2pathname(urlparse(artifact_uri).path))
             model = cls.from_directory(root / MODEL_ARTIFACT)
             domain = _read_domain(root / DOMAIN_ARTIFACT)
+            constants = _read_constants(root / ENGINE_CONSTANTS_ARTIFACT)
         else:
             with tempfile.TemporaryDirectory(prefix="servetune-model-") as tmp:
                 model = cls.from_directory(client.download_artifacts(mv.run_id, MODEL_ARTIFACT,
@@ -126,10 +129,16 @@ class StepTimeModel:
                         mv.run_id, DOMAIN_ARTIFACT, tmp)))
                 except (MlflowException, OSError):
                     domain = None
+                try:
+                    constants = _read_constants(Path(client.download_artifacts(
+                        mv.run_id, ENGINE_CONSTANTS_ARTIFACT, tmp)))
+                except (MlflowException, OSError):
+                    constants = None
         return cls(booster=model.booster, feature_set=model.feature_set,
                    log_target=model.log_target, uri=model_uri, name=ref.name,
                    version=str(mv.version), run_id=mv.run_id, base_coef=model.base_coef,
-                   base_intercept=model.base_intercept, domain=domain)
+                   base_intercept=model.base_intercept, domain=domain,
+                   engine_constants=constants)
 
     @classmethod
     def from_directory(cls, path: str | Path) -> "StepTimeModel":
@@ -175,7 +184,8 @@ class StepTimeModel:
 
     def compile(self) -> CompiledStepTime:
         """Flat tree arrays + the feature kernel, evaluated by numba (see ``CompiledStepTime``);
-        the training domain rides along as its ``domain`` attribute (None when unknown)."""
+        the training domain and the engine constants ride along as its ``domain`` and
+        ``engine_constants`` attributes (None when unknown)."""
         forest = CompiledForest.from_booster(self.booster, log_target=self.log_target,
                                              feature_set=self.feature_set.name,
                                              feature_set_version=self.feature_set.version,
@@ -183,6 +193,7 @@ class StepTimeModel:
                                              base_intercept=self.base_intercept)
         compiled = CompiledStepTime(forest, self.feature_set)
         object.__setattr__(compiled, "domain", self.domain)  # frozen dataclass, no slots
+        object.__setattr__(compiled, "engine_constants", self.engine_constants)
         return compiled
 
 
@@ -195,3 +206,14 @@ def _read_domain(path: Path) -> TrainingDomain | None:
         return TrainingDomain.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: unreadable training domain ({exc})") from None
+
+
+def _read_constants(path: Path) -> EngineConstants | None:
+    """The ``engine_constants.json`` at ``path``; None when absent (a model registered before
+    engine constants were recorded)."""
+    if not path.is_file():
+        return None
+    try:
+        return EngineConstants.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: unreadable engine constants ({exc})") from None

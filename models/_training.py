@@ -6,7 +6,9 @@ One call of :func:`train_step_time_model` is one MLflow run:
 2. hold out test runs by a salted hash of their run id (stable across trainings);
 3. search a few hyperparameter settings by grouped CV on the training runs only;
 4. fit on the training runs (early stopping on held-out training runs, then refit);
-   record the training domain (models._domain: step ranges, knob combinations, cache sizes);
+   record the training domain (models._domain: step ranges, knob combinations, cache sizes)
+   and the engine constants (models._engine_constants: the CUDA-graph capture cost fitted on
+   the training runs' capture steps, GPU memory, model weights, KV bytes per token);
 5. score on the test runs (MAPE, p50/p90/p99 APE, R², per-run errors) and run the extrapolation
    check (train on steps up to the 80th token percentile, test above it);
 6. log params, lineage, metrics, plots and the model (signature + input example), register a
@@ -35,7 +37,7 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from servetune import InputError, ModelError
+from servetune import InputError, ModelError, ServetuneError
 from servetune.data import TraceStore, schema_for
 from servetune.data._schemas import PARTITION_COLUMNS, partition_value
 from servetune.features import (
@@ -49,6 +51,7 @@ from servetune.features import (
     join_knobs,
 )
 from servetune.models._domain import DOMAIN_ARTIFACT, TrainingDomain
+from servetune.models._engine_constants import ENGINE_CONSTANTS_ARTIFACT, EngineConstants
 from servetune.models._estimator import StepTimeRegressor
 from servetune.models._evaluation import (
     extrapolation_split,
@@ -73,7 +76,7 @@ from servetune.models._step_time_model import (
 )
 
 __all__ = ["TrainConfig", "TrainResult", "load_training_frame", "train_step_time_model",
-           "ensure_champion", "parse_where", "training_domain"]
+           "ensure_champion", "parse_where", "training_domain", "training_engine_constants"]
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,14 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
     ``where`` filters on partition keys, ``run_id``, steps columns, or runs columns (a runs
     filter keeps the steps of the matching runs).
     """
+    frame, _, lineage = _load_frames(store, where, source=source)
+    return frame, lineage
+
+
+def _load_frames(store: TraceStore, where: Mapping[str, object] | None, *, source: str
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """:func:`load_training_frame`'s ``(frame, lineage)`` with, in the middle, the excluded
+    graph-capture steps (same columns plus ``extra``) that the capture-cost fit uses."""
     where = dict(where or {})
     part = {k: partition_value(str(where.pop(k))) for k in list(where) if k in PARTITION_COLUMNS}
     run_ids = where.pop("run_id", None)
@@ -215,6 +226,7 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
     capture = pd.Series(graph_captured(frame), index=frame.index)
     if capture.any():
         log.info("excluding %d graph-capture (warm-up) steps", int(capture.sum()))
+    captures = frame[~bad & capture].sort_values(["run_id", "step_index"], kind="stable")
     frame = frame[~bad & ~capture].drop(columns=["extra"])
     frame = frame.sort_values(["run_id", "step_index"], kind="stable").reset_index(drop=True)
     hashed = pd.util.hash_pandas_object(frame[["run_id", "step_index", "duration_ms",
@@ -230,7 +242,7 @@ def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = 
         "hardware": sorted(frame.hardware.unique()),
         "content_sha256": hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest(),
     }
-    return frame, lineage
+    return frame, captures.reset_index(drop=True), lineage
 
 
 def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
@@ -244,7 +256,7 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
     with stages:
         stages.set_postfix_str("loading steps")
         store = TraceStore.for_workspace(workspace)
-        frame, lineage = load_training_frame(store, where, source=config.source)
+        frame, captures, lineage = _load_frames(store, where, source=config.source)
         y = frame["duration_ms"].to_numpy(dtype=np.float64)
         groups = frame["run_id"].to_numpy()
         test_runs = held_out_runs(groups, config.test_fraction, config.holdout_salt)
@@ -271,6 +283,7 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
         fit_started = time.perf_counter()
         model = clone(base).fit(train, y[~test], groups=groups[~test])
         fit_seconds = time.perf_counter() - fit_started
+        constants = training_engine_constants(store, model, captures, groups[~test])
         stages.update(1)
 
         stages.set_postfix_str("evaluating held-out runs")
@@ -291,7 +304,8 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
 
         stages.set_postfix_str("logging to MLflow")
         result = _log_and_register(workspace, config, model, frame, test, pred, metrics,
-                                   per_run, lineage, test_runs, trials, started, domain)
+                                   per_run, lineage, test_runs, trials, started, domain,
+                                   constants)
         stages.update(1)
     return result
 
@@ -304,6 +318,38 @@ def training_domain(store: TraceStore, train: pd.DataFrame) -> TrainingDomain:
                          run_id=sorted(runs["run_id"].astype(str)))
     runs = runs.merge(blocks.drop_duplicates("run_id"), on="run_id", how="left")
     return TrainingDomain.from_training(train, runs)
+
+
+def training_engine_constants(store: TraceStore, model: StepTimeRegressor,
+                              captures: pd.DataFrame, train_run_ids) -> EngineConstants:
+    """The :class:`EngineConstants` of the training runs: the capture cost fitted on their
+    graph-capture steps (measured duration minus ``model``'s prediction; transformers runs whose
+    recorded configuration gives the padding and cache sizes), and the GPU and model facts
+    their ``runs`` rows record."""
+    from servetune.data.engines import get_engine
+
+    ids = sorted({str(r) for r in train_run_ids})
+    runs = store.query("runs", columns=["run_id", "engine", "config", "provenance", "gpu_name",
+                                        "tp_size"], run_id=ids).drop_duplicates("run_id")
+    needed = ("q_padding_interval_size", "kv_padding_interval_size", "max_batch_tokens",
+              "num_blocks", "block_size", "use_async_batching")
+
+    def fits(row) -> bool:
+        try:
+            config = json.loads(row.config) if isinstance(row.config, str) else {}
+            engine = get_engine(str(row.engine)).name
+        except (ValueError, ServetuneError):
+            return False
+        return engine == "transformers-cb" and all(config.get(k) is not None for k in needed)
+
+    usable = {r.run_id for r in runs.itertuples() if fits(r)}
+    mine = captures[captures["run_id"].isin(usable)]
+    if len(mine) < len(captures[captures["run_id"].isin(ids)]):
+        log.info("capture-cost fit: %d of the training runs' graph-capture steps are in runs "
+                 "without a transformers configuration and are left out",
+                 int(captures["run_id"].isin(ids).sum()) - len(mine))
+    predicted = model.predict(mine) if len(mine) else np.zeros(0)
+    return EngineConstants.from_training(mine, predicted, runs)
 
 
 def _extrapolation(estimator, frame: pd.DataFrame, y: np.ndarray, groups: np.ndarray,
@@ -325,7 +371,8 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
                       frame: pd.DataFrame, test: np.ndarray, pred: np.ndarray,
                       metrics: dict, per_run: pd.DataFrame, lineage: dict, test_runs: list[str],
                       trials: pd.DataFrame | None, started: float,
-                      domain: TrainingDomain | None = None) -> TrainResult:
+                      domain: TrainingDomain | None = None,
+                      constants: EngineConstants | None = None) -> TrainResult:
     import mlflow
     import xgboost as xgb
     from mlflow.entities import Metric, Param, RunTag
@@ -364,6 +411,8 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
                         "lineage.json")
         if domain is not None:
             client.log_dict(run_id, domain.to_dict(), DOMAIN_ARTIFACT)
+        if constants is not None:
+            client.log_dict(run_id, constants.to_dict(), ENGINE_CONSTANTS_ARTIFACT)
         client.log_text(run_id, per_run.to_csv(index=False), "per_run_errors.csv")
         if trials is not None:
             client.log_text(run_id, trials.to_csv(index=False), "search_trials.csv")

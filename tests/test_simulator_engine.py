@@ -9,7 +9,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from _helpers_simulator import constant_step_model, trained_step_model
+from _helpers_simulator import (
+    SAMPLE_CONSTANTS,
+    constant_step_model,
+    trained_step_model,
+    with_constants,
+)
 
 from servetune import ConfigError
 from servetune.data import Workload, synthetic_workload
@@ -319,11 +324,13 @@ def test_transformers_capture_cost_defaults_depend_on_the_batching_mode():
     from servetune.tuner.simulator._policies import capture_cost, get_policy
 
     policy = get_policy("transformers")
-    sync = capture_cost(policy.resolve({}))
-    asyn = capture_cost(policy.resolve({"use_async_batching": True}))
+    graphs = {"use_cuda_graph": True}
+    sync = capture_cost(policy.resolve(graphs, SAMPLE_CONSTANTS))
+    asyn = capture_cost(policy.resolve({**graphs, "use_async_batching": True}, SAMPLE_CONSTANTS))
     assert sync != asyn and all(v >= 0 for v in sync + asyn)
     assert asyn[0] + 512 * asyn[1] + 16384 * asyn[2] > sync[0] + 512 * sync[1] + 16384 * sync[2]
-    set_one = capture_cost(policy.resolve({"cuda_graph_capture_ms": 7.0}))
+    set_one = capture_cost(policy.resolve({**graphs, "cuda_graph_capture_ms": 7.0},
+                                          SAMPLE_CONSTANTS))
     assert set_one == (7.0, *sync[1:])
     assert 0.0 < sync[3] < 1.0 and 0.0 < asyn[3] < 1.0  # a shape's first capture costs most
 
@@ -432,7 +439,8 @@ def test_the_step_after_a_graph_capture_is_predicted_with_the_capture_flag():
     fs = get_feature_set()
     booster = xgb.train({"max_depth": 4, "eta": 0.3, "nthread": 1},
                         xgb.DMatrix(fs.frame(train), label=np.log(train.duration_ms)), 30)
-    model = CompiledStepTime(CompiledForest.from_booster(booster, log_target=True), fs)
+    model = with_constants(CompiledStepTime(CompiledForest.from_booster(booster, log_target=True),
+                                            fs), SAMPLE_CONSTANTS)
 
     # async batching: the default feature set shows only async steps their previous one
     cfg = {"use_cuda_graph": True, "use_async_batching": True, "cuda_graph_capture_ms": 1e6,
@@ -466,7 +474,7 @@ def test_a_models_linear_base_is_added_inside_the_loop():
     steps = synthetic_steps(seed=1)
     model = StepTimeRegressor(feature_set="step_v5", n_estimators=60, early_stopping_rounds=0,
                               n_jobs=1).fit(steps, steps["duration_ms"].to_numpy())
-    compiled = model.compile()
+    compiled = with_constants(model.compile(), SAMPLE_CONSTANTS)
     assert compiled.base_arrays[0].size == compiled.n_features
     cfg = {"use_cuda_graph": False, "use_async_batching": True}
     sim = Simulator("transformers", cfg, compiled)

@@ -21,9 +21,9 @@ def test_shipped_engines_and_defaults():
     tf = default_config("transformers")
     assert tf["scheduler_type"] == "fifo" and tf["block_size"] == 256
     assert tf["max_batch_tokens"] == 8192 and tf["max_requests_per_batch"] == 1024
-    # vLLM's API-server default on a >= 70 GiB GPU (the simulator's default gpu_memory_gib: 140)
-    assert default_config("vllm")["max_num_seqs"] == 1024
-    assert default_config("vllm", )["max_num_batched_tokens"] == 8192
+    # vLLM's API-server default on a >= 70 GiB GPU (the GPU comes from the config or the model)
+    assert resolve_config("vllm", {"gpu_memory_gib": 140})["max_num_seqs"] == 1024
+    assert resolve_config("vllm", {"gpu_memory_gib": 140})["max_num_batched_tokens"] == 8192
     assert resolve_config("vllm", {"gpu_memory_gib": 40})["max_num_seqs"] == 256
     assert set(config_keys("static")) >= {"max_batch_size", "dp_size", "router", "tp_size"}
 
@@ -84,4 +84,5 @@ def test_vllm_blocks_from_memory_or_override():
     assert policy.params(c)[1] == (80 * 0.5 - 12) * 2**30 // (16 * 131072)
     assert policy.params(policy.resolve({"num_gpu_blocks_override": 77}))[1] == 77
     with pytest.raises(ConfigError, match="no memory left for the KV cache"):
-        policy.params(policy.resolve({"gpu_memory_utilization": 0.01}))
+        policy.params(policy.resolve({"gpu_memory_utilization": 0.01, "gpu_memory_gib": 140,
+                                      "model_weights_gib": 2.5, "kv_bytes_per_token": 32768}))

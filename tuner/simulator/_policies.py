@@ -25,6 +25,7 @@ import numpy as np
 from servetune import ConfigError
 from servetune.data.engines import STATIC as STATIC_SPEC
 from servetune.data.engines import TRANSFORMERS_CB, VLLM as VLLM_SPEC, EngineSpec, Knob, get_engine
+from servetune.models._engine_constants import CAPTURE_KEYS, EngineConstants
 from servetune.tuner.simulator import _kernel as K
 
 __all__ = ["Knob", "EnginePolicy", "PolicyRegistry", "default_registry", "get_policy", "engines",
@@ -110,9 +111,12 @@ class EnginePolicy:
         """The engine's default configuration (every key, defaults filled in)."""
         return self.resolve({})
 
-    def resolve(self, config: Mapping[str, object] | None) -> dict:
+    def resolve(self, config: Mapping[str, object] | None,
+                constants: EngineConstants | None = None) -> dict:
         """Defaults overlaid with ``config``, every value checked and typed, and the defaults
         the engine resolves at start-up filled in as it does (the spec's ``resolve_defaults``).
+        Simulation keys the config leaves unset (hardware sizes, CUDA-graph capture cost) are
+        taken from ``constants``, the step-time model's ``engine_constants``, where it has them.
 
         Raises:
             ConfigError: an unknown key (the message lists the valid ones) or a bad value.
@@ -137,10 +141,22 @@ class EnginePolicy:
                               f"(aliases: {shown})")
         resolved_sim = {name: knob.coerce(values.get(name, knob.default), self.name)
                         for name, knob in sim.items()}
+        hardware = {} if constants is None else constants.hardware()
+        if constants is not None:
+            for name, value in constants.memory_config().items():
+                if name in resolved_sim and resolved_sim[name] is None:
+                    resolved_sim[name] = sim[name].coerce(value, self.name)
+        hardware["gpu_memory_gib"] = resolved_sim.get("gpu_memory_gib")
         engine = self.engine.resolve({k: v for k, v in values.items() if k in engine_names},
-                                     hardware={"gpu_memory_gib": resolved_sim.get(
-                                         "gpu_memory_gib")})
-        return {**{k.name: engine[k.name] for k in self.engine_knobs}, **resolved_sim}
+                                     hardware=hardware)
+        out = {**{k.name: engine[k.name] for k in self.engine_knobs}, **resolved_sim}
+        if constants is not None and all(k in out for k in CAPTURE_KEYS):
+            fitted = constants.capture_config(bool(out["use_async_batching"]),
+                                              out["max_batch_tokens"])
+            for name, value in fitted.items():
+                if out[name] is None:
+                    out[name] = sim[name].coerce(value, self.name)
+        return out
 
     def model_knobs(self, resolved: Mapping[str, object]) -> dict[str, float]:
         """The step-time model knobs (``features.KNOB_COLUMNS`` names) of a resolved config;
@@ -202,14 +218,16 @@ class PolicyRegistry:
 
 # simulation-only keys of the transformers policy (the engine's own knobs: TRANSFORMERS_CB)
 _TRANSFORMERS_SIM_KNOBS = (
-    Knob("gpu_memory_gib", float, 140.0, "GPU memory per device (GiB; H200: 140)", minimum=0.1),
-    Knob("model_weights_gib", float, 2.3, "model weights per device (GiB; llama-1b-like bf16: "
-         "2.3)", minimum=0.0),
-    Knob("kv_bytes_per_token", int, 32768, "KV bytes per token per device (llama-1b-like bf16: "
-         "16 layers x 2 x 8 heads x 64 x 2 = 32768)", minimum=1),
+    Knob("gpu_memory_gib", float, None, "GPU memory per device (GiB; default: the step-time "
+         "model's training GPU)", minimum=0.1, nullable=True),
+    Knob("model_weights_gib", float, None, "model weights per device (GiB; default: the "
+         "step-time model's training model)", minimum=0.0, nullable=True),
+    Knob("kv_bytes_per_token", int, None, "KV bytes per token per device (layers x 2 x kv_heads "
+         "x head_dim x dtype bytes / tp; default: the step-time model's training model)",
+         minimum=1, nullable=True),
     Knob("cuda_graph_capture_ms", float, None, "cost of one graph capture beyond the step itself"
-         " (default: the H200 llama-1b-like sample's fit for the batching mode and token "
-         "budget)", minimum=0.0, nullable=True),
+         " (default: the step-time model's fit for the batching mode and token budget)",
+         minimum=0.0, nullable=True),
     Knob("cuda_graph_capture_ms_per_token", float, None, "additional capture cost per padded "
          "query token (default: as cuda_graph_capture_ms)", minimum=0.0, nullable=True),
     Knob("cuda_graph_capture_ms_per_kv_token", float, None, "additional capture cost per padded "
@@ -227,11 +245,27 @@ _TRANSFORMERS_SIM_KNOBS = (
 )
 
 
+def _require(engine: str, c: Mapping[str, object], keys: tuple[str, ...], what: str,
+             instead: str) -> None:
+    """ConfigError naming the ``keys`` of ``c`` that are None (neither the configuration nor the
+    step-time model's engine constants gave them)."""
+    missing = [k for k in keys if c[k] is None]
+    if missing:
+        raise ConfigError(
+            f"{engine}: {what} needs {', '.join(missing)}, which neither the configuration nor "
+            "the step-time model's engine constants give (a model registered before they were "
+            "recorded, or trained on runs that do not record them); set "
+            f"{' '.join(f'--set {k}=VALUE' for k in missing)}{instead}, or re-register the "
+            "model with `servetune train`")
+
+
 def transformers_num_blocks(c: Mapping[str, object]) -> int:
     """KV blocks: ``num_blocks`` when given, else the free memory share over the block size
     (the engine also reserves activations for ``max_batch_tokens``; that term is small here)."""
     if c["num_blocks"] is not None:
         return int(c["num_blocks"])
+    _require("transformers", c, ("gpu_memory_gib", "model_weights_gib", "kv_bytes_per_token"),
+             "the KV cache size", " (or --set num_blocks=N)")
     free = (c["gpu_memory_gib"] - c["model_weights_gib"]) * c["max_memory_percent"] * 2**30
     blocks = int(free // (c["block_size"] * c["kv_bytes_per_token"]))
     if blocks < 1:
@@ -240,27 +274,18 @@ def transformers_num_blocks(c: Mapping[str, object]) -> int:
     return blocks
 
 
-# CUDA graph capture cost beyond the step by batching mode: ms = a + b * padded query tokens
-# + c * padded KV read + d * max_batch_tokens for a new padded query and KV shape, times f when that
-# shape was captured before (by the other async IO pair, or with another padded key length);
-# least squares over the capture steps of all 68 runs of the shipped H200 llama-1b-like sample
-# (``python benchmarks/sim_fidelity.py --in-sample``, ``capture_cost``). A shape's first capture
-# is the expensive one: later captures of it cost a third (sync) to a half (async) as much.
-_CAPTURE_COST_DEFAULTS = {False: (59.8, 0.0060, 0.000079, 0.00074, 0.32),
-                          True: (66.2, 0.0195, 0.00041, 0.0, 0.57)}
-CAPTURE_KEYS = ("cuda_graph_capture_ms", "cuda_graph_capture_ms_per_token",
-                "cuda_graph_capture_ms_per_kv_token", "cuda_graph_capture_repeat_factor")
-
-
 def capture_cost(c: Mapping[str, object]) -> tuple[float, float, float, float]:
     """(ms, ms per padded query token, ms per padded KV token, repeat factor) of one graph
-    capture: the configured values, the sample's fit for the batching mode and token budget
-    where unset."""
-    mode = _CAPTURE_COST_DEFAULTS[bool(c["use_async_batching"])]
-    fixed, per_query, per_kv, per_budget, repeat = mode
-    defaults = (fixed + per_budget * float(c["max_batch_tokens"]), per_query, per_kv, repeat)
-    return tuple(float(default if c[key] is None else c[key])
-                 for key, default in zip(CAPTURE_KEYS, defaults))
+    capture (``CAPTURE_KEYS``): the configured values, which :meth:`EnginePolicy.resolve` fills
+    from the step-time model's fit (``models.EngineConstants``) for the batching mode and token
+    budget where the configuration leaves them unset. Without CUDA graphs nothing is captured
+    (zeros); with them, a value neither gives is a ConfigError."""
+    if not c["use_cuda_graph"] and any(c[key] is None for key in CAPTURE_KEYS):
+        return (0.0, 0.0, 0.0, 0.0)
+    mode = "async" if c["use_async_batching"] else "sync"
+    _require("transformers", c, CAPTURE_KEYS,
+             f"the CUDA-graph capture cost ({mode} batching)", "")
+    return tuple(float(c[key]) for key in CAPTURE_KEYS)
 
 
 def _transformers_params(c: Mapping[str, object]) -> dict:
@@ -295,12 +320,15 @@ TRANSFORMERS = EnginePolicy(
 
 # simulation-only keys of the vLLM policy (the engine's own knobs: servetune.data.engines.VLLM)
 _VLLM_SIM_KNOBS = (
-    Knob("gpu_memory_gib", float, 140.0, "GPU memory per device (GiB; H200: 140)", minimum=0.1),
-    Knob("model_weights_gib", float, 2.5, "model weights per device (GiB)", minimum=0.0),
+    Knob("gpu_memory_gib", float, None, "GPU memory per device (GiB; default: the step-time "
+         "model's training GPU)", minimum=0.1, nullable=True),
+    Knob("model_weights_gib", float, None, "model weights per device (GiB; default: the "
+         "step-time model's training model)", minimum=0.0, nullable=True),
     Knob("activation_gib", float, 2.0, "activation peak reserved at profiling (GiB)",
          minimum=0.0),
-    Knob("kv_bytes_per_token", int, 32768, "KV cache bytes per token per device (layers x 2 x "
-         "kv_heads x head_dim x dtype bytes / tp)", minimum=1),
+    Knob("kv_bytes_per_token", int, None, "KV cache bytes per token per device (layers x 2 x "
+         "kv_heads x head_dim x dtype bytes / tp; default: the step-time model's training "
+         "model)", minimum=1, nullable=True),
     Knob("watermark", float, 0.0, "fraction of blocks kept free when admitting a new request",
          minimum=0.0, maximum=1.0),
 )
@@ -310,6 +338,8 @@ def vllm_num_blocks(c: Mapping[str, object]) -> int:
     """KV blocks per replica: the override, else what fits in the memory vLLM may use."""
     if c["num_gpu_blocks_override"] is not None:
         return int(c["num_gpu_blocks_override"])
+    _require("vllm", c, ("gpu_memory_gib", "model_weights_gib", "kv_bytes_per_token"),
+             "the KV cache size", " (or --set num_gpu_blocks_override=N)")
     free = (c["gpu_memory_gib"] * c["gpu_memory_utilization"] - c["model_weights_gib"]
             - c["activation_gib"]) * 2**30
     blocks = int(free // (c["block_size"] * c["kv_bytes_per_token"]))
@@ -386,6 +416,8 @@ def config_keys(engine: str) -> tuple[str, ...]:
     return get_policy(engine).keys()
 
 
-def resolve_config(engine: str, config: Mapping[str, object] | None) -> dict:
-    """``engine``'s defaults overlaid with ``config``, validated (ConfigError on a bad key)."""
-    return get_policy(engine).resolve(config)
+def resolve_config(engine: str, config: Mapping[str, object] | None,
+                   constants: EngineConstants | None = None) -> dict:
+    """``engine``'s defaults overlaid with ``config``, validated (ConfigError on a bad key);
+    unset simulation keys from ``constants`` (a step-time model's ``engine_constants``)."""
+    return get_policy(engine).resolve(config, constants)

@@ -54,7 +54,8 @@ class Simulator:
 
     Attributes:
         engine: a registered engine policy (``transformers``, ``vllm``, ``static``).
-        config: configuration keys of that engine (missing keys take defaults).
+        config: configuration keys of that engine (missing keys take defaults; unset hardware
+            sizes and CUDA-graph capture costs the step model's ``engine_constants``).
         step_model: a :class:`servetune.models.CompiledStepTime`.
         slo: latency objectives for goodput.
         labels: ``model``, ``hardware``, ``model_uri``, ... recorded in the output rows.
@@ -76,15 +77,16 @@ class Simulator:
     def __post_init__(self) -> None:
         policy = get_policy(self.engine)
         object.__setattr__(self, "engine", policy.name)
-        resolved = policy.resolve(self.config)
-        policy.params(resolved)  # checks derived values (e.g. vLLM's block count) early
-        object.__setattr__(self, "config", resolved)
-        object.__setattr__(self, "slo", SLO.coerce(self.slo))
-        object.__setattr__(self, "labels", dict(self.labels))
         for name in ("kernel", "arrays", "n_features", "log_target"):
             if not hasattr(self.step_model, name):
                 raise ConfigError(f"step_model must be a CompiledStepTime (has no {name!r}); "
                                   "get one with StepTimeModel.compile()")
+        # unset hardware sizes and capture costs come from the step-time model's fitted constants
+        resolved = policy.resolve(self.config, getattr(self.step_model, "engine_constants", None))
+        policy.params(resolved)  # checks derived values (e.g. vLLM's block count) early
+        object.__setattr__(self, "config", resolved)
+        object.__setattr__(self, "slo", SLO.coerce(self.slo))
+        object.__setattr__(self, "labels", dict(self.labels))
 
     def __reduce__(self):
         """Pickle the step model as its forest plus the name of its (registered) feature set:
@@ -99,7 +101,8 @@ class Simulator:
             if registered is not None and registered.version == fs.version:
                 return (_rebuild_simulator, (self.engine, dict(self.config), forest, fs.name,
                                              self.slo, dict(self.labels), self.fast_forest,
-                                             getattr(sm, "domain", None)))
+                                             getattr(sm, "domain", None),
+                                             getattr(sm, "engine_constants", None)))
         return (_rebuild_plain, (self.engine, dict(self.config), sm, self.slo, dict(self.labels),
                                  self.predict_row, self.fast_forest))
 
@@ -170,9 +173,10 @@ class Simulator:
 
 
 def _rebuild_simulator(engine, config, forest, feature_set, slo, labels, fast_forest,
-                       domain=None):
+                       domain=None, engine_constants=None):
     step_model = CompiledStepTime(forest, get_feature_set(feature_set))
     object.__setattr__(step_model, "domain", domain)
+    object.__setattr__(step_model, "engine_constants", engine_constants)
     return Simulator(engine, config, step_model, slo=slo, labels=labels, fast_forest=fast_forest)
 
 
