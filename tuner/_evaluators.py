@@ -115,7 +115,8 @@ def _portable(step_model) -> tuple:
     feature_set = getattr(step_model, "feature_set", None)
     if forest is None or feature_set is None:
         return ("object", step_model)
-    return ("forest", forest, feature_set.name, feature_set.version)
+    return ("forest", forest, feature_set.name, feature_set.version,
+            getattr(step_model, "engine_constants", None))
 
 
 def _rebuild(engine, workload, portable, slo, seed, base_config, keys) -> SimulatorEvaluator:
@@ -125,12 +126,13 @@ def _rebuild(engine, workload, portable, slo, seed, base_config, keys) -> Simula
         from servetune.features import get_feature_set
         from servetune.models import CompiledStepTime
 
-        _, forest, name, version = portable
+        _, forest, name, version, constants = portable
         feature_set = get_feature_set(name)
         if feature_set.version != version:
             raise ConfigError(f"worker has feature set {name} version {feature_set.version}, "
                               f"the model needs version {version}: mismatched servetune "
                               "installations")
         step_model = CompiledStepTime(forest, feature_set)
+        object.__setattr__(step_model, "engine_constants", constants)  # the model's fitted ones
     return SimulatorEvaluator(engine, workload, step_model, slo=slo, seed=seed,
                               base_config=base_config, keys=keys)
