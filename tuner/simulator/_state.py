@@ -77,8 +77,30 @@ def _cdiv(a, b):
 
 @numba.njit(cache=True)
 def _push_back(wq, rs, r, i):
+    """Append request ``i`` to replica ``r``'s waiting queue (its window ``[head, tail)`` of row
+    ``r``, which starts in the middle so that requests can also be put back at the front)."""
+    if rs[r, _WTAIL] == wq.shape[1]:
+        _rebase_waiting(wq, rs, r)
     wq[r, rs[r, _WTAIL]] = i
     rs[r, _WTAIL] += 1
+
+
+@numba.njit(cache=True)
+def _rebase_waiting(wq, rs, r):
+    """Move replica ``r``'s waiting window back to the middle of its row, order kept.
+
+    Requests re-queued at the back (transformers offloading) walk the window towards the row's
+    end; it holds at most one entry per request, so it always fits again.
+    """
+    head = rs[r, _WHEAD]
+    length = rs[r, _WTAIL] - head
+    new_head = min(wq.shape[1] // 2, wq.shape[1] - 1 - length)
+    if new_head >= head:
+        raise RuntimeError("waiting queue overflow: more entries than requests")
+    for k in range(length):
+        wq[r, new_head + k] = wq[r, head + k]
+    rs[r, _WHEAD] = new_head
+    rs[r, _WTAIL] = new_head + length
 
 
 @numba.njit(cache=True)
