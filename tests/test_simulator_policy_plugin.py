@@ -1,0 +1,268 @@
+"""Pluggable simulator policies: the shipped policies' outputs are frozen, bit for bit.
+
+``tests/data/simulator_policy_golden.npz`` holds the outputs of every case below (transformers
+sync/async, graphs/eager, FIFO/prefill-first, offloading; vLLM chunked/unchunked/long-prefill,
+preemption; static; DP replicas behind both routers; step noise and capture noise) as the
+simulator computed them before the event loop took its policy as functions (commit a2f04de,
+where it picked the scheduler by an integer code). The step-time model is frozen with them: a
+small XGBoost forest over a feature set defined here, so nothing outside the simulator changes
+the expected values. Regenerate only for an intended change of simulated behaviour:
+``python tests/test_simulator_policy_plugin.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from servetune.data import Workload
+from servetune.features import make_feature_set
+from servetune.models import CompiledForest, CompiledStepTime
+from servetune.tuner.simulator import Simulator
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "simulator_policy_golden.npz"
+
+_FEATURES = {"num_seqs": 1, "query_tokens": 1, "kv_sum": 1, "kv_max": 1, "attn": 1,
+             "prev_captured": 0, "prev_seqs": 0, "block_size": 0, "async": 0, "graphs": 0}
+
+
+def _golden_formulas(r, k):
+    return (r[0], r[3] + r[4], r[5], r[6], r[7], r[16], r[8], k[0], k[1], k[2])
+
+
+# Explicit values for every key whose default might move (memory sizes, capture costs).
+_TF = {"block_size": 32, "num_blocks": 400, "max_batch_tokens": 512,
+       "max_requests_per_batch": 32, "q_padding_interval_size": 64,
+       "kv_padding_interval_size": 2048, "cuda_graph_capture_ms": 20.0,
+       "cuda_graph_capture_ms_per_token": 0.01, "cuda_graph_capture_ms_per_kv_token": 1e-4,
+       "cuda_graph_capture_repeat_factor": 0.4, "use_cuda_graph": False,
+       "use_async_batching": False, "scheduler_type": "fifo"}
+_TF_GRAPHS = {**_TF, "use_cuda_graph": True}
+_TF_ASYNC = {**_TF_GRAPHS, "use_async_batching": True}
+_VLLM = {"block_size": 16, "num_gpu_blocks_override": 600, "max_num_batched_tokens": 512,
+         "max_num_seqs": 32}
+_STATIC = {"block_size": 16, "num_blocks": 2000, "max_batch_size": 8}
+
+# name -> (engine, config, seed, record_steps, fast_forest)
+CASES = {
+    "tf_fifo_sync_eager": ("transformers", _TF, 0, False, True),
+    "tf_fifo_sync_graphs": ("transformers", _TF_GRAPHS, 0, True, True),
+    "tf_fifo_async_eager": ("transformers", {**_TF, "use_async_batching": True}, 0, False, True),
+    "tf_fifo_async_graphs": ("transformers", _TF_ASYNC, 0, True, True),
+    "tf_prefill_first_sync_eager": ("transformers", {**_TF, "scheduler_type": "prefill_first"},
+                                    0, False, True),
+    "tf_prefill_first_async_graphs": ("transformers",
+                                      {**_TF_ASYNC, "scheduler_type": "prefill_first"}, 0, True,
+                                      True),
+    "tf_decode_fast_path": ("transformers", {**_TF_ASYNC, "max_blocks_per_request": 8}, 0, False,
+                            True),
+    "tf_small_cache_offload": ("transformers", {**_TF_GRAPHS, "num_blocks": 60}, 0, True, True),
+    "tf_safety_margin": ("transformers", {**_TF, "safety_margin": 0.3}, 0, False, True),
+    "tf_capture_noise": ("transformers", {**_TF_ASYNC, "cuda_graph_capture_noise_cv": 0.3,
+                                          "cuda_graph_capture_run_cv": 0.2}, 3, False, True),
+    "tf_step_noise": ("transformers", {**_TF_GRAPHS, "step_noise_cv": 0.2}, 5, False, True),
+    "tf_step_and_capture_noise": ("transformers", {**_TF_ASYNC, "step_noise_cv": 0.1,
+                                                   "cuda_graph_capture_noise_cv": 0.3,
+                                                   "cuda_graph_capture_run_cv": 0.2}, 7, True,
+                                  True),
+    "tf_dp2_round_robin": ("transformers", {**_TF_ASYNC, "dp_size": 2}, 0, True, True),
+    "tf_dp3_least_pending": ("transformers", {**_TF_GRAPHS, "dp_size": 3, "step_noise_cv": 0.1,
+                                              "router": "least_pending_tokens"}, 11, True, True),
+    "tf_reference_forest": ("transformers", _TF_ASYNC, 0, False, False),
+    "tf_overhead_floor": ("transformers", {**_TF, "step_overhead_ms": 1.5, "min_step_ms": 5.0},
+                          0, False, True),
+    "vllm_chunked": ("vllm", _VLLM, 0, True, True),
+    "vllm_unchunked": ("vllm", {**_VLLM, "enable_chunked_prefill": False,
+                                "max_num_batched_tokens": 4096}, 0, True, True),
+    "vllm_long_prefill": ("vllm", {**_VLLM, "long_prefill_token_threshold": 128}, 0, False,
+                          True),
+    "vllm_small_cache_preempt": ("vllm", {**_VLLM, "num_gpu_blocks_override": 150}, 0, True,
+                                 True),
+    "vllm_watermark": ("vllm", {**_VLLM, "watermark": 0.1}, 0, False, True),
+    "vllm_dp2_round_robin": ("vllm", {**_VLLM, "dp_size": 2}, 0, False, True),
+    "vllm_dp2_least_pending_noise": ("vllm", {**_VLLM, "dp_size": 2, "step_noise_cv": 0.2,
+                                              "router": "least_pending_tokens"}, 13, True, True),
+    "vllm_reference_forest": ("vllm", _VLLM, 0, False, False),
+    "static": ("static", _STATIC, 0, True, True),
+    "static_small_cache": ("static", {**_STATIC, "num_blocks": 200}, 0, False, True),
+    "static_dp2_round_robin_noise": ("static", {**_STATIC, "dp_size": 2, "step_noise_cv": 0.2},
+                                     17, True, True),
+    "static_dp3_least_pending": ("static", {**_STATIC, "dp_size": 3,
+                                            "router": "least_pending_tokens"}, 0, False, True),
+}
+WORKLOADS = ("poisson", "bursts")
+_FOREST_FIELDS = ("feature", "threshold", "left", "right", "default_left", "value", "roots")
+
+
+def golden_feature_set():
+    """The feature set the frozen forest splits on (raw step columns and knobs, no formula
+    shared with the package's feature sets)."""
+    return make_feature_set("policy_golden", 1, _FEATURES, _golden_formulas)
+
+
+def _digest(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(f"{a.dtype.str} {a.shape} ".encode() + a.tobytes()).hexdigest()
+
+
+DIGESTED = ("first_scheduled_s", "first_token_s", "finish_s", "token_s", "token_offset", "steps")
+
+
+def outputs(result) -> dict[str, np.ndarray]:
+    """What a case is compared on: replica, status, preemptions and generated tokens of every
+    request, the step and capture counts, and digests of the float arrays (``DIGESTED``)."""
+    return {"req": np.stack([result.replica, result.status, result.preemptions,
+                             result.generated], axis=1).astype(np.int32),
+            "counts": np.array([result.num_steps, result.graph_captures], dtype=np.int64),
+            "digests": np.array([_digest(getattr(result, name)) if getattr(result, name)
+                                 is not None else "" for name in DIGESTED])}
+
+
+def _workloads(rng: np.random.Generator) -> dict[str, Workload]:
+    n = 120
+    arrival = np.cumsum(rng.exponential(1 / 40.0, n))
+    inp = np.clip(rng.lognormal(6.0, 1.0, n), 8, 3500).astype(np.int64)
+    out = rng.integers(1, 100, n)
+    bursts = np.repeat(np.arange(10) * 0.4, 12)  # 12 requests arrive at the same instant
+    inp_b = np.clip(rng.lognormal(6.5, 1.2, n), 8, 6000).astype(np.int64)
+    out_b = rng.integers(1, 60, n)
+    return {"poisson": Workload.from_arrays(arrival, inp, out, name="poisson"),
+            "bursts": Workload.from_arrays(bursts, inp_b, out_b, name="bursts")}
+
+
+def _forest(rng: np.random.Generator) -> CompiledForest:
+    """A log-target forest trained on random steps with a duration law that also rewards the
+    previous step's capture (so the capture flag reaches the step times)."""
+    import xgboost as xgb
+
+    fs = golden_feature_set()
+    n = 6000
+    raw = np.zeros((n, 17))
+    raw[:, 0] = rng.integers(1, 40, n)
+    raw[:, 3] = rng.integers(0, 600, n)
+    raw[:, 4] = raw[:, 0]
+    raw[:, 5] = raw[:, 0] * rng.integers(50, 3000, n)
+    raw[:, 6] = rng.integers(50, 6000, n)
+    raw[:, 7] = raw[:, 3] * raw[:, 6]
+    raw[:, 8] = rng.integers(1, 40, n)
+    raw[:, 16] = rng.integers(0, 2, n)
+    knobs = np.zeros((n, 5))
+    knobs[:, 0] = rng.choice([16.0, 32.0], n)
+    knobs[:, 1] = rng.integers(0, 2, n)
+    knobs[:, 2] = rng.integers(0, 2, n)
+    X = np.zeros((n, fs.n_features), dtype=np.float32)
+    for j in range(n):
+        fs.kernel(raw[j], knobs[j], X[j])
+    ms = (3.0 + 0.08 * raw[:, 0] + 0.004 * (raw[:, 3] + raw[:, 4]) + 2e-5 * raw[:, 5]
+          + 1e-7 * raw[:, 7] - 0.5 * raw[:, 16] + 0.3 * knobs[:, 1] - 0.4 * knobs[:, 2])
+    booster = xgb.train({"max_depth": 5, "eta": 0.2, "nthread": 1, "seed": 0},
+                        xgb.DMatrix(X, label=np.log(ms), feature_names=list(fs.feature_names)),
+                        num_boost_round=30)
+    return CompiledForest.from_booster(booster, log_target=True, feature_set=fs.name,
+                                       feature_set_version=fs.version)
+
+
+def run_cases(golden) -> dict[str, np.ndarray]:
+    """Every case on every workload of ``golden`` with its forest; flat ``case__workload__field``."""
+    forest = CompiledForest(*(golden[f"forest__{f}"] for f in _FOREST_FIELDS),
+                            base_margin=float(golden["forest__base_margin"]), log_target=True,
+                            feature_set="policy_golden", feature_set_version=1)
+    model = CompiledStepTime(forest, golden_feature_set())
+    workloads = {w: Workload.from_arrays(golden[f"workload__{w}__arrival"],
+                                         golden[f"workload__{w}__input"],
+                                         golden[f"workload__{w}__output"], name=w)
+                 for w in WORKLOADS}
+    flat = {}
+    for name, (engine, config, seed, record, fast) in CASES.items():
+        simulator = Simulator(engine, config, model, fast_forest=fast)
+        for w, workload in workloads.items():
+            result = simulator.run(workload, seed=seed, record_steps=record)
+            for field, value in outputs(result).items():
+                flat[f"{name}__{w}__{field}"] = value
+    return flat
+
+
+def regenerate(path: Path = GOLDEN) -> None:
+    """Write the fixture: workloads, forest, then every case's outputs under the current code."""
+    rng = np.random.default_rng(20240516)
+    frozen = {}
+    for w, workload in _workloads(rng).items():
+        frozen[f"workload__{w}__arrival"] = workload.arrival_s
+        frozen[f"workload__{w}__input"] = workload.input_tokens
+        frozen[f"workload__{w}__output"] = workload.output_tokens
+    forest = _forest(rng)
+    for f in _FOREST_FIELDS:
+        frozen[f"forest__{f}"] = getattr(forest, f)
+    frozen["forest__base_margin"] = np.float64(forest.base_margin)
+    frozen.update(run_cases(frozen))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **frozen)
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(GOLDEN) as data:
+        return dict(data)
+
+
+@pytest.fixture(scope="module")
+def current(golden):
+    return run_cases(golden)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_shipped_policies_reproduce_the_frozen_outputs_bit_for_bit(case, golden, current):
+    for w in WORKLOADS:
+        prefix = f"{case}__{w}__"
+        fields = [k for k in golden if k.startswith(prefix)]
+        assert len(fields) == 3, f"fixture has no outputs of {prefix}"
+        assert golden[prefix + "req"].tolist() == current[prefix + "req"].tolist(), (
+            f"{prefix}: replica, status, preemptions or generated tokens differ")
+        assert golden[prefix + "counts"].tolist() == current[prefix + "counts"].tolist(), (
+            f"{prefix}: step or capture count differs")
+        differ = [name for name, a, b in zip(DIGESTED, golden[prefix + "digests"],
+                                             current[prefix + "digests"]) if a != b]
+        assert not differ, f"{prefix}: {', '.join(differ)} differ from the frozen output"
+
+
+def test_the_cases_exercise_what_they_are_named_for(golden):
+    """The fixture is not vacuous: captures, preemptions, failures and several replicas occur."""
+    def total(case, col):
+        return sum(int(golden[f"{case}__{w}__req"][:, col].sum()) for w in WORKLOADS)
+
+    captures = {c: sum(int(golden[f"{c}__{w}__counts"][1]) for w in WORKLOADS) for c in CASES}
+    assert all(captures[c] > 0 for c in CASES if CASES[c][1].get("use_cuda_graph"))
+    assert all(captures[c] == 0 for c in CASES if not CASES[c][1].get("use_cuda_graph"))
+    assert total("vllm_small_cache_preempt", 2) > 0 and total("tf_small_cache_offload", 2) > 0
+    for case in ("static_small_cache", "vllm_small_cache_preempt", "tf_small_cache_offload"):
+        assert any((golden[f"{case}__{w}__req"][:, 1] == 4).any() for w in WORKLOADS), case
+    assert set(golden["tf_dp3_least_pending__bursts__req"][:, 0]) == {0, 1, 2}
+
+
+def test_requeued_requests_never_run_past_the_waiting_queue():
+    """Requests put back at the queue's end (transformers offloading) move the window back to
+    the middle of its row instead of writing past it (the cases with offloads above wrote out
+    of bounds before)."""
+    from servetune.tuner.simulator._state import _NRCOL, _WHEAD, _WTAIL, _push_back
+
+    n = 5
+    wq = np.full((1, 2 * n + 2), -1, dtype=np.int64)
+    rs = np.zeros((1, _NRCOL), dtype=np.int64)
+    rs[0, _WHEAD] = rs[0, _WTAIL] = n + 1
+    order = []
+    for step in range(40):  # each request leaves the head and is queued again at the back
+        if rs[0, _WTAIL] - rs[0, _WHEAD] == n:
+            rs[0, _WHEAD] += 1
+            order.pop(0)
+        _push_back(wq, rs, 0, step % 7)
+        order.append(step % 7)
+        assert 0 <= rs[0, _WHEAD] <= rs[0, _WTAIL] <= wq.shape[1]
+        assert wq[0, rs[0, _WHEAD]:rs[0, _WTAIL]].tolist() == order
+
+
+if __name__ == "__main__":
+    regenerate()
+    print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size} bytes)")
