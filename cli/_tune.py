@@ -90,6 +90,9 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
     if resume and (space or workload or study_name or objective):
         raise ConfigError("--resume continues a study with its own space, workload, objective "
                           "and name; drop --space/--workload/--objective/--study")
+    from servetune.tuner._limits import check_study_size
+
+    check_study_size(particles, iterations)  # refuse sizes that cannot finish, before any work
     settings = TuneSettings(space=space or DEFAULT_SPACE, workload=workload or DEFAULT_WORKLOAD,
                             qps=qps, limit=limit, objective=objective or DEFAULT_OBJECTIVE,
                             optimizer=optimizer,

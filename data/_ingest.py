@@ -45,6 +45,8 @@ def ingest_paths(store: TraceStore, paths: Iterable[str | Path], registry: Adapt
             continue
         log.info("reading %s as %s", path, adapter.name)
         parsed.append((path, sha256, adapter.name, adapter.read(path, sha256=sha256)))
+    if any(batch is None for *_, batch in parsed):
+        store.recover()  # a skipped source may be half-committed: finish it under the lock
     results = []
     for path, sha256, name, batch in parsed:
         if batch is None:

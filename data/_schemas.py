@@ -3,7 +3,10 @@
 Every adapter, collector and simulator emits exactly these columns; anything engine-specific goes
 into the JSON ``extra`` column. ``engine``, ``model`` and ``hardware`` are the hive partition keys
 of the store: they live in the directory names (``engine=…/model=…/hardware=…``), not inside the
-Parquet files, and their values are path-safe tokens made by :func:`partition_value`.
+Parquet files. Their values are canonicalised by :func:`partition_value` (whitespace runs become
+``-``, so ``"NVIDIA H200"`` is ``"NVIDIA-H200"``; every other character is kept) and written into
+directory names percent-encoded by :func:`partition_dir`, so distinct values never share a
+directory (``A/B`` is ``A%2FB``, ``A B`` is ``A-B``) and hive readers decode them back.
 
 Example:
     >>> from servetune.data import schema_for
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -34,11 +38,20 @@ __all__ = [
     "schema_for",
     "file_schema_for",
     "partition_value",
+    "partition_dir",
+    "REQUEST_STATUSES",
+    "JSON_COLUMNS",
     "conform",
 ]
 
 PARTITION_COLUMNS: tuple[str, ...] = ("engine", "model", "hardware")
 SOURCES: tuple[str, ...] = ("measured", "simulated")
+REQUEST_STATUSES: tuple[str, ...] = ("ok", "error")
+#: text columns that hold one JSON object per row (or null)
+JSON_COLUMNS: dict[str, tuple[str, ...]] = {
+    "steps": ("extra",), "requests": ("extra",),
+    "runs": ("config", "workload", "provenance", "extra")}
+MAX_PARTITION_CHARS = 200
 
 _IDENTITY = [
     pa.field("run_id", pa.string(), nullable=False),
@@ -156,11 +169,13 @@ _NON_NEGATIVE = {
               "decode_tokens", "kv_tokens_sum", "kv_tokens_max", "prefill_attn_work", "start_s"),
     "requests": ("arrival_s", "input_tokens", "output_tokens", "queue_ms", "ttft_ms", "tpot_ms",
                  "e2e_ms", "itl_ms"),
-    "runs": ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
-             *(f.name for f in _PERCENTILE_METRICS)),
+    "runs": ("duration_s", "request_throughput_rps", "output_throughput_tok_s", "num_requests",
+             "completed", "failed", "preemptions", *(f.name for f in _PERCENTILE_METRICS)),
 }
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+_SPACES = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DIR_SAFE = "._+-"  # kept as is in directory names, with ASCII letters and digits
 
 
 def schema_for(kind: str) -> pa.Schema:
@@ -180,11 +195,31 @@ def file_schema_for(kind: str) -> pa.Schema:
 
 
 def partition_value(value: str) -> str:
-    """A path-safe token for a partition key: ``"NVIDIA H200"`` becomes ``"NVIDIA-H200"``."""
-    token = _UNSAFE.sub("-", str(value).strip()).strip("-")
-    if not token or token in {".", ".."}:
+    """The canonical identity value of a partition key: ``"NVIDIA H200"`` is ``"NVIDIA-H200"``.
+
+    Surrounding whitespace is dropped and inner whitespace runs become ``-``; every other
+    character is kept, so ``"org/model"`` stays ``"org/model"`` (see :func:`partition_dir`).
+    Empty values, control characters and values over 200 characters are refused.
+    """
+    if value is None:
+        raise InputError("expected a value, found an empty one")
+    token = _SPACES.sub("-", str(value).strip())
+    if not token:
         raise InputError(f"cannot use {value!r} as a partition value; expected a non-empty name")
+    if len(token) > MAX_PARTITION_CHARS or _CONTROL.search(token):
+        raise InputError(f"cannot use {str(value)[:60]!r} as a partition value; expected at most "
+                         f"{MAX_PARTITION_CHARS} printable characters")
     return token
+
+
+def partition_dir(value: str) -> str:
+    """The directory-name form of a canonical partition value: percent-encoded, injective.
+
+    Example:
+        >>> partition_dir("A/B"), partition_dir("NVIDIA-H200")
+        ('A%2FB', 'NVIDIA-H200')
+    """
+    return urllib.parse.quote(value, safe=_DIR_SAFE)
 
 
 def conform(columns: pd.DataFrame | pa.Table | Mapping[str, Sequence], kind: str, *,
@@ -213,7 +248,7 @@ def conform(columns: pd.DataFrame | pa.Table | Mapping[str, Sequence], kind: str
                          path=path, field=missing[0])
     num_rows = len(data[schema[0].name])
     for name in PARTITION_COLUMNS:
-        data[name] = [partition_value(v) for v in data[name]]
+        data[name] = _partition_values(data[name], name, path)
     arrays = []
     for field in schema:
         if field.name not in data:
@@ -238,7 +273,13 @@ def _conform_arrow(table: pa.Table, kind: str, schema: pa.Schema, path: str | No
             continue
         column = table.column(field.name)
         if field.name in PARTITION_COLUMNS:
-            column = _partition_column(column)
+            column = _partition_column(column, field.name, path)
+        if (pa.types.is_boolean(column.type) != pa.types.is_boolean(field.type)
+                and column.null_count < len(column) and not pa.types.is_null(column.type)):
+            row = _first_valid_row(column)
+            raise InputError(f"expected {_describe(field.type)}, got a {column.type} column "
+                             f"(row {row}: {column[row - 1].as_py()!r})", path=path, row=row,
+                             field=field.name)
         try:
             if _is_text(column.type) != _is_text(field.type) and column.null_count < len(column):
                 raise pa.ArrowTypeError("no implicit conversion between text and numbers")
@@ -255,13 +296,43 @@ def _conform_arrow(table: pa.Table, kind: str, schema: pa.Schema, path: str | No
     return result
 
 
+def _first_valid_row(column: pa.ChunkedArray) -> int:
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return int(np.argmax(valid)) + 1
+
+
 def _is_text(dtype: pa.DataType) -> bool:
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
 
 
-def _partition_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def _partition_values(values: list, name: str, path: str | None) -> list[str]:
+    """Canonical partition values; an error names the first bad row."""
+    canonical: dict = {}
+    out = []
+    for row, value in enumerate(values, start=1):
+        try:
+            token = canonical[value]
+        except KeyError:
+            try:
+                token = canonical[value] = partition_value(value)
+            except InputError as exc:
+                raise InputError(exc.detail, path=path, row=row, field=name) from None
+        except TypeError:  # unhashable: a list or a dict
+            raise InputError(f"expected a string, got {value!r:.60}", path=path, row=row,
+                             field=name) from None
+        out.append(token)
+    return out
+
+
+def _partition_column(column: pa.ChunkedArray, name: str, path: str | None) -> pa.ChunkedArray:
     values = pc.unique(column.cast(pa.string())).to_pylist()
-    safe = [None if v is None else partition_value(v) for v in values]
+    safe = []
+    for value in values:
+        try:
+            safe.append(None if value is None else partition_value(value))
+        except InputError as exc:
+            row = column.cast(pa.string()).to_pylist().index(value) + 1
+            raise InputError(exc.detail, path=path, row=row, field=name) from None
     if safe == values:
         return column
     return pc.take(pa.array(safe, pa.string()), pc.index_in(column.cast(pa.string()),
@@ -342,8 +413,73 @@ def _check_values(table: pa.Table, kind: str, path: str | None) -> None:
                 row = int(parents[row - 1]) + 1
             what = "a finite number" if not math.isfinite(value) else "a number >= 0"
             raise InputError(f"expected {what}, got {float(value)}", path=path, row=row, field=name)
-    source = table.column("source").to_pylist()
-    for i, value in enumerate(source, start=1):
-        if value not in SOURCES:
-            raise InputError(f"expected one of {', '.join(SOURCES)}, got {value!r}", path=path,
-                             row=i, field="source")
+    _check_choices(table, "source", SOURCES, path)
+    if kind == "requests":
+        _check_choices(table, "status", REQUEST_STATUSES, path)
+        _check_requests(table, path)
+    elif kind == "runs":
+        _check_runs(table, path)
+    for name in JSON_COLUMNS[kind]:
+        _check_json_objects(table.column(name), name, path)
+
+
+def _check_choices(table: pa.Table, name: str, allowed: tuple[str, ...], path: str | None
+                   ) -> None:
+    column = table.column(name)
+    bad = pc.invert(pc.is_in(column, pa.array(allowed, pa.string())))
+    bad = pc.and_(bad, column.is_valid()).to_numpy(zero_copy_only=False)
+    if bad.any():
+        row = int(np.argmax(bad)) + 1
+        raise InputError(f"expected one of {', '.join(allowed)}, got {column[row - 1].as_py()!r}",
+                         path=path, row=row, field=name)
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    values = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+    return int(np.argmax(values)) + 1 if values.any() else None
+
+
+def _check_requests(table: pa.Table, path: str | None) -> None:
+    """TTFT within the end-to-end latency, and one row per (run, request id)."""
+    ttft, e2e = table.column("ttft_ms"), table.column("e2e_ms")
+    # a little slack for rounding: TTFT and E2E are often printed separately
+    late = pc.greater(ttft, pc.add(pc.multiply(e2e, 1 + 1e-9), 1e-6))
+    row = _first_true(late)
+    if row is not None:
+        raise InputError(f"expected ttft_ms <= e2e_ms, got TTFT {ttft[row - 1].as_py()} > E2E "
+                         f"{e2e[row - 1].as_py()}", path=path, row=row, field="ttft_ms")
+    keys = table.select(["run_id", "request_id"])
+    if keys.group_by(["run_id", "request_id"]).aggregate([]).num_rows != keys.num_rows:
+        frame = keys.to_pandas()
+        row = int(np.argmax(frame.duplicated().to_numpy())) + 1
+        raise InputError(f"expected unique request ids per run, got {frame.request_id.iloc[row - 1]!r} "
+                         "again", path=path, row=row, field="request_id")
+
+
+def _check_runs(table: pa.Table, path: str | None) -> None:
+    """``completed`` and ``failed`` each, and together, at most ``num_requests``."""
+    total = table.column("num_requests")
+    completed, failed = table.column("completed"), table.column("failed")
+    for name, count in (("completed", completed), ("failed", failed),
+                        ("failed", pc.add(completed, failed))):
+        row = _first_true(pc.greater(count, total))
+        if row is not None:
+            what = "completed + failed" if name == "failed" and count is not failed else name
+            raise InputError(f"expected {what} <= num_requests ({total[row - 1].as_py()}), got "
+                             f"{count[row - 1].as_py()}", path=path, row=row, field=name)
+
+
+def _check_json_objects(column: pa.ChunkedArray, name: str, path: str | None) -> None:
+    from servetune.data.adapters._common import loads
+
+    for value in pc.unique(column).to_pylist():
+        if value is None:
+            continue
+        try:
+            ok = isinstance(loads(value), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            row = column.to_pylist().index(value) + 1
+            raise InputError(f"expected a JSON object, got {value!r:.60}", path=path, row=row,
+                             field=name)

@@ -3,7 +3,7 @@
 Layout under ``<workspace>/traces``::
 
     _manifest.json                                   committed ingests (the source of truth)
-    <kind>/engine=E/model=M/hardware=H/part-<id>-<n>.parquet
+    <kind>/engine=E/model=M/hardware=H/part-<id>-<n>.parquet   (values percent-encoded)
 
 An ingest writes hidden ``.pending-<id>-<n>.parquet`` files (every Parquet reader skips names
 starting with a dot), then commits by atomically replacing the manifest, then renames the pending
@@ -39,7 +39,14 @@ from tqdm.auto import tqdm
 
 from servetune import StoreError
 from servetune.data._atomic import atomic_write_text, fsync_file
-from servetune.data._schemas import KINDS, PARTITION_COLUMNS, conform, file_schema_for, schema_for
+from servetune.data._schemas import (
+    KINDS,
+    PARTITION_COLUMNS,
+    conform,
+    file_schema_for,
+    partition_dir,
+    schema_for,
+)
 
 __all__ = ["TraceStore", "IngestResult", "TableStream"]
 
@@ -212,7 +219,7 @@ class TraceStore:
                       written: list[tuple[Path, Path]], created_dirs: list[Path]) -> dict:
         directory = self.root / kind
         for name, value in zip(PARTITION_COLUMNS, key):
-            directory = directory / f"{name}={value}"
+            directory = directory / f"{name}={partition_dir(value)}"
         _make_dirs(directory, created_dirs)
         pending = directory / f"{_PENDING}{ingest_id}-{n}.parquet"
         final = directory / f"part-{ingest_id}-{n}.parquet"
@@ -222,6 +229,17 @@ class TraceStore:
         strings = [f.name for f in schema if pa.types.is_string(f.type)]
         writer = pq.ParquetWriter(pending, schema, compression="zstd", use_dictionary=strings)
         return {"writer": writer, "pending": pending, "final": final, "rows": 0, "runs": set()}
+
+    def recover(self) -> None:
+        """Under the lock, finish what an interrupted writer left (see :meth:`_recover`).
+
+        A source whose commit was interrupted after the manifest write counts as ingested; a
+        repeated ingest of it calls this, so its files become visible to every Parquet reader.
+        """
+        if not self.root.exists():
+            return
+        with self._locked():
+            self._recover(self.manifest())
 
     def _recover(self, manifest: dict) -> None:
         """Finish or undo what a killed writer left: roll committed files forward, drop the rest."""

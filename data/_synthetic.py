@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from servetune import InputError
-from servetune.data._workload import Workload
+from servetune.data._workload import MAX_REQUESTS, MAX_TOKENS, Workload
 
 __all__ = ["LengthDistribution", "SyntheticSpec", "parse_workload_spec", "synthetic_workload",
            "resolve_workload", "PROCESSES"]
@@ -37,6 +37,8 @@ __all__ = ["LengthDistribution", "SyntheticSpec", "parse_workload_spec", "synthe
 PROCESSES = ("poisson", "gamma")
 _DISTRIBUTIONS = {"const": (1, 1), "uniform": (2, 2), "lognormal": (2, 3), "normal": (2, 3)}
 _KEYS = {"rate", "n", "cv", "input", "output"}
+_MAX_SPREAD = {"lognormal": 10.0, "normal": float(MAX_TOKENS)}  # sigma, std
+_MAX_CV = 100.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ class LengthDistribution:
             raise InputError(f"expected numbers in {text!r}", field=field) from None
         if any(not np.isfinite(p) or p < 0 for p in params):
             raise InputError(f"expected finite, non-negative parameters in {text!r}", field=field)
+        sizes = params if kind in ("const", "uniform") else (params[0], *params[2:])
+        if any(p > MAX_TOKENS for p in sizes):
+            raise InputError(f"expected lengths of at most {MAX_TOKENS:,d} tokens in {text!r}",
+                             field=field)
+        if kind in ("lognormal", "normal") and params[1] > _MAX_SPREAD[kind]:
+            raise InputError(f"expected a {kind} spread of at most {_MAX_SPREAD[kind]:g} in "
+                             f"{text!r}", field=field)
         if kind == "uniform" and params[0] > params[1]:
             raise InputError(f"uniform needs LO <= HI, got {text!r}", field=field)
         return cls(kind, params)
@@ -128,6 +137,9 @@ def parse_workload_spec(text: str) -> SyntheticSpec:
                          field="--workload") from None
     if not (rate > 0 and np.isfinite(rate)) or n < 1 or not cv > 0:
         raise InputError(f"expected rate > 0, n >= 1 and cv > 0 in {text!r}", field="--workload")
+    if n > MAX_REQUESTS or cv > _MAX_CV:
+        raise InputError(f"expected n <= {MAX_REQUESTS:,d} and cv <= {_MAX_CV:g} in {text!r}",
+                         field="--workload")
     if cv != 1.0 and process == "poisson":
         raise InputError("cv applies to gamma arrivals only; use gamma:rate=R,cv=C",
                          field="--workload")

@@ -18,7 +18,12 @@ import numpy as np
 
 from servetune import InputError
 
-__all__ = ["Workload"]
+__all__ = ["Workload", "MAX_REQUESTS", "MAX_TOKENS"]
+
+#: the most requests a workload may hold (the simulator keeps per-request arrays in memory)
+MAX_REQUESTS = 10_000_000
+#: the longest input or output a request may have, in tokens
+MAX_TOKENS = 10_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,13 +41,16 @@ class Workload:
                     descriptor: dict | None = None) -> "Workload":
         """Build a workload, checking lengths and values; arrivals are sorted and rebased to 0."""
         arrival = np.asarray(arrival_s, dtype=np.float64)
-        inputs = np.asarray(input_tokens, dtype=np.int64)
-        outputs = np.asarray(output_tokens, dtype=np.int64)
+        inputs = _tokens(input_tokens, "input", name)
+        outputs = _tokens(output_tokens, "output", name)
         if not (arrival.shape == inputs.shape == outputs.shape) or arrival.ndim != 1:
             raise InputError("arrival times, input and output lengths must be 1-D and the same "
                              f"length; got {arrival.shape}, {inputs.shape}, {outputs.shape}")
         if len(arrival) == 0:
             raise InputError(f"workload {name!r} has no requests")
+        if len(arrival) > MAX_REQUESTS:
+            raise InputError(f"workload {name!r} has {len(arrival):,d} requests; expected at most "
+                             f"{MAX_REQUESTS:,d} (use a shorter trace or --limit)")
         if not np.isfinite(arrival).all():
             raise InputError(f"workload {name!r} has non-finite arrival times")
         if (inputs < 1).any() or (outputs < 1).any():
@@ -84,3 +92,26 @@ class Workload:
     def to_json(self) -> str:
         """The descriptor as JSON (what ``runs.workload`` records)."""
         return json.dumps({**self.descriptor, "requests": len(self)}, sort_keys=True)
+
+
+def _tokens(values, what: str, name: str) -> np.ndarray:
+    """Token counts as int64, refusing values that are not whole numbers in 1..MAX_TOKENS."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iuf" or array.dtype == np.bool_:
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"workload {name!r} has {what} lengths that are not numbers") from None
+    if array.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise InputError(f"workload {name!r}: request {index + 1} has {what} length "
+                             f"{array[index]}; expected a whole number of tokens")
+    big = array > MAX_TOKENS
+    if big.any():
+        index = int(np.argmax(big))
+        raise InputError(f"workload {name!r}: request {index + 1} has {what} length "
+                         f"{array[index]:.0f}; expected at most {MAX_TOKENS:,d} tokens")
+    return array.astype(np.int64)

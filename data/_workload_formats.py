@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,15 @@ import numpy as np
 import pandas as pd
 
 from servetune import InputError
-from servetune.data._workload import Workload
-from servetune.data.adapters._common import json_lines
+from servetune.data._workload import MAX_TOKENS, Workload
+from servetune.data.adapters._common import json_lines, loads
+from servetune.data.adapters._generic import MAX_COLUMNS
 
 __all__ = ["WORKLOAD_FORMATS", "WorkloadFormat", "detect_workload_format", "load_workload"]
 
 log = logging.getLogger(__name__)
+
+_MAX_HEADER_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,15 @@ class WorkloadFormat:
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    with _open(path) as handle:
+        try:
+            first = handle.readline(_MAX_HEADER_CHARS + 1)
+        except UnicodeDecodeError:
+            raise InputError("expected UTF-8 text", path=str(path), row=1) from None
+    width = first.count(",") + 1
+    if width > MAX_COLUMNS or len(first) > _MAX_HEADER_CHARS:
+        raise InputError(f"expected at most {MAX_COLUMNS:,d} columns in the header, found "
+                         f"{width:,d}", path=str(path), row=1)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
@@ -83,10 +96,10 @@ def _numbers(frame: pd.DataFrame, column: str, path: Path, *, integer: bool) -> 
     bad = ~np.isfinite(values) | (values < 0)
     if integer:
         with np.errstate(invalid="ignore"):
-            bad |= values != np.round(values)
+            bad |= (values != np.round(values)) | (values > MAX_TOKENS)
     if bad.any():
         index = int(np.argmax(bad))
-        what = "a whole number >= 0" if integer else "a finite number >= 0"
+        what = f"a whole number in 0..{MAX_TOKENS:,d}" if integer else "a finite number >= 0"
         raise InputError(f"expected {what}, got {text.iloc[index]!r} (line {index + 2})",
                          path=str(path), row=index + 2, field=column)
     return values.astype(np.int64) if integer else values
@@ -143,10 +156,11 @@ def _load_mooncake(path: Path):
                                          ("output_length", outputs, True)):
                 value = record.get(key)
                 ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                      and np.isfinite(value) and value >= 0
-                      and (not integer or float(value).is_integer()))
+                      and math.isfinite(float(value)) and value >= 0
+                      and (not integer or (float(value).is_integer() and value <= MAX_TOKENS)))
                 if not ok:
-                    what = "a whole number >= 0" if integer else "a number >= 0 (milliseconds)"
+                    what = (f"a whole number in 0..{MAX_TOKENS:,d}" if integer
+                            else "a finite number >= 0 (milliseconds)")
                     raise InputError(f"expected {what}, got {value!r} (line {number})",
                                      path=str(path), row=number, field=key)
                 target.append(value)
@@ -224,7 +238,7 @@ def _header_names(path: Path) -> list[str]:
     stripped = first.strip()
     if stripped.startswith("{"):
         try:
-            record = json.loads(stripped)
+            record = loads(stripped)
         except ValueError:
             return []
         return list(record) if isinstance(record, dict) else []

@@ -31,7 +31,7 @@ def _requests(n: int, run_id: str = "run-a", **columns) -> dict:
 def test_conform_fills_nullable_columns_and_normalises_partitions():
     table = conform(_requests(3), "requests", path="x.json")
     assert table.schema.equals(schema_for("requests"), check_metadata=False)
-    assert table.column("model").to_pylist() == ["org-model"] * 3
+    assert table.column("model").to_pylist() == ["org/model"] * 3  # kept: directories encode it
     assert table.column("hardware").to_pylist() == ["NVIDIA-H200"] * 3
     assert table.column("e2e_ms").null_count == 3
 
@@ -71,9 +71,9 @@ def test_conform_refuses_missing_required_columns_and_text_numbers():
 
 
 def test_conform_dataframe_treats_nan_as_missing_only_where_allowed():
-    frame = pd.DataFrame(_requests(2, e2e_ms=[np.nan, 5.0]))
+    frame = pd.DataFrame(_requests(2, e2e_ms=[np.nan, 50.0]))
     table = conform(frame, "requests")
-    assert table.column("e2e_ms").to_pylist() == [None, 5.0]
+    assert table.column("e2e_ms").to_pylist() == [None, 50.0]
 
 
 # ------------------------------------------------------------------------------- store
@@ -145,7 +145,7 @@ def test_data_ls_json_keys_and_values(tmp_path):
     assert listing["requests"]["rows"] == 60 and listing["runs"]["rows"] == 1
     assert listing["steps"]["rows"] == 240
     assert listing["requests"]["engines"] == ["vllm"]
-    assert listing["requests"]["models"] == ["meta-llama-Llama-3.1-8B-Instruct"]
+    assert listing["requests"]["models"] == ["meta-llama/Llama-3.1-8B-Instruct"]
     assert listing["requests"]["hardware"] == ["H200"]
     # --set applies to foreign formats; the steps file named its own hardware column,
     # but --set wins over a column.

@@ -75,7 +75,7 @@ def test_run_row_maps_summary_fields(tmp_path):
     sha = file_sha256(DETAILED)
     assert run["run_id"] == f"vllm-{sha[:16]}"
     assert (run["engine"], run["model"], run["hardware"]) == (
-        "vllm", "meta-llama-Llama-3.1-8B-Instruct", "NVIDIA-H200")
+        "vllm", "meta-llama/Llama-3.1-8B-Instruct", "NVIDIA-H200")
     assert run["engine_version"] == "0.11.0" and run["source"] == "measured"
     assert run["num_requests"] == 60 and run["completed"] == 59 and run["failed"] == 1
     assert run["success_rate"] == pytest.approx(59 / 60)

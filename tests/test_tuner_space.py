@@ -116,7 +116,7 @@ def test_from_toml_reads_a_file_and_reports_the_path_on_errors(tmp_path):
 
 @pytest.mark.parametrize("patch, message", [
     ({"params": {"a": {"type": "integer", "low": 1, "high": 2}}}, "type must be one of"),
-    ({"params": {"a": {"type": "enum", "choices": [1]}}}, "at least 2"),
+    ({"params": {"a": {"type": "enum", "choices": [1]}}}, "2 to 10,000"),
     ({"params": {"a": {"type": "float", "low": 0, "high": 1, "log": True}}}, "low > 0"),
     ({"params": {"a": {"type": "int", "low": 1, "high": 9, "colour": 1}}}, "unknown keys"),
     ({"derived": {"b": "a +* 2"}}, "cannot parse expression"),

@@ -5,6 +5,10 @@ strings, booleans, names of other fields, ``+ - * / // % **``, comparisons (chai
 ``and``/``or``/``not``, a conditional ``a if cond else b`` and the functions ``min``, ``max``,
 ``int``, ``float``, ``round``, ``abs``, ``log2``. Nothing is ever passed to :func:`eval`.
 
+Every expression is bounded: at most :data:`MAX_CHARS` characters and :data:`MAX_NODES` syntax
+nodes, arithmetic on numbers only, exponents of ``**`` within :data:`MAX_EXPONENT` and integer
+results within :data:`MAX_INT_BITS` bits, so no expression can hang or exhaust memory.
+
 Example:
     >>> Expression.parse("gpus // tp", field="dp").evaluate({"gpus": 8, "tp": 2})
     4
@@ -19,7 +23,12 @@ from dataclasses import dataclass, field
 
 from servetune import ConfigError
 
-__all__ = ["Expression"]
+__all__ = ["Expression", "MAX_CHARS", "MAX_NODES", "MAX_EXPONENT", "MAX_INT_BITS"]
+
+MAX_CHARS = 2000
+MAX_NODES = 500
+MAX_EXPONENT = 64
+MAX_INT_BITS = 4096
 
 _BINARY = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
@@ -48,13 +57,22 @@ class Expression:
         where = f"{path}: " if path else ""
         where += f"'{field}': " if field else ""
         if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"{where}expected an expression string, got {text!r}")
+            raise ConfigError(f"{where}expected an expression string, got {text!r:.80}")
+        if len(text) > MAX_CHARS:
+            raise ConfigError(f"{where}expression of {len(text):,d} characters; expected at most "
+                              f"{MAX_CHARS:,d}")
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as exc:
-            raise ConfigError(f"{where}cannot parse expression {text!r}: {exc.msg}") from None
+            raise ConfigError(f"{where}cannot parse expression {text!r:.200}: {exc.msg}") from None
+        except (RecursionError, MemoryError, ValueError):
+            raise ConfigError(f"{where}expression {text[:80]!r}... is nested too deeply") from None
+        nodes = list(ast.walk(tree))
+        if len(nodes) > MAX_NODES:
+            raise ConfigError(f"{where}expression has {len(nodes):,d} syntax nodes; expected at "
+                              f"most {MAX_NODES}")
         names: set[str] = set()
-        for node in ast.walk(tree):
+        for node in nodes:
             if isinstance(node, ast.Name):
                 if node.id not in _FUNCTIONS:
                     names.add(node.id)
@@ -82,6 +100,10 @@ class Expression:
         except ZeroDivisionError:
             raise ConfigError(f"expression {self.text!r} divides by zero with "
                               f"{ {n: values.get(n) for n in sorted(self.names)} }") from None
+        except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+            raise ConfigError(f"expression {self.text!r} cannot be evaluated with "
+                              f"{ {n: values.get(n) for n in sorted(self.names)} }: {exc}"
+                              ) from None
 
     def __str__(self) -> str:
         return self.text
@@ -93,13 +115,12 @@ def _eval(node: ast.AST, values: dict):
     if isinstance(node, ast.Name):
         return values[node.id]
     if isinstance(node, ast.BinOp):
-        return _BINARY[type(node.op)](_eval(node.left, values), _eval(node.right, values))
+        return _arithmetic(type(node.op), _eval(node.left, values), _eval(node.right, values))
     if isinstance(node, ast.UnaryOp):
         operand = _eval(node.operand, values)
-        if isinstance(node.op, ast.USub):
-            return -operand
-        if isinstance(node.op, ast.UAdd):
-            return +operand
+        if isinstance(node.op, (ast.USub, ast.UAdd)):
+            _number(operand, "-" if isinstance(node.op, ast.USub) else "+")
+            return -operand if isinstance(node.op, ast.USub) else +operand
         return not operand
     if isinstance(node, ast.BoolOp):
         results = (_eval(v, values) for v in node.values)
@@ -115,5 +136,34 @@ def _eval(node: ast.AST, values: dict):
     if isinstance(node, ast.IfExp):
         return _eval(node.body if _eval(node.test, values) else node.orelse, values)
     if isinstance(node, ast.Call):
-        return _FUNCTIONS[node.func.id](*(_eval(a, values) for a in node.args))
+        return _bounded(_FUNCTIONS[node.func.id](*(_eval(a, values) for a in node.args)))
     raise ConfigError(f"unsupported expression node {type(node).__name__}")  # pragma: no cover
+
+
+def _number(value, op: str) -> None:
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"'{op}' needs numbers, got {value!r:.40}")
+
+
+def _arithmetic(op: type, left, right):
+    """``left op right`` on numbers only, with ``**`` and integer sizes bounded."""
+    symbol = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
+              ast.Mod: "%", ast.Pow: "**"}[op]
+    _number(left, symbol)
+    _number(right, symbol)
+    if op is ast.Pow:
+        if abs(right) > MAX_EXPONENT:
+            raise ValueError(f"an exponent of {right!r:.40} is beyond the limit of "
+                             f"{MAX_EXPONENT}")
+        if isinstance(left, complex) or (left < 0 and not float(right).is_integer()):
+            raise ValueError("a negative number to a fractional power")
+    return _bounded(_BINARY[op](left, right))
+
+
+def _bounded(value):
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            value.bit_length() > MAX_INT_BITS:
+        raise OverflowError(f"an integer of more than {MAX_INT_BITS} bits")
+    if isinstance(value, complex):
+        raise ValueError("a complex number")
+    return value

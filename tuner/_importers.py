@@ -178,12 +178,16 @@ def import_space(path: str | Path, fmt: str | None = None) -> SearchSpace:
     if fmt is None:
         fmt = _guess_format(path)
     if fmt == "servetune":
-        return SearchSpace.from_toml(path)
-    if fmt == "llmservingtuner":
-        return import_llmservingtuner(path)
-    if fmt == "auto-tuning-vllm":
-        return import_auto_tuning_vllm(path)
-    raise ConfigError(f"unknown space format {fmt!r}; expected one of {', '.join(IMPORT_FORMATS)}")
+        space = SearchSpace.from_toml(path)
+    elif fmt == "llmservingtuner":
+        space = import_llmservingtuner(path)
+    elif fmt == "auto-tuning-vllm":
+        space = import_auto_tuning_vllm(path)
+    else:
+        raise ConfigError(f"unknown space format {fmt!r}; expected one of "
+                          f"{', '.join(IMPORT_FORMATS)}")
+    space.check_feasible()  # an infeasible space or a bad expression fails before any work
+    return space
 
 
 def _guess_format(path: Path) -> str:
@@ -204,8 +208,12 @@ def _read_toml(path: Path) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
 
 
 def _lst_fields(data: dict, engine: str | None, path: Path) -> tuple[list, str]:

@@ -46,6 +46,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -56,10 +57,16 @@ import numpy as np
 from servetune import ConfigError
 from servetune.tuner._expr import Expression
 
-__all__ = ["Param", "Constraint", "Point", "SearchSpace", "PARAM_KINDS", "builtin_spaces"]
+__all__ = ["Param", "Constraint", "Point", "SearchSpace", "PARAM_KINDS", "builtin_spaces",
+           "FIELD_NAME"]
 
 PARAM_KINDS = ("int", "float", "bool", "enum")
 _GRID_LIMIT = 2_000_000
+_MAX_CHOICES = 10_000
+_MAX_FIELDS = 1_000
+_FEASIBILITY_SAMPLES = 512
+#: what a field name may look like (a knob, ``env.NAME``, a dotted config key)
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,18 @@ class Param:
         if self.kind not in PARAM_KINDS:
             raise ConfigError(f"{where}: type must be one of {', '.join(PARAM_KINDS)}; "
                               f"got {self.kind!r}")
+        if not isinstance(self.help, str):
+            raise ConfigError(f"{where}: 'help' must be a string; got {self.help!r:.60}")
         if self.kind in ("int", "float"):
             if self.low is None or self.high is None:
                 raise ConfigError(f"{where}: {self.kind} needs 'low' and 'high'")
+            for key in ("low", "high", "step", "default"):
+                value = getattr(self, key)
+                if value is not None and (isinstance(value, bool) or not isinstance(
+                        value, (int, float)) or not math.isfinite(value)
+                        or abs(value) > 2.0**53):
+                    raise ConfigError(f"{where}: '{key}' must be a finite number (at most "
+                                      f"2**53 in size); got {value!r:.60}")
             if not self.low < self.high:
                 raise ConfigError(f"{where}: 'low' must be < 'high'; got {self.low} and "
                                   f"{self.high} (use [fixed] for a constant)")
@@ -114,13 +130,21 @@ class Param:
                 raise ConfigError(f"{where}: a log-scaled range needs low > 0; got {self.low}")
             if self.step is not None and not self.step > 0:
                 raise ConfigError(f"{where}: 'step' must be > 0; got {self.step}")
+            if self.step is not None and (self.high - self.low) / self.step >= _GRID_LIMIT:
+                raise ConfigError(f"{where}: 'step' {self.step:g} gives "
+                                  f"{(self.high - self.low) / self.step:,.0f} values (limit "
+                                  f"{_GRID_LIMIT:,d}); use a coarser step, or none for a "
+                                  "continuous range")
             if self.kind == "int" and any(float(v) != int(v) for v in
                                           (self.low, self.high, self.step or 1)):
                 raise ConfigError(f"{where}: int bounds and step must be whole numbers")
         if self.kind == "enum":
-            if len(self.choices) < 2:
-                raise ConfigError(f"{where}: an enum needs at least 2 'choices'; got "
-                                  f"{list(self.choices)}")
+            if not 2 <= len(self.choices) <= _MAX_CHOICES:
+                raise ConfigError(f"{where}: an enum needs 2 to {_MAX_CHOICES:,d} 'choices'; "
+                                  f"got {len(self.choices)}")
+            if any(not isinstance(c, (str, int, float, bool)) for c in self.choices):
+                raise ConfigError(f"{where}: enum choices must be strings, numbers or booleans; "
+                                  f"got {list(self.choices)!r:.80}")
             if len(set(map(_key, self.choices))) != len(self.choices):
                 raise ConfigError(f"{where}: enum choices must be distinct; got "
                                   f"{list(self.choices)}")
@@ -176,6 +200,19 @@ class Param:
                 return None
         return self.snap(v)
 
+    def count(self, levels: int) -> int:
+        """How many values :meth:`values` gives (computed without building them)."""
+        if self.kind == "bool":
+            return 2
+        if self.kind == "enum":
+            return len(self.choices)
+        step = self.step if self.step is not None else (1 if self.kind == "int" else None)
+        if step is not None:
+            count = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+            if count <= max(levels, 2) or self.step is not None:
+                return count
+        return max(levels, 2)
+
     def values(self, levels: int) -> list:
         """The discretised values: every step/choice, or ``levels`` points of a continuum."""
         if self.kind == "bool":
@@ -186,6 +223,9 @@ class Param:
         if step is not None:
             count = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
             if count <= max(levels, 2) or self.step is not None:
+                if count > _GRID_LIMIT:
+                    raise ConfigError(f"'{self.name}': {count:,d} grid values (limit "
+                                      f"{_GRID_LIMIT:,d}); use a coarser 'step'")
                 return [self.snap(self.low + i * step) for i in range(count)]
         unit = np.linspace(0.0, 1.0, max(levels, 2))
         return list(dict.fromkeys(self.decode(np.array([u])) for u in unit))
@@ -299,11 +339,31 @@ class SearchSpace:
         raw_params = data.get("params", {})
         if not isinstance(raw_params, dict) or not raw_params:
             raise ConfigError(f"{source}: [params] must declare at least one parameter")
+        for key in ("fixed", "derived", "targets"):
+            if not isinstance(data.get(key, {}), dict):
+                raise ConfigError(f"{source}: [{key}] must be a table")
+        if not isinstance(data.get("constraints", []), list):
+            raise ConfigError(f"{source}: 'constraints' must be an array of tables")
+        if not isinstance(data.get("description", ""), str):
+            raise ConfigError(f"{source}: 'description' must be a string")
+        declared = [*raw_params, *data.get("fixed", {}), *data.get("derived", {})]
+        if len(declared) > _MAX_FIELDS:
+            raise ConfigError(f"{source}: {len(declared):,d} fields; expected at most "
+                              f"{_MAX_FIELDS:,d}")
+        for name in declared:
+            if not FIELD_NAME.fullmatch(name):
+                raise ConfigError(f"{source}: field name {name!r:.80} is not allowed; expected "
+                                  "letters, digits and '_' (dotted parts allowed, e.g. "
+                                  "env.NCCL_DEBUG)")
         params = []
         for name, spec in raw_params.items():
             where = f"{source}: params.{name}"
             if not isinstance(spec, dict):
                 raise ConfigError(f"{where}: expected a table")
+            if not isinstance(spec.get("type", ""), str):
+                raise ConfigError(f"{where}: type must be one of {', '.join(PARAM_KINDS)}")
+            if not isinstance(spec.get("choices", []), list):
+                raise ConfigError(f"{where}: 'choices' must be an array")
             extra = set(spec) - {"type", "low", "high", "step", "log", "choices", "default",
                                  "help"}
             if extra:
@@ -359,8 +419,12 @@ class SearchSpace:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: search space file not found") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the search space ({exc.strerror})") from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -482,13 +546,36 @@ class SearchSpace:
 
     def grid(self, levels: int = 5) -> list[dict]:
         """Every combination of the discretised parameter values (tunables only)."""
-        axes = [p.values(levels) for p in self.params]
-        total = math.prod(len(a) for a in axes)
+        total = math.prod(p.count(levels) for p in self.params)
         if total > _GRID_LIMIT:
             raise ConfigError(f"space {self.name!r} has {total:,d} grid points (limit "
                               f"{_GRID_LIMIT:,d}); give float params a coarser 'step' or fewer "
                               "levels")
+        axes = [p.values(levels) for p in self.params]
         return [dict(zip(self.names, combo)) for combo in itertools.product(*axes)]
+
+    def check_feasible(self, samples: int = _FEASIBILITY_SAMPLES, seed: int = 0) -> None:
+        """Raise :class:`ConfigError` when no point of the space can satisfy the constraints.
+
+        Resolves the declared defaults and ``samples`` seeded random points; a space none of
+        them satisfies (after repairs) would give a study with no result. Expressions that
+        cannot be evaluated fail here too, before any model is trained.
+        """
+        if not self.constraints and not self.derived:
+            return
+        rng = np.random.default_rng(seed)
+        points = [self.default_tunables()] + [self.sample(rng) for _ in range(samples)]
+        broken: dict[str, int] = {}
+        for tunables in points:
+            point = self.resolve(tunables)
+            if point.feasible:
+                return
+            for text in point.violations:
+                broken[text] = broken.get(text, 0) + 1
+        worst = ", ".join(f"{text!r}" for text in sorted(broken, key=broken.get, reverse=True))
+        raise ConfigError(f"{self.source}: no feasible configuration: the defaults and "
+                          f"{samples} random points all violate {worst}; relax the "
+                          "constraints or the ranges")
 
     # -- identity ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

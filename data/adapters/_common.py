@@ -10,7 +10,11 @@ import numpy as np
 
 from servetune import InputError
 
-__all__ = ["OVERRIDABLE", "check_overrides", "json_lines", "json_text", "json_safe", "numbers"]
+__all__ = ["OVERRIDABLE", "MAX_INT_DIGITS", "check_overrides", "json_lines", "json_text",
+           "json_safe", "loads", "numbers"]
+
+#: the longest integer literal a JSON input may hold (int64 needs 19 digits)
+MAX_INT_DIGITS = 40
 
 #: identity columns a user may set for every row of a source (``servetune ingest --set K=V``)
 OVERRIDABLE: tuple[str, ...] = ("run_id", "engine", "engine_version", "model", "hardware",
@@ -28,6 +32,33 @@ def check_overrides(overrides: Mapping[str, str] | None) -> dict[str, str]:
             raise InputError(f"--set {key}= needs a value", field="--set")
         checked[key] = str(value).strip()
     return checked
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _TooLarge(f"an integer of {len(text.lstrip('-'))} digits (at most "
+                        f"{MAX_INT_DIGITS})")
+    return int(text)
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def loads(text: str):
+    """:func:`json.loads` that fails only with :class:`json.JSONDecodeError`.
+
+    Integers longer than :data:`MAX_INT_DIGITS` digits and nesting too deep for the parser are
+    reported as decode errors (``msg`` says which) instead of ``ValueError``/``RecursionError``.
+    """
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except _TooLarge as exc:
+        raise json.JSONDecodeError(f"expected a number that fits 64 bits, found {exc}", text,
+                                   0) from None
+    except RecursionError:
+        raise json.JSONDecodeError("nesting too deep (expected at most a few hundred levels)",
+                                   text, 0) from None
 
 
 def json_safe(value):
@@ -84,7 +115,7 @@ def json_lines(lines: Iterable[str], path: str) -> Iterator[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"invalid JSON: {exc.msg} (line {number}, column {exc.colno})",
                              path=path, row=number) from None

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -62,9 +63,10 @@ import pyarrow as pa
 from servetune import InputError
 from servetune.data._schemas import PARTITION_COLUMNS, conform, schema_for
 from servetune.data.adapters._base import Adapter
-from servetune.data.adapters._common import check_overrides, json_lines, json_text
+from servetune.data.adapters._common import check_overrides, json_lines, json_text, loads
 
-__all__ = ["GenericTraceAdapter", "STEPS_ALIASES", "REQUESTS_ALIASES", "GENERIC_FORMATS"]
+__all__ = ["GenericTraceAdapter", "STEPS_ALIASES", "REQUESTS_ALIASES", "GENERIC_FORMATS",
+           "MAX_COLUMNS"]
 
 STEPS_ALIASES: dict[str, tuple[str, ...]] = {
     "duration_ms": ("latency_ms", "step_time_ms", "step_ms", "time_ms", "forward_ms"),
@@ -95,6 +97,8 @@ REQUESTS_ALIASES: dict[str, tuple[str, ...]] = {
 }
 _ALIASES = {"steps": STEPS_ALIASES, "requests": REQUESTS_ALIASES}
 _MARKERS = {"steps": "duration_ms", "requests": "request_id"}  # what detection looks for
+#: the most columns a CSV header may have (every column becomes a field or a key of ``extra``)
+MAX_COLUMNS = 10_000
 _SUFFIXES = {"csv": (".csv",), "jsonl": (".jsonl", ".ndjson")}
 GENERIC_FORMATS: tuple[str, ...] = tuple(f"{kind}-{syntax}" for kind in ("steps", "requests")
                                          for syntax in ("csv", "jsonl"))
@@ -134,7 +138,7 @@ class GenericTraceAdapter(Adapter):
             names = [n.strip() for n in next(csv.reader([first]), [])]
         else:
             try:
-                record = json.loads(first)
+                record = loads(first)
             except ValueError:
                 return False
             names = list(record) if isinstance(record, dict) else []
@@ -234,8 +238,12 @@ def _csv_records(handle, where: str) -> Iterator[tuple[int, dict]]:
     header = next(reader, None)
     if header is None:
         return
+    if len(header) > MAX_COLUMNS:
+        raise InputError(f"expected at most {MAX_COLUMNS:,d} columns in the header, found "
+                         f"{len(header):,d}", path=where, row=1)
     header = [name.strip() for name in header]
-    duplicates = sorted({name for name in header if header.count(name) > 1})
+    counts = Counter(header)
+    duplicates = sorted(name for name, count in counts.items() if count > 1 and name)
     if duplicates or "" in header:
         raise InputError(f"expected distinct, non-empty column names in the header, found "
                          f"{duplicates or ['(empty)']}", path=where, row=1)
@@ -296,7 +304,7 @@ def _convert(value, field: pa.Field, where: str, line: int, syntax: str):
 def _number_list(value, syntax: str) -> list[float]:
     if isinstance(value, str):
         text = value.strip()
-        value = json.loads(text) if text.startswith("[") else \
+        value = loads(text) if text.startswith("[") else \
             [float(v) for v in text.split(";") if v.strip()]
     if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                           for v in value):
@@ -320,10 +328,12 @@ def _extra(record: dict, unknown: list[str], given: list | None, index: int, whe
     extra = {}
     if given is not None and given[index]:
         try:
-            extra = json.loads(given[index])
+            extra = loads(given[index])
         except ValueError:
-            raise InputError(f"expected a JSON object in 'extra' (line {line})", path=where,
-                             row=line, field="extra") from None
+            extra = None
+        if not isinstance(extra, dict):
+            raise InputError(f"expected a JSON object in 'extra', got {given[index]!r:.60} "
+                             f"(line {line})", path=where, row=line, field="extra")
     extra.update({name: record[name] for name in unknown if name in record})
     return json_text(extra) if extra else None
 

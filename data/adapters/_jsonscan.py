@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from servetune import InputError
+from servetune.data.adapters._common import loads
 
 __all__ = ["JsonScanner"]
 
@@ -171,7 +172,7 @@ class JsonScanner:
         start = self._pos  # the window may have moved, the value's start with it
         text = self._buf[start:end]
         try:
-            value = json.loads(text)
+            value = loads(text)
         except json.JSONDecodeError as exc:
             raise self.fail(f"invalid JSON: {exc.msg}", start + exc.pos) from None
         self._pos = end
@@ -222,7 +223,7 @@ class JsonScanner:
                                     f"{tail.strip()[:20]!r}", end)
             if parse:
                 try:
-                    block = json.loads("[" + text + "]")
+                    block = loads("[" + text + "]")
                 except json.JSONDecodeError as exc:
                     raise self.fail(f"invalid JSON: {exc.msg}", start + exc.pos - 1) from None
             else:
@@ -319,7 +320,7 @@ class JsonScanner:
                     raise self._fail_eof(what)
                 continue
             try:
-                value = json.loads(self._buf[start:end])
+                value = loads(self._buf[start:end])
             except json.JSONDecodeError as exc:
                 raise self.fail(f"invalid JSON: {exc.msg} in {self._buf[start:end][:40]!r}",
                                 start) from None

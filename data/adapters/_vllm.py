@@ -203,6 +203,13 @@ class VllmBenchAdapter(Adapter):
                 raise InputError(f"has {size} entries but input_lens has {n}; the per-request "
                                  "lists must have one entry per request" + _nth(result),
                                  path=where, field=key)
+        if "ttfts" in lists and "latencies" in lists:
+            late = lists["ttfts"] > lists["latencies"] * (1 + 1e-9) + 1e-9
+            if late.any():
+                row = int(np.argmax(late)) + 1
+                raise InputError(f"expected a TTFT within the request's latency, got "
+                                 f"{lists['ttfts'][row - 1]} s > {lists['latencies'][row - 1]} s"
+                                 + _nth(result), path=where, row=row, field="ttfts")
         if "start_times" in lists and n:
             result.first_start = float(lists["start_times"].min())
         errors = lists.get("errors")

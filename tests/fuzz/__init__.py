@@ -1,0 +1,1 @@
+"""Generated hostile-input corpus (see :mod:`tests.fuzz.make_corpus`)."""
