@@ -403,7 +403,8 @@ def _candidate_cases(c: _Corpus) -> None:
     def add(name, text):
         def write(path: Path) -> None:
             path.mkdir(exist_ok=True)
-            (path / "candidates.json").write_text(text, encoding="utf-8")
+            target = path / "candidates.json"
+            target.write_bytes(text) if isinstance(text, bytes) else target.write_text(text)
         c.add(f"candidates-{name}", "candidates", write,
               ["validate", "--cluster", "{cluster}", "--candidates", "{path}", "--workload",
                "poisson:rate=1,n=2,input=const:4,output=const:2"])
@@ -420,9 +421,8 @@ def _candidate_cases(c: _Corpus) -> None:
     add("hostile-knob", json.dumps([{"name": "a", "config": {"env.-Sid #": "1"}}]))
     add("hostile-name", json.dumps([{"name": "../../etc/x", "config": {"max_num_seqs": "$(id)"},
                                      "predicted": "nope"}]))
-    add("invalid-utf8-ish", '[{"name": "\udcff", "config": {}}]'.encode("utf-8",
-                                                                        "surrogatepass")
-        .decode("latin-1"))
+    add("invalid-utf8", b'[{"name": "a\xff", "config": {}}]')
+    add("int-huge-config", '[{"name": "a", "config": {"max_num_seqs": ' + HUGE_INT + '}}]')
 
 
 # ---------------------------------------------------------------------------------- cluster

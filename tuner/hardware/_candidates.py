@@ -86,10 +86,10 @@ def study_engine(study_dir: str | Path) -> str | None:
     path = Path(study_dir) / CANDIDATES_FILE
     try:
         data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         return None
     entries = data.get("candidates") if isinstance(data, Mapping) else data
-    engines = {e["launch"].get("engine") for e in entries or ()
+    engines = {e["launch"].get("engine") for e in (entries if isinstance(entries, list) else ())
                if isinstance(e, Mapping) and isinstance(e.get("launch"), Mapping)} - {None}
     if len(engines) > 1:
         raise InputError(f"candidates of several engines ({', '.join(sorted(engines))})",
@@ -112,6 +112,8 @@ def load_study_candidates(study_dir: str | Path, *, top: int | None = None) -> l
                          f"(servetune tune) or pass --set key=value", path=str(path)) from None
     except ValueError as exc:
         raise InputError(f"not valid JSON ({exc})", path=str(path)) from None
+    except RecursionError:
+        raise InputError("not valid JSON (nested too deeply)", path=str(path)) from None
     entries = data.get("candidates") if isinstance(data, Mapping) else data
     if not isinstance(entries, list) or not entries:
         raise InputError("expected a non-empty list of candidates", path=str(path),

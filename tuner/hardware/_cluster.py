@@ -375,8 +375,10 @@ def load_cluster_toml(path: str | Path) -> ClusterSpec:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the cluster file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
     r = _Reader(path)
     r.check_keys(data, set(_CLUSTER_KEYS) | {"ssh", "defaults", "service_groups", "env"}, "")
     settings = {key: r.value(data, key, kind, "") for key, kind in _CLUSTER_KEYS.items()
