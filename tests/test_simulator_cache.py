@@ -33,11 +33,14 @@ from _helpers_simulator import constant_step_model
 from servetune.data import synthetic_workload
 from servetune.models import forest_predict_row
 from servetune.models._jit_cache import cached_entry
-from servetune.tuner.simulator import _kernel, simulate
+from servetune.tuner.simulator import _kernel, get_policy, simulate
 
 model = constant_step_model(4.0)
 result = simulate("vllm", {{}}, synthetic_workload("poisson:rate=20,n=60", seed=0), model, seed=0)
-loop = cached_entry(_kernel._run_kernel, feat_kernel=model.kernel, predict_row=forest_predict_row)
+vllm = get_policy("vllm")
+loop = cached_entry(_kernel._run_kernel, schedule=vllm.schedule, hook_init=vllm.hook_init,
+                    step_hook=vllm.step_hook, feat_kernel=model.kernel,
+                    predict_row=forest_predict_row)
 stats = {{name: (sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
          for name, d in (("loop", loop), ("kernel", model.kernel))}}
 print(json.dumps({{"stats": stats, "module": loop.py_func.__module__,

@@ -2,17 +2,21 @@
 
 Nothing here is Python at run time: arrivals, routing, scheduling, block allocation, preemption,
 the step composition, the feature kernel and the forest are all evaluated inside
-:func:`run_kernel`, one simulated step at a time. The policies are plain ``@njit`` functions chosen
-by an integer code (``_transformers``, ``_vllm``, ``_static``) over the shared state layout of
-``_state``; ``_forest`` walks the trees; ``_policies`` documents every configuration key.
+:func:`run_kernel`, one simulated step at a time. The policy comes in as functions, like the
+feature kernel and the forest evaluator: its ``schedule`` fills a replica's next batch and its
+``step_hook`` (state from ``hook_init``) adds what a step costs beyond the predicted time (a
+CUDA graph capture); ``_transformers``, ``_vllm`` and ``_static`` hold the shipped ones, over the
+shared state layout of ``_state``; ``_forest`` walks the trees; ``_policies`` documents every
+configuration key and how to add a policy.
 
 Time is in seconds (float64). Ties between events break deterministically: an arrival at the same
 instant as a step end is routed first (so the next schedule sees it), and replicas finishing at
 the same instant are handled in index order.
 
-Compilation is cached on disk: :func:`run_kernel` compiles the feature set's kernel and the
-forest evaluator it is given into the loop (``models._jit_cache.bind_cached``), so a process
-loads the machine code an earlier one stored, and a changed formula or policy compiles anew.
+Compilation is cached on disk: :func:`run_kernel` compiles the policy's functions, the feature
+set's kernel and the forest evaluator it is given into the loop
+(``models._jit_cache.bind_cached``), one loop per policy and feature set, so a process loads the
+machine code an earlier one stored, and a changed formula or policy compiles anew.
 Helpers keep numba's own ``cache=True`` only when everything they read is in their own module
 (numba checks the timestamp of that one file).
 """
@@ -27,9 +31,6 @@ from servetune.models._jit_cache import bind_cached
 from servetune.tuner.simulator._state import (
     N_PARAMS,
     P_NAMES,
-    POLICY_STATIC,
-    POLICY_TRANSFORMERS,
-    POLICY_VLLM,
     ROUTER_LEAST_PENDING,
     ROUTER_ROUND_ROBIN,
     STEP_COLUMNS,
@@ -37,20 +38,11 @@ from servetune.tuner.simulator._state import (
     _BATCHCNT,
     _BLOCKNEW,
     _BUSY,
-    _CAPKV,
-    _CAPCV,
-    _CAPMS,
-    _CAPREP,
-    _CAPRUNCV,
-    _CAPTOK,
     _COMP,
     _DONE,
     _FAILED,
-    _FASTPATH,
     _FREE,
     _GEN,
-    _GRAPHS,
-    _GRAPH_SLOTS,
     _INP,
     _KNOWN,
     _MINSTEP,
@@ -73,19 +65,10 @@ from servetune.tuner.simulator._state import (
     _ZOMBIE,
     _compact_running,
     _compact_waiting,
+    _lognormal_factor,
     _push_back,
     _release,
-)
-from servetune.tuner.simulator._transformers import (
-    _graph_key,
-    _graph_seen,
-    _schedule_transformers,
-)
-from servetune.tuner.simulator._vllm import (
-    _schedule_vllm,
-)
-from servetune.tuner.simulator._static import (
-    _schedule_static,
+    _seeded_state,
 )
 from servetune.tuner.simulator._forest import (
     _GROUP,
@@ -93,8 +76,8 @@ from servetune.tuner.simulator._forest import (
     fast_forest_margin_box,
 )
 
-__all__ = ["run_kernel", "POLICY_TRANSFORMERS", "POLICY_VLLM", "POLICY_STATIC",
-           "ROUTER_ROUND_ROBIN", "ROUTER_LEAST_PENDING", "P_NAMES", "N_PARAMS", "STEP_COLUMNS"]
+__all__ = ["run_kernel", "ROUTER_ROUND_ROBIN", "ROUTER_LEAST_PENDING", "P_NAMES", "N_PARAMS",
+           "STEP_COLUMNS"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,45 +99,22 @@ def _stamp_pending(pend_req, pend_tok, pend_cnt, r, t, token_s, token_offset, ou
     pend_cnt[r] = 0
 
 
-@numba.njit(cache=True)
-def _xorshift(state):
-    x = state[0]
-    x ^= (x << np.uint64(13)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    x ^= x >> np.uint64(7)
-    x ^= (x << np.uint64(17)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    state[0] = x
-    return (x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@numba.njit(cache=True)
-def _lognormal_factor(state, sigma):
-    """A seeded log-normal factor of mean 1 and log-sd ``sigma`` (Box-Muller on ``state``)."""
-    u1 = _xorshift(state)
-    u2 = _xorshift(state)
-    z = np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
-    return np.exp(sigma * z - 0.5 * sigma * sigma)
-
-
-@numba.njit(cache=True)
-def _seeded_state(seed, stream):
-    """An xorshift state for ``seed``; ``stream`` keeps independent draws apart."""
-    state = np.zeros(1, dtype=np.uint64)
-    state[0] = (np.uint64(seed) * np.uint64(2654435761) + np.uint64(88172645463325252)
-                + np.uint64(stream) * np.uint64(0x9E3779B97F4A7C15))
-    if state[0] == 0:
-        state[0] = np.uint64(1)
-    return state
-
-
-# Not cached itself: its signature holds the feature set's kernel and the forest evaluator
-# (dispatcher types, which numba's index compares by object identity, so every process would
-# miss). ``run_kernel`` below binds them and caches that on disk, keyed by a hash of all the code.
+# Not cached itself: its signature holds the policy's functions, the feature set's kernel and the
+# forest evaluator (dispatcher types, which numba's index compares by object identity, so every
+# process would miss). ``run_kernel`` below binds them and caches that on disk, keyed by a hash
+# of all the code.
 @numba.njit
-def _run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_kernel, n_features,
-               feature, threshold, left, right, default_left, value, roots, base_margin,
-               base_coef, base_intercept, log_target, predict_row, fast_feat, fast_thr, fast_left,
-               max_depth, use_fast, fold_mask, step_noise_cv, seed, record_steps):
+def _run_kernel(schedule, hook_init, step_hook, router, n_replicas, p, arrival, inp, out, knobs,
+               feat_kernel, n_features, feature, threshold, left, right, default_left, value,
+               roots, base_margin, base_coef, base_intercept, log_target, predict_row, fast_feat,
+               fast_thr, fast_left, max_depth, use_fast, fold_mask, step_noise_cv, seed,
+               record_steps):
     """Simulate one deployment; returns per-request arrays, token times and (optionally) steps.
+
+    ``schedule(r, p, st, rs, run, wq, bq, bl, starved, cand)`` fills replica ``r``'s next batch
+    and returns its size (0: nothing schedulable, -1: the engine would fail); ``hook_init(p,
+    n_replicas, seed)`` makes the run's step-hook state ``hs``, and ``step_hook(hs, r, p, rs,
+    n_seq, q_tokens, kv_read, kv_max)`` returns ``(captured, extra_ms)`` for each step.
 
     Returns:
         ``(req_int, first_sched_s, first_token_s, finish_s, token_s, token_offset, steps,
@@ -185,10 +145,10 @@ def _run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ke
         rs[r, _WHEAD] = n + 1
         rs[r, _WTAIL] = n + 1
     t_end = np.zeros(n_rep)
-    # transformers async batching: a batch's tokens are read back while the next batch is being
+    # async batching (transformers): a batch's tokens are read back while the next batch is being
     # launched, so they are timestamped at the end of the next step (launch to launch), or at
     # once when no next step follows; until then they wait here per replica
-    tf_async = policy == POLICY_TRANSFORMERS and p[_ASYNC] != 0.0
+    tf_async = p[_ASYNC] != 0.0
     pend_req = np.zeros((n_rep if tf_async else 1, n + 1), dtype=np.int64)
     pend_tok = np.zeros((n_rep if tf_async else 1, n + 1), dtype=np.int64)
     pend_cnt = np.zeros(n_rep, dtype=np.int64)
@@ -204,9 +164,7 @@ def _run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ke
     prev_raw = np.zeros((n_rep, 9))  # per replica: its last step's composition and capture flag
     fbuf = np.zeros(n_features, dtype=np.float32)
     nodebuf = np.zeros(_GROUP, dtype=np.int64)
-    use_graphs = policy == POLICY_TRANSFORMERS and p[_GRAPHS] != 0.0
-    graphs = np.full((n_rep if use_graphs else 1, _GRAPH_SLOTS), -1, dtype=np.int64)
-    shapes = np.full((n_rep if use_graphs else 1, _GRAPH_SLOTS), -1, dtype=np.int64)
+    hs = hook_init(p, n_rep, seed)
     n_captures = 0
     # per replica: the input box of the last walked step, inside which the margin is the same
     box_lo = np.zeros((n_rep, n_features), dtype=np.float32)
@@ -216,15 +174,7 @@ def _run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ke
     box_uses = np.zeros(n_rep, dtype=np.int64)
     box_skip = np.zeros(n_rep, dtype=np.int64)
     box_hits = 0
-    rng = _seeded_state(seed, 0)
-    # capture-cost noise draws from its own stream, so step noise is the same with or without it
-    cap_rng = _seeded_state(seed, 1)
-    cap_sigma = np.sqrt(np.log(1.0 + p[_CAPCV] * p[_CAPCV]))
-    run_sigma = np.sqrt(np.log(1.0 + p[_CAPRUNCV] * p[_CAPRUNCV]))
-    cap_run_factor = np.ones(n_rep)  # per replica: its run-level capture cost factor
-    if run_sigma > 0.0:
-        for r in range(n_rep):
-            cap_run_factor[r] = _lognormal_factor(cap_rng, run_sigma)
+    rng = _seeded_state(seed, 0)  # a step hook's noise draws from streams of its own
     cap = 1024 if record_steps else 1
     steps = np.zeros((cap, len(STEP_COLUMNS)))
     n_steps = 0
@@ -330,12 +280,7 @@ def _run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ke
             # a step's batch is scheduled when its loop iteration begins, in both batching modes:
             # every request that arrived by now is seen (async overlaps the GPU work, not this)
             while True:
-                if policy == POLICY_TRANSFORMERS:
-                    got = _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand)
-                elif policy == POLICY_VLLM:
-                    got = _schedule_vllm(r, p, st, rs, run, wq, bq, bl)
-                else:
-                    got = _schedule_static(r, p, st, rs, run, wq, bq, bl)
+                got = schedule(r, p, st, rs, run, wq, bq, bl, starved, cand)
                 if got > 0:
                     break
                 # nothing schedulable although requests wait: a request larger than the whole cache
@@ -445,24 +390,12 @@ def _run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ke
             margin += linear_base_margin(base_coef, base_intercept, log_target, fbuf)
             ms = np.exp(margin) if log_target else margin
             ms += overhead_ms
-            capture_ms = 0.0
-            if use_graphs:
-                pair = rs[r, _NSTEPS] % 2 if p[_ASYNC] != 0.0 else 0
-                key, shape, q_pad, kv_pad = _graph_key(p, n_seq, pf_tok + dc_tok,
-                                                       kv_sum - pf_tok - dc_tok, kv_max,
-                                                       rs[r, _FASTPATH] == 1, pair)
-                if not _graph_seen(graphs, r, key):
-                    capture_ms = p[_CAPMS] + p[_CAPTOK] * q_pad + p[_CAPKV] * kv_pad
-                    if _graph_seen(shapes, r, shape):
-                        # its query and KV shape was captured before (by the other async IO
-                        # pair, or with another padded key length): a cheaper capture
-                        capture_ms *= p[_CAPREP]
-                    capture_ms *= cap_run_factor[r]
-                    if cap_sigma > 0.0:
-                        capture_ms *= _lognormal_factor(cap_rng, cap_sigma)
-                    ms += capture_ms
-                    n_captures += 1
-                    prev_raw[r, 8] = 1.0
+            captured, extra_ms = step_hook(hs, r, p, rs, n_seq, pf_tok + dc_tok,
+                                           kv_sum - pf_tok - dc_tok, kv_max)
+            if captured:
+                ms += extra_ms
+                n_captures += 1
+                prev_raw[r, 8] = 1.0
             if sigma > 0.0:
                 ms *= _lognormal_factor(rng, sigma)
             dur = ms / 1e3
@@ -499,4 +432,5 @@ def _run_kernel(policy, router, n_replicas, p, arrival, inp, out, knobs, feat_ke
             total_steps, box_hits, n_captures)
 
 
-run_kernel = bind_cached(_run_kernel, ("feat_kernel", "predict_row"))
+run_kernel = bind_cached(_run_kernel, ("schedule", "hook_init", "step_hook", "feat_kernel",
+                                      "predict_row"))

@@ -3,8 +3,26 @@
 An engine's knobs (names, types, defaults, aliases) come from its
 :class:`~servetune.data.engines.EngineSpec`; a policy adds only what the simulation itself needs
 (the deployment: DP replicas, TP size, router; hardware sizes; step noise) and a function that
-turns a resolved configuration into the kernel's parameter vector. The registry refuses duplicate
-names and lists the valid ones when a lookup fails.
+turns a resolved configuration into the kernel's parameter vector. Its behaviour comes as numba
+functions that the event loop (``_kernel.run_kernel``) is compiled with, one loop per policy:
+
+* ``schedule(r, p, st, rs, run, wq, bq, bl, starved, cand) -> int``: fill replica ``r``'s next
+  batch (``_state._add_to_batch``) from its running list ``run`` and waiting queue ``wq``, with
+  the ``_state`` helpers for blocks, admission and preemption; return the batch size (0:
+  nothing schedulable, -1: the engine would fail). ``starved``/``cand`` are scratch arrays.
+* ``hook_init(p, n_replicas, seed) -> hs`` and ``step_hook(hs, r, p, rs, n_seq, q_tokens,
+  kv_read, kv_max) -> (captured, extra_ms)``: a cost beyond the predicted step time (the
+  transformers CUDA-graph capture); ``_state.no_hook_init``/``no_step_hook`` by default.
+
+Adding a policy is one new file with its ``@numba.njit`` schedule function (and hook, if any;
+plain ``njit``, not ``cache=True``: it is compiled into the cached loop) plus an entry here::
+
+    MY_POLICY = EnginePolicy(engine=MY_SPEC, schedule=schedule_mine, knobs=(),
+                             to_params=lambda c: {"block_size": c["block_size"], ...})
+
+registered in a :class:`PolicyRegistry` (``tests/test_simulator_policy_plugin.py`` simulates a
+toy FCFS policy defined in the test file end to end). The registry refuses duplicate names and
+lists the valid ones when a lookup fails.
 
 Example:
     >>> from servetune.tuner.simulator import default_config, engines
@@ -27,6 +45,14 @@ from servetune.data.engines import STATIC as STATIC_SPEC
 from servetune.data.engines import TRANSFORMERS_CB, VLLM as VLLM_SPEC, EngineSpec, Knob, get_engine
 from servetune.models._engine_constants import CAPTURE_KEYS, EngineConstants
 from servetune.tuner.simulator import _kernel as K
+from servetune.tuner.simulator._state import no_hook_init, no_step_hook
+from servetune.tuner.simulator._static import schedule_static
+from servetune.tuner.simulator._transformers import (
+    schedule_transformers,
+    transformers_hook_init,
+    transformers_step_hook,
+)
+from servetune.tuner.simulator._vllm import schedule_vllm
 
 __all__ = ["Knob", "EnginePolicy", "PolicyRegistry", "default_registry", "get_policy", "engines",
            "default_config", "config_keys", "resolve_config", "COMMON_KNOBS"]
@@ -58,19 +84,24 @@ class EnginePolicy:
 
     Attributes:
         engine: the engine's spec: its knobs, their names, defaults and aliases.
-        code: the kernel's policy code.
+        schedule: the policy's numba schedule function (the module docstring gives its
+            signature).
         knobs: simulation-only keys (hardware sizes, capture costs); the common deployment
             and simulation keys (``COMMON_KNOBS``) are added automatically.
         to_params: ``resolved config -> dict`` of kernel parameter names (``_kernel.P_NAMES``).
         extra_runs_columns: ``resolved config -> dict`` of ``runs`` columns the spec's knobs do
             not give (derived values such as the KV block count).
+        step_hook, hook_init: the policy's numba step hook and its per-run state (no-ops by
+            default).
     """
 
     engine: EngineSpec
-    code: int
+    schedule: Callable
     knobs: tuple[Knob, ...]
     to_params: Callable[[Mapping[str, object]], dict]
     extra_runs_columns: Callable[[Mapping[str, object]], dict] = field(default=lambda c: {})
+    step_hook: Callable = no_step_hook
+    hook_init: Callable = no_hook_init
 
     @property
     def name(self) -> str:
@@ -309,7 +340,9 @@ def _transformers_params(c: Mapping[str, object]) -> dict:
 
 TRANSFORMERS = EnginePolicy(
     engine=TRANSFORMERS_CB,
-    code=K.POLICY_TRANSFORMERS,
+    schedule=schedule_transformers,
+    step_hook=transformers_step_hook,
+    hook_init=transformers_hook_init,
     knobs=_TRANSFORMERS_SIM_KNOBS,
     to_params=_transformers_params,
     extra_runs_columns=lambda c: {"num_blocks": transformers_num_blocks(c),
@@ -353,7 +386,7 @@ def vllm_num_blocks(c: Mapping[str, object]) -> int:
 
 VLLM = EnginePolicy(
     engine=VLLM_SPEC,
-    code=K.POLICY_VLLM,
+    schedule=schedule_vllm,
     knobs=_VLLM_SIM_KNOBS,
     # the V1 scheduler gives any number of requests a prefill chunk in one step (no partial
     # prefill cap): kernel parameter max_partial_prefills = 0 means no limit
@@ -371,7 +404,7 @@ VLLM = EnginePolicy(
 
 STATIC = EnginePolicy(
     engine=STATIC_SPEC,
-    code=K.POLICY_STATIC,
+    schedule=schedule_static,
     knobs=(),
     to_params=lambda c: {"block_size": c["block_size"], "num_blocks": c["num_blocks"],
                          "max_tokens": 2**62, "max_seqs": c["max_batch_size"]},

@@ -147,7 +147,8 @@ class Simulator:
         arrays = sm.arrays
         (req, first_sched, first_tok, finish, token_s, token_offset, steps, n_steps,
          total_steps, box_hits, n_captures) = K.run_kernel(
-            policy.code, _ROUTERS[c["router"]], int(c["dp_size"]), params,
+            policy.schedule, policy.hook_init, policy.step_hook, _ROUTERS[c["router"]],
+            int(c["dp_size"]), params,
             np.ascontiguousarray(workload.arrival_s, dtype=np.float64),
             np.ascontiguousarray(workload.input_tokens, dtype=np.int64),
             np.ascontiguousarray(workload.output_tokens, dtype=np.int64),

@@ -1,17 +1,15 @@
 """Shared state layout of the simulation kernel: parameter indices, request and replica columns,
-and the small queue / block helpers every policy uses (all ``numba.njit``).
+the small queue / block helpers every policy uses, seeded noise, and the no-op step hook of
+policies without one (all ``numba.njit``).
 """
 
 from __future__ import annotations
 
 import numba
+import numpy as np
 
-__all__ = ["POLICY_TRANSFORMERS", "POLICY_VLLM", "POLICY_STATIC", "ROUTER_ROUND_ROBIN",
-           "ROUTER_LEAST_PENDING", "P_NAMES", "N_PARAMS", "STEP_COLUMNS"]
-
-POLICY_TRANSFORMERS = 0
-POLICY_VLLM = 1
-POLICY_STATIC = 2
+__all__ = ["ROUTER_ROUND_ROBIN", "ROUTER_LEAST_PENDING", "P_NAMES", "N_PARAMS", "STEP_COLUMNS",
+           "no_hook_init", "no_step_hook"]
 
 ROUTER_ROUND_ROBIN = 0
 ROUTER_LEAST_PENDING = 1
@@ -24,7 +22,9 @@ P_NAMES = (
     "max_seqs",              # 3  sequences per step (max_requests_per_batch / max_num_seqs)
     "safety_margin",         # 4  transformers: free-block fraction below which prefills stop;
                              #    vLLM: watermark fraction kept free when admitting new requests
-    "async_batching",        # 5  transformers: finished requests take one more step slot
+    "async_batching",        # 5  a step's tokens are read back when the next step is launched
+                             #    (transformers async batching: finished requests take one more
+                             #    step slot); any policy may set it
     "max_blocks_per_request",  # 6 transformers decode fast path (0 disables it)
     "prefill_first",         # 7  transformers: PrefillFirstScheduler instead of FIFO
     "long_prefill_threshold",  # 8 vLLM: cap on one request's prefill chunk (0 = none)
@@ -176,3 +176,55 @@ def _admit_head(st, rs, run, wq, r, need):
     run[r, rs[r, _RUNCNT]] = i
     rs[r, _RUNCNT] += 1
     return i
+
+
+# ---------------------------------------------------------------------------------------------
+# seeded noise (xorshift; one state array per stream)
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _xorshift(state):
+    x = state[0]
+    x ^= (x << np.uint64(13)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    x ^= x >> np.uint64(7)
+    x ^= (x << np.uint64(17)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    state[0] = x
+    return (x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(cache=True)
+def _lognormal_factor(state, sigma):
+    """A seeded log-normal factor of mean 1 and log-sd ``sigma`` (Box-Muller on ``state``)."""
+    u1 = _xorshift(state)
+    u2 = _xorshift(state)
+    z = np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
+    return np.exp(sigma * z - 0.5 * sigma * sigma)
+
+
+@numba.njit(cache=True)
+def _seeded_state(seed, stream):
+    """An xorshift state for ``seed``; ``stream`` keeps independent draws apart."""
+    state = np.zeros(1, dtype=np.uint64)
+    state[0] = (np.uint64(seed) * np.uint64(2654435761) + np.uint64(88172645463325252)
+                + np.uint64(stream) * np.uint64(0x9E3779B97F4A7C15))
+    if state[0] == 0:
+        state[0] = np.uint64(1)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# the step hook of a policy without one
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def no_hook_init(p, n_rep, seed):
+    """A policy's step-hook state for one run (this one: none)."""
+    return np.zeros(1)
+
+
+@numba.njit(cache=True)
+def no_step_hook(hs, r, p, rs, n_seq, q_tokens, kv_read, kv_max):
+    """Cost beyond the predicted step time of the step replica ``r`` is about to run:
+    ``(captured, extra_ms)``; ``captured`` marks the step in the features' previous-step
+    columns and counts as a graph capture. This one: nothing."""
+    return False, 0.0

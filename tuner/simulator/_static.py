@@ -21,8 +21,12 @@ from servetune.tuner.simulator._state import (
     _add_to_batch,
     _admit_head,
     _cdiv,
+    no_hook_init,
+    no_step_hook,
 )
 
+# the policy's step hook: none (``no_hook_init``/``no_step_hook`` are re-exported for its entry)
+__all__ = ["schedule_static", "no_hook_init", "no_step_hook"]
 
 # Not ``cache=True``: these read ``_state``'s helpers and column constants, and numba would not
 # notice a change there. They are compiled into the simulation loop, which is cached whole
@@ -33,7 +37,7 @@ from servetune.tuner.simulator._state import (
 # ---------------------------------------------------------------------------------------------
 
 @numba.njit
-def _schedule_static(r, p, st, rs, run, wq, bq, bl):
+def schedule_static(r, p, st, rs, run, wq, bq, bl, starved, cand):
     """Whole requests in fixed batches: a new batch of up to ``max_seqs`` waiting requests starts
     only when the previous one has finished; each is given the blocks of its whole sequence up
     front, prefilled in one step, then decoded one token per step."""

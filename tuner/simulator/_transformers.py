@@ -4,6 +4,10 @@ soft-reset offloading when blocks run out, and the CUDA graph shapes the engine 
 Mirrors ``transformers/generation/continuous_batching/scheduler.py`` (``_process_candidates``),
 ``offloading_manager.py`` (``offload_requests`` without a CPU pool) and ``input_outputs.py``
 (``_get_graph_key``) of transformers 5.17.
+
+The policy's functions for the event loop: :func:`schedule_transformers`, and the step hook
+:func:`transformers_step_hook` (with :func:`transformers_hook_init`) that charges a CUDA graph
+capture the first time a padded batch shape is seen.
 """
 
 from __future__ import annotations
@@ -12,14 +16,22 @@ import numba
 import numpy as np
 
 from servetune.tuner.simulator._state import (
+    _ASYNC,
     _BATCHCNT,
     _BLOCKNEW,
     _BLOCKS,
     _BS,
+    _CAPCV,
+    _CAPKV,
+    _CAPMS,
+    _CAPREP,
+    _CAPRUNCV,
+    _CAPTOK,
     _COMP,
     _DECODING,
     _FASTPATH,
     _FREE,
+    _GRAPHS,
     _GRAPH_SLOTS,
     _KNOWN,
     _KVPAD,
@@ -27,6 +39,7 @@ from servetune.tuner.simulator._state import (
     _MAXSEQ,
     _MAXTOK,
     _NB,
+    _NSTEPS,
     _PFIRST,
     _PREFILLING,
     _QPAD,
@@ -42,10 +55,13 @@ from servetune.tuner.simulator._state import (
     _cdiv,
     _compact_running,
     _compact_waiting,
+    _lognormal_factor,
     _push_back,
     _reset_for_recompute,
+    _seeded_state,
 )
 
+__all__ = ["schedule_transformers", "transformers_hook_init", "transformers_step_hook"]
 
 # Not ``cache=True``: these read ``_state``'s helpers and column constants, and numba would not
 # notice a change there. They are compiled into the simulation loop, which is cached whole
@@ -188,7 +204,10 @@ def _tf_offload(r, st, rs, run, wq, starved, n_starved):
 
 
 @numba.njit
-def _schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand):
+def schedule_transformers(r, p, st, rs, run, wq, bq, bl, starved, cand):
+    """Fill replica ``r``'s next batch (``bq``/``bl``); returns the number of requests in it, 0
+    when nothing is schedulable, -1 when the engine would raise (nothing schedulable, nothing
+    to offload). The common schedule signature of every policy (``_policies``)."""
     n_sched, failed, n_starved = _tf_pass(r, p, st, rs, run, wq, bq, bl, starved, cand)
     while n_sched == 0 and failed:
         if _tf_offload(r, st, rs, run, wq, starved, n_starved) == 0:
@@ -259,3 +278,46 @@ def _graph_seen(graphs, r, key):
             return False
         slot = (slot + 1) % _GRAPH_SLOTS
     return True  # table full: treat further shapes as captured
+
+
+@numba.njit
+def transformers_hook_init(p, n_rep, seed):
+    """The graph-capture state of one run: per replica the graph keys and the padded shapes
+    captured so far, its run-level capture cost factor, and the capture-noise stream (its own,
+    so step noise is the same with or without it)."""
+    rows = n_rep if p[_GRAPHS] != 0.0 else 1
+    graphs = np.full((rows, _GRAPH_SLOTS), -1, dtype=np.int64)
+    shapes = np.full((rows, _GRAPH_SLOTS), -1, dtype=np.int64)
+    cap_rng = _seeded_state(seed, 1)
+    run_sigma = np.sqrt(np.log(1.0 + p[_CAPRUNCV] * p[_CAPRUNCV]))
+    run_factor = np.ones(n_rep)
+    if run_sigma > 0.0:
+        for r in range(n_rep):
+            run_factor[r] = _lognormal_factor(cap_rng, run_sigma)
+    return graphs, shapes, run_factor, cap_rng
+
+
+@numba.njit
+def transformers_step_hook(hs, r, p, rs, n_seq, q_tokens, kv_read, kv_max):
+    """With CUDA graphs, a step whose graph key replica ``r`` has not captured yet costs a
+    capture: ``graph_capture_ms`` plus per padded query and KV token, times the repeat factor
+    when its padded shape was captured before, times the replica's run factor and seeded
+    noise. Returns ``(captured, extra_ms)`` (the common step-hook signature)."""
+    if p[_GRAPHS] == 0.0:
+        return False, 0.0
+    graphs, shapes, run_factor, cap_rng = hs
+    pair = rs[r, _NSTEPS] % 2 if p[_ASYNC] != 0.0 else 0
+    key, shape, q_pad, kv_pad = _graph_key(p, n_seq, q_tokens, kv_read, kv_max,
+                                           rs[r, _FASTPATH] == 1, pair)
+    if _graph_seen(graphs, r, key):
+        return False, 0.0
+    capture_ms = p[_CAPMS] + p[_CAPTOK] * q_pad + p[_CAPKV] * kv_pad
+    if _graph_seen(shapes, r, shape):
+        # its query and KV shape was captured before (by the other async IO pair, or with
+        # another padded key length): a cheaper capture
+        capture_ms *= p[_CAPREP]
+    capture_ms *= run_factor[r]
+    cap_sigma = np.sqrt(np.log(1.0 + p[_CAPCV] * p[_CAPCV]))
+    if cap_sigma > 0.0:
+        capture_ms *= _lognormal_factor(cap_rng, cap_sigma)
+    return True, capture_ms

@@ -35,8 +35,12 @@ from servetune.tuner.simulator._state import (
     _cdiv,
     _push_front,
     _reset_for_recompute,
+    no_hook_init,
+    no_step_hook,
 )
 
+# the policy's step hook: none (``no_hook_init``/``no_step_hook`` are re-exported for its entry)
+__all__ = ["schedule_vllm", "no_hook_init", "no_step_hook"]
 
 # Not ``cache=True``: these read ``_state``'s helpers and column constants, and numba would not
 # notice a change there. They are compiled into the simulation loop, which is cached whole
@@ -47,7 +51,7 @@ from servetune.tuner.simulator._state import (
 # ---------------------------------------------------------------------------------------------
 
 @numba.njit
-def _schedule_vllm(r, p, st, rs, run, wq, bq, bl):
+def schedule_vllm(r, p, st, rs, run, wq, bq, bl, starved, cand):
     """Running requests first (preempting the newest running one when blocks run out), then
     waiting requests in FCFS order while seats, tokens and blocks last (none after a preemption)."""
     bs = np.int64(p[_BS])
