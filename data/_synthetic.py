@@ -172,7 +172,11 @@ def resolve_workload(text: str, *, seed: int = 0, qps: float | None = None,
                      limit: int | None = None) -> Workload:
     """A workload from ``--workload FILE|SPEC``, optionally truncated and rescaled to ``qps``."""
     path = Path(text).expanduser()
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # a spec too long to be a file name, or with a NUL
+        is_file = False
+    if is_file:
         from servetune.data._workload_formats import load_workload
 
         workload = load_workload(path)

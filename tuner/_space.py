@@ -567,7 +567,12 @@ class SearchSpace:
         points = [self.default_tunables()] + [self.sample(rng) for _ in range(samples)]
         broken: dict[str, int] = {}
         for tunables in points:
-            point = self.resolve(tunables)
+            try:
+                point = self.resolve(tunables)
+            except ConfigError as exc:
+                if str(exc).startswith(self.source):
+                    raise
+                raise ConfigError(f"{self.source}: {exc}") from None
             if point.feasible:
                 return
             for text in point.violations:

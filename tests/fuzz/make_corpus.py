@@ -28,7 +28,7 @@ __all__ = ["Case", "make_corpus"]
 DEEP = 200_000  # nesting depth of the "deeply nested" cases
 HUGE_INT = "9" * 5000  # an integer with thousands of digits
 IDENTITY = ["--set", "engine=vllm", "--set", "model=m"]
-_SIM = ["simulate", "--engine", "vllm", "--workload"]
+_SIM = ["simulate", "--engine", "static", "--workload"]  # no engine constants needed
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Case:
     fmt: str
     argv: tuple[str, ...]
     path: Path | None = None
+    expect: str | None = None  # what the refusal must name (default: the file)
 
     def command(self, cluster: Path) -> list[str]:
         """The argv with ``{path}`` and ``{cluster}`` filled in."""
@@ -385,7 +386,6 @@ def _space_cases(c: _Corpus) -> None:
     add("infeasible-repair", _SPACE + '[[constraints]]\nexpr = "max_num_seqs < 0"\n')
     add("invalid-toml", _SPACE + "[params\n")
     add("deep-toml", _SPACE + "[fixed]\nx = " + "[" * 10_000 + "]" * 10_000 + "\n")
-    add("fixed-huge-int", _SPACE + "[fixed]\nx = 99999999999999999999999999\n")
     add("hostile-name", 'name = "fuzz"\nengine = "vllm"\n[params."env.-Sid #"]\ntype = "int"\n'
         "low = 1\nhigh = 2\n")
     add("params-array", 'name = "fuzz"\nengine = "vllm"\nparams = [1, 2]\n')
@@ -419,6 +419,7 @@ def _candidate_cases(c: _Corpus) -> None:
     add("config-list", json.dumps([{"name": "a", "config": [1, 2]}]))
     add("duplicate-names", json.dumps([good, good]))
     add("hostile-knob", json.dumps([{"name": "a", "config": {"env.-Sid #": "1"}}]))
+    c.cases[-1] = Case(**{**c.cases[-1].__dict__, "expect": "env.-Sid #"})
     add("hostile-name", json.dumps([{"name": "../../etc/x", "config": {"max_num_seqs": "$(id)"},
                                      "predicted": "nope"}]))
     add("invalid-utf8", b'[{"name": "a\xff", "config": {}}]')
@@ -432,7 +433,7 @@ def _cluster_cases(c: _Corpus) -> None:
               ["validate", "--cluster", "{path}", "--set", "max_num_seqs=8", "--workload",
                "poisson:rate=1,n=2,input=const:4,output=const:2"], ".toml")
 
-    node = "[[service_groups]]\nnodes = [{ host = \"127.0.0.1\" }]\n"
+    node = 'engine = "vllm"\n[[service_groups]]\nnodes = [{ host = "127.0.0.1", port = 1 }]\n'
     add("invalid-toml", "[[service_groups]\n")
     add("deep-nested", "x = " + "[" * 10_000 + "]" * 10_000 + "\n" + node)
     add("no-groups", 'engine = "vllm"\n')

@@ -320,8 +320,8 @@ class _Reader:
             raise self.fail(name, f"expected {kind.__name__}, got {raw!r}")
         if not isinstance(raw, kind):
             raise self.fail(name, f"expected {kind.__name__}, got {raw!r}")
-        if kind in (int, float) and raw < 0:
-            raise self.fail(name, f"expected a value >= 0, got {raw!r}")
+        if kind in (int, float) and not 0 <= raw <= 1e9:  # also refuses NaN and inf
+            raise self.fail(name, f"expected a finite value in 0..1e9, got {raw!r}")
         return raw
 
     def strings(self, table: Mapping, key: str, where: str) -> tuple[str, ...]:
