@@ -1,4 +1,5 @@
-"""Pluggable simulator policies: the shipped policies' outputs are frozen, bit for bit.
+"""Pluggable simulator policies: the shipped policies' outputs are frozen, bit for bit, and a
+policy defined outside the package (a schedule function and an ``EnginePolicy``) simulates.
 
 ``tests/data/simulator_policy_golden.npz`` holds the outputs of every case below (transformers
 sync/async, graphs/eager, FIFO/prefill-first, offloading; vLLM chunked/unchunked/long-prefill,
@@ -15,13 +16,24 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
+from _helpers_simulator import constant_step_model
 
 from servetune.data import Workload
 from servetune.features import make_feature_set
-from servetune.models import CompiledForest, CompiledStepTime
-from servetune.tuner.simulator import Simulator
+from servetune.models import CompiledForest, CompiledStepTime, forest_predict_row
+from servetune.models._jit_cache import cached_entry
+from servetune.tuner.simulator import (
+    EnginePolicy,
+    PolicyRegistry,
+    Simulator,
+    get_policy,
+    model_knobs,
+)
+from servetune.tuner.simulator import _kernel as K
+from servetune.tuner.simulator import _state as S
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "simulator_policy_golden.npz"
 
@@ -240,6 +252,84 @@ def test_the_cases_exercise_what_they_are_named_for(golden):
     for case in ("static_small_cache", "vllm_small_cache_preempt", "tf_small_cache_offload"):
         assert any((golden[f"{case}__{w}__req"][:, 1] == 4).any() for w in WORKLOADS), case
     assert set(golden["tf_dp3_least_pending__bursts__req"][:, 0]) == {0, 1, 2}
+
+
+# --- a policy defined outside the package: FCFS, whole prompts (no chunking), no preemption ---
+
+@numba.njit
+def schedule_fcfs_whole_prompts(r, p, st, rs, run, wq, bq, bl, starved, cand):
+    """Running requests take their next token while blocks last; then waiting requests join in
+    arrival order while their whole prompt fits the token budget and the free blocks."""
+    bs = np.int64(p[S._BS])
+    budget = np.int64(p[S._MAXTOK])
+    rs[r, S._BATCHCNT] = 0
+    for k in range(rs[r, S._RUNCNT]):
+        i = run[r, k]
+        new = st[i, S._KNOWN] - st[i, S._COMP]
+        need = S._cdiv(st[i, S._COMP] + new, bs) - st[i, S._BLOCKS]
+        if new <= 0 or new > budget or need > rs[r, S._FREE]:
+            continue
+        rs[r, S._FREE] -= need
+        st[i, S._BLOCKS] += need
+        S._add_to_batch(bq, bl, rs, r, i, new)
+        budget -= new
+    while rs[r, S._WHEAD] < rs[r, S._WTAIL] and rs[r, S._RUNCNT] < np.int64(p[S._MAXSEQ]):
+        i = wq[r, rs[r, S._WHEAD]]
+        new = st[i, S._KNOWN] - st[i, S._COMP]
+        need = S._cdiv(new, bs) - st[i, S._BLOCKS]
+        if new > budget or need > rs[r, S._FREE]:
+            break
+        S._admit_head(st, rs, run, wq, r, need)
+        S._add_to_batch(bq, bl, rs, r, i, new)
+        budget -= new
+    return rs[r, S._BATCHCNT]
+
+
+def _run_policy(policy, config, workload, model, seed=0):
+    """``Simulator.run``'s call of the event loop, for a policy that is not a shipped one."""
+    c = policy.resolve(config)
+    arrays = model.arrays
+    none_i, none_f = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.float32)
+    return K.run_kernel(
+        policy.schedule, policy.hook_init, policy.step_hook, K.ROUTER_ROUND_ROBIN,
+        int(c["dp_size"]), policy.params(c), workload.arrival_s, workload.input_tokens,
+        workload.output_tokens, model_knobs(policy, c), model.kernel, int(model.n_features),
+        *arrays[:7], float(arrays[7]), model.base_arrays[0], float(model.base_arrays[1]),
+        bool(model.log_target), forest_predict_row, none_i, none_f, none_i, 0, False,
+        np.zeros(model.n_features, dtype=np.uint8), 0.0, seed, True)
+
+
+def test_a_policy_is_one_schedule_function_and_an_entry(golden):
+    from servetune.data.engines import STATIC as STATIC_SPEC
+
+    fcfs = EnginePolicy(engine=STATIC_SPEC, schedule=schedule_fcfs_whole_prompts, knobs=(),
+                        to_params=lambda c: {"block_size": c["block_size"],
+                                             "num_blocks": c["num_blocks"], "max_tokens": 4096,
+                                             "max_seqs": c["max_batch_size"]})
+    registry = PolicyRegistry()
+    registry.register(fcfs)
+    policy = registry.get("static")
+    workload = Workload.from_arrays(golden["workload__poisson__arrival"],
+                                    np.minimum(golden["workload__poisson__input"], 4096),
+                                    golden["workload__poisson__output"], name="poisson")
+    model = constant_step_model(4.0)
+    req, first_sched, first_tok, finish, *_ = _run_policy(
+        policy, {"block_size": 16, "num_blocks": 1500, "max_batch_size": 16}, workload, model)
+    assert (req[:, 1] == 3).all() and (req[:, 3] == workload.output_tokens).all()
+    assert (req[:, 2] == 0).all()  # no preemption
+    # FCFS: requests start in arrival order; whole prompts: the first token comes one step later
+    assert (np.diff(first_sched) >= 0).all()
+    assert np.allclose(first_tok - first_sched, 0.004, rtol=0, atol=1e-12)
+    # the loop is compiled for this policy: not the static policy's loop, and other results
+    static = get_policy("static")
+    loops = {cached_entry(K._run_kernel, schedule=pol.schedule, hook_init=pol.hook_init,
+                          step_hook=pol.step_hook, feat_kernel=model.kernel,
+                          predict_row=forest_predict_row).py_func.__module__
+             for pol in (policy, static)}
+    assert len(loops) == 2
+    shipped = Simulator("static", {"block_size": 16, "num_blocks": 1500, "max_batch_size": 16},
+                        model).run(workload)
+    assert not np.array_equal(shipped.first_token_s, first_tok)
 
 
 def test_requeued_requests_never_run_past_the_waiting_queue():
