@@ -199,8 +199,10 @@ class VerificationResult:
 
     @property
     def measured_best(self) -> CandidateVerification | None:
-        """The candidate with the best measured objective (earliest wins ties)."""
-        scored = [c for c in self.candidates if c.measured_objective is not None]
+        """The measured candidate with the best measured objective (earliest wins ties); a
+        failed candidate is never chosen, whatever it measured before it failed."""
+        scored = [c for c in self.candidates
+                  if c.status == "measured" and c.measured_objective is not None]
         return max(scored, key=lambda c: c.measured_objective) if scored else None
 
     @property
