@@ -42,7 +42,7 @@ def test_tune_json_contract_files_and_mlflow_run(workspace, capsys):
                               "--top-k", "3", "--study", "contract")
     assert code == 0, err
     assert {"study", "best", "baseline", "candidates", "evaluations"} <= set(result)
-    assert set(result["best"]) == {"config", "objective", "metrics"}
+    assert {"config", "objective", "metrics", "domain"} <= set(result["best"])
     assert result["best"]["objective"] == result["best"]["metrics"]["goodput_rps"]
     assert result["evaluations"]["total"] == 15
     labels = [c["label"] for c in result["candidates"]]

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from servetune import ConfigError
 from servetune.data import Workload
-from servetune.tuner._objective import SLO
+from servetune.tuner._objective import SLO, DOMAIN_METRIC_KEYS
 from servetune.tuner._space import SearchSpace
 
-__all__ = ["SimulatorEvaluator", "simulator_keys", "engine_defaults"]
+__all__ = ["SimulatorEvaluator", "simulator_keys", "engine_defaults", "domain_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,25 @@ def engine_defaults(engine: str) -> dict:
     for alias, name in policy.aliases.items():
         defaults.setdefault(alias, defaults[name])
     return defaults
+
+
+# check_config's reason for a new combination of trained knob values (interpolation, the
+# model's job): not counted among the extrapolations
+_COMBINATION_REASON = "knob combination"
+
+
+def domain_metrics(report: dict) -> dict:
+    """The ``DOMAIN_METRIC_KEYS`` of a simulation's domain report
+    (:meth:`Simulator.domain_report`); all None when the model carries no domain."""
+    if not report.get("known"):
+        return dict.fromkeys(DOMAIN_METRIC_KEYS)
+    reasons = report.get("reasons") or []
+    steps = report.get("steps") or {}
+    return {"domain_reasons": float(len(reasons)),
+            "domain_extrapolations": float(sum(not r.startswith(_COMBINATION_REASON)
+                                               for r in reasons)),
+            "domain_share_outside": steps.get("share_outside"),
+            "domain_worst_ratio": steps.get("worst_ratio")}
 
 
 @dataclass(frozen=True)
@@ -101,13 +120,23 @@ class SimulatorEvaluator:
         return (_rebuild, (self.engine, self.workload, _portable(self.step_model), self.slo,
                            self.seed, self.base_config, self.keys))
 
-    def __call__(self, config: dict) -> dict:
-        from servetune.tuner.simulator import simulate
+    def _simulator(self, config: dict):
+        from servetune.tuner.simulator import Simulator
 
-        result = simulate(self.engine, self.simulator_config(config), self.workload,
-                          self.step_model, self.seed,
-                          slo={"ttft_ms": self.slo.ttft_ms, "tpot_ms": self.slo.tpot_ms})
-        return result.flat_metrics()
+        return Simulator(self.engine, self.simulator_config(config), self.step_model,
+                         slo={"ttft_ms": self.slo.ttft_ms, "tpot_ms": self.slo.tpot_ms})
+
+    def __call__(self, config: dict) -> dict:
+        """The run metrics of ``config`` and its ``DOMAIN_METRIC_KEYS`` (steps are recorded
+        for the step-level check)."""
+        simulator = self._simulator(config)
+        result = simulator.run(self.workload, self.seed, record_steps=True)
+        return {**result.flat_metrics(), **domain_metrics(simulator.domain_report(result))}
+
+    def domain_report(self, config: dict) -> dict:
+        """The configuration-level domain report of ``config`` (reasons and message; no
+        steps): what candidates are labelled with."""
+        return self._simulator(config).domain_report()
 
 
 def _portable(step_model) -> tuple:
@@ -116,7 +145,7 @@ def _portable(step_model) -> tuple:
     if forest is None or feature_set is None:
         return ("object", step_model)
     return ("forest", forest, feature_set.name, feature_set.version,
-            getattr(step_model, "engine_constants", None))
+            getattr(step_model, "domain", None), getattr(step_model, "engine_constants", None))
 
 
 def _rebuild(engine, workload, portable, slo, seed, base_config, keys) -> SimulatorEvaluator:
@@ -126,13 +155,14 @@ def _rebuild(engine, workload, portable, slo, seed, base_config, keys) -> Simula
         from servetune.features import get_feature_set
         from servetune.models import CompiledStepTime
 
-        _, forest, name, version, constants = portable
+        _, forest, name, version, domain, constants = portable
         feature_set = get_feature_set(name)
         if feature_set.version != version:
             raise ConfigError(f"worker has feature set {name} version {feature_set.version}, "
                               f"the model needs version {version}: mismatched servetune "
                               "installations")
         step_model = CompiledStepTime(forest, feature_set)
-        object.__setattr__(step_model, "engine_constants", constants)  # the model's fitted ones
+        object.__setattr__(step_model, "domain", domain)  # as StepTimeModel.compile() does
+        object.__setattr__(step_model, "engine_constants", constants)
     return SimulatorEvaluator(engine, workload, step_model, slo=slo, seed=seed,
                               base_config=base_config, keys=keys)

@@ -23,11 +23,18 @@ from pathlib import Path
 
 from servetune import ConfigError
 from servetune.data import Workspace, atomic_write_bytes
-from servetune.tuner._candidates import build_candidates, candidates_table, write_candidates
+from servetune.tuner._candidates import (
+    NEAR_BEST_TOLERANCE,
+    build_candidates,
+    candidate_notes,
+    candidates_table,
+    default_near_best,
+    write_candidates,
+)
 from servetune.tuner._evaluators import SimulatorEvaluator, engine_defaults
 from servetune.tuner._executors import describe_executor, open_executor
 from servetune.tuner._importers import import_space
-from servetune.tuner._objective import parse_objective
+from servetune.tuner._objective import DomainRule, parse_objective
 from servetune.tuner._space import SearchSpace, builtin_spaces
 from servetune.tuner._study import Study
 
@@ -41,9 +48,12 @@ DEFAULT_SPACE = "transformers-cb"
 # Splitwise-conversation-like requests: lognormal lengths with the first 2,000 requests' medians
 # (1,032 -> 1,000 input, 238 output tokens) and spread chosen so the means match too (about
 # 1,210 / 290 against the trace's 1,105 / 265), gamma arrivals with the trace's cv (1.1), 2,000
-# requests at 4 req/s: near the capacity the bundled H200 sample's champion predicts, so the
-# configuration matters.
-DEFAULT_WORKLOAD = ("gamma:rate=4,n=2000,cv=1.1,input=lognormal:1000:0.6:7930,"
+# requests at 1.5 req/s: a load the engine default (eager, what transformers resolves for
+# paged|sdpa) serves. With the bundled H200 sample's champion the default predicts TTFT p90
+# 0.51 s, TPOT p90 136 ms, goodput 1.46 req/s at 1.5 req/s; at 1.75 req/s it tips (TTFT p90
+# 3.1 s, TPOT p90 1.8 s) and at the former 4 req/s its TTFT p90 was 467 s, so "115x the
+# default" compared against an overloaded baseline.
+DEFAULT_WORKLOAD = ("gamma:rate=1.5,n=2000,cv=1.1,input=lognormal:1000:0.6:7930,"
                     "output=lognormal:238:0.6:1000")
 # SLOs sized for the bundled sample's engine (transformers CB, llama-1b-like on one H200): its
 # measured TPOT is 30 ms median at short outputs and the champion predicts 70-170 ms for large
@@ -74,6 +84,10 @@ class TuneSettings:
         model_uri: step-time model (default: the workspace champion, trained if missing).
         base_config: simulator keys applied under every configuration (hardware, memory).
         track: log the study to MLflow.
+        domain: how candidates outside the model's training data are ranked: ``strict``
+            (refused unless none is inside), ``penalise`` or ``ignore`` (:class:`DomainRule`).
+        near_best_tolerance: relative gap under which the engine default is "already
+            near-best" (a placeholder for prediction intervals).
     """
 
     space: str = DEFAULT_SPACE
@@ -93,6 +107,8 @@ class TuneSettings:
     model_uri: str | None = None
     base_config: dict = field(default_factory=dict)
     track: bool = True
+    domain: str = "strict"
+    near_best_tolerance: float = NEAR_BEST_TOLERANCE
 
 
 def load_space(name_or_path: str) -> SearchSpace:
@@ -147,6 +163,8 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
         base_config = dict(info.get("base_config", {}))
         sim_seed = info["sim_seed"]
         top_k = int(info.get("top_k", settings.top_k))
+        rule = DomainRule(**info.get("domain", {}))  # studies before domains: the default
+        tolerance = float(info.get("near_best_tolerance", NEAR_BEST_TOLERANCE))
     else:
         space = load_space(settings.space)
         objective = parse_objective(settings.objective)
@@ -156,10 +174,13 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
         base_config = dict(settings.base_config)
         sim_seed = settings.sim_seed
         top_k = settings.top_k
+        rule = DomainRule(settings.domain)
+        tolerance = float(settings.near_best_tolerance)
         name = settings.study or "tune-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         info = {"engine": space.engine, "workload": settings.workload, "qps": settings.qps,
                 "limit": settings.limit, "requests": len(workload), "model_uri": model_uri,
-                "sim_seed": sim_seed, "base_config": base_config, "top_k": top_k}
+                "sim_seed": sim_seed, "base_config": base_config, "top_k": top_k,
+                "domain": rule.to_dict(), "near_best_tolerance": tolerance}
         study = Study.create(studies / name, space=space, objective=objective,
                              optimizer=optimizer_spec(settings), seed=settings.seed,
                              evaluator=info, name=name)
@@ -198,14 +219,33 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
         bar.close()
 
     candidates = build_candidates(study, top_k, (baseline_config, baseline_metrics,
-                                                 baseline_score))
-    files = write_candidates(study.directory, candidates, space.names)
+                                                 baseline_score),
+                                  rule=rule, domain_of=evaluator.domain_report)
+    notes = study_notes(study, candidates, rule, tolerance)
+    files = write_candidates(study.directory, candidates, space.names, notes)
     plots = _write_plots(study, candidates)
     if tracker is not None:
         tracker.finish(study, candidates, plots, files + [study.directory / "study.json",
                                                           study.directory / "evaluations.jsonl"])
         study.checkpoint()  # keeps the run id next to the state
-    return summary(study, candidates, wall_s=time.perf_counter() - started)
+    return summary(study, candidates, wall_s=time.perf_counter() - started, rule=rule,
+                   notes=notes, tolerance=tolerance)
+
+
+def study_notes(study: Study, candidates: list[dict], rule: DomainRule,
+                tolerance: float = NEAR_BEST_TOLERANCE) -> list[str]:
+    """The verdict lines of a study (:func:`candidate_notes` with its domain counts)."""
+    outside, total = _domain_counts(study, rule)
+    return candidate_notes(candidates, rule, tolerance, outside, total)
+
+
+def _domain_counts(study: Study, rule: DomainRule) -> tuple[int, int]:
+    """Distinct evaluated configurations outside the domain, and all of them."""
+    distinct = study.top(len(study.records))
+    return sum(rule.status(r.metrics) == "outside" for r in distinct), len(distinct)
+
+
+_HEADLINE = ("config", "objective", "ranked_objective", "metrics", "domain", "no_effect")
 
 
 def _progress_bar(study: Study, enabled: bool):
@@ -236,9 +276,13 @@ def _write_plots(study: Study, candidates: list[dict]) -> dict[str, bytes]:
     return plots
 
 
-def summary(study: Study, candidates: list[dict], wall_s: float | None = None) -> dict:
-    """The ``--json`` document: study, best, baseline, candidates, evaluations."""
-    best = study.best()
+def summary(study: Study, candidates: list[dict], wall_s: float | None = None, *,
+            rule: DomainRule | None = None, notes: list[str] | None = None,
+            tolerance: float = NEAR_BEST_TOLERANCE) -> dict:
+    """The ``--json`` document: study, best (the first candidate under the domain rule),
+    baseline, candidates, evaluations, domain, notes."""
+    rule = rule or DomainRule()
+    best = next((c for c in candidates if not c.get("baseline")), None)
     baseline = next((c for c in candidates if c.get("baseline")), None)
     statuses = [r.status for r in study.records]
     out = {
@@ -248,11 +292,8 @@ def summary(study: Study, candidates: list[dict], wall_s: float | None = None) -
                   "optimizer": study.spec.optimizer, "seed": study.spec.seed,
                   "iterations": study.iteration, "mlflow_run_id": study.tracking_run_id,
                   "evaluator": study.spec.evaluator},
-        "best": None if best is None else {"config": best.config, "objective": best.score,
-                                           "metrics": best.metrics},
-        "baseline": None if baseline is None else {
-            "config": baseline["config"], "objective": baseline["objective"],
-            "metrics": baseline["metrics"]},
+        "best": None if best is None else {k: best[k] for k in _HEADLINE},
+        "baseline": None if baseline is None else {k: baseline[k] for k in _HEADLINE},
         "candidates": candidates,
         "evaluations": {"total": len(statuses), "ok": statuses.count("ok"),
                         "simulated": sum(1 for r in study.records
@@ -264,8 +305,13 @@ def summary(study: Study, candidates: list[dict], wall_s: float | None = None) -
     if wall_s is not None:
         out["wall_s"] = round(wall_s, 3)
     if best is not None and baseline is not None and baseline["objective"] not in (None, 0):
-        ratio = best.score / baseline["objective"]
+        ratio = best["objective"] / baseline["objective"]
         out["improvement_over_baseline"] = ratio if math.isfinite(ratio) else None
+    outside, total = _domain_counts(study, rule)
+    out["domain"] = {**rule.to_dict(), "outside_evaluations": outside,
+                     "distinct_evaluations": total}
+    out["near_best"] = default_near_best(candidates, tolerance)
+    out["notes"] = list(notes or [])
     out["table"] = candidates_table(candidates, study.space.names)
     return out
 

@@ -18,10 +18,16 @@ score.
 Spec strings select and parametrise one: ``goodput``, ``throughput:percentile=p99``,
 ``fitness:ttft_ms=500,w_speed=0.5``; ``ttft_ms``/``tpot_ms`` set the SLOs of any objective.
 
+Out-of-domain evaluations (the step-time model extrapolating) are ranked by
+:class:`DomainRule`: refused (``strict``), given a pessimistic estimate (``penalise``) or only
+labelled (``ignore``).
+
 Example:
     >>> obj = parse_objective("goodput:ttft_ms=500,tpot_ms=50")
     >>> obj.score({"goodput_rps": 3.5})
     3.5
+    >>> DomainRule("penalise").ranked(3.5, {"domain_extrapolations": 1})
+    1.75
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from servetune import ConfigError
 
 __all__ = ["SLO", "Objective", "GoodputObjective", "ThroughputObjective", "FitnessObjective",
-           "parse_objective", "OBJECTIVES", "METRIC_KEYS"]
+           "parse_objective", "OBJECTIVES", "METRIC_KEYS", "DomainRule", "DOMAIN_MODES",
+           "DOMAIN_METRIC_KEYS"]
 
 # What an evaluator returns (all floats; :func:`servetune.data.run_metrics` names, the ``runs``
 # columns): the objective reads a subset.
@@ -43,6 +50,14 @@ METRIC_KEYS = (
     "tpot_mean_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_mean_ms", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms",
 )
+
+# What the simulator evaluator adds about the step-time model's training domain (None when the
+# model carries no domain): config-level reasons (all, and those that extrapolate: a mode never
+# trained, a token budget or KV cache size outside its mode's trained range), and the share of
+# simulated steps outside the trained step-composition ranges with the worst ratio.
+DOMAIN_METRIC_KEYS = ("domain_reasons", "domain_extrapolations", "domain_share_outside",
+                      "domain_worst_ratio")
+DOMAIN_MODES = ("strict", "penalise", "ignore")
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,65 @@ class FitnessObjective(Objective):
                      + self.w_ttft * math.exp(-self.ttft_penalty * over_ttft)
                      + self.w_tpot * math.exp(-self.tpot_penalty * over_tpot)
                      + self.w_success * math.exp(-self.success_penalty * (1 - success)))
+
+
+@dataclass(frozen=True)
+class DomainRule:
+    """How evaluations outside the step-time model's training domain are ranked.
+
+    An evaluation is ``outside`` when its configuration extrapolates (``domain_extrapolations``
+    > 0: a mode never trained, or a token budget or KV cache size beyond its mode's trained
+    range) or more than ``max_share`` of its simulated steps lie outside the trained ranges.
+    A new combination of trained knob values alone is interpolation, the model's job, and does
+    not count. ``unknown`` when the model carries no domain (ranked as inside).
+
+    Attributes:
+        mode: ``strict`` (default): outside evaluations are excluded from the candidates
+            unless no inside one exists, then ranked by the pessimistic estimate;
+            ``penalise``: they are ranked by the pessimistic estimate (objective x
+            ``penalty``; a negative objective / ``penalty``); ``ignore``: raw objective,
+            labels only.
+        max_share: share of steps outside tolerated (0.05).
+        penalty: factor of the pessimistic estimate (0.5).
+    """
+
+    mode: str = "strict"
+    max_share: float = 0.05
+    penalty: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in DOMAIN_MODES:
+            raise ConfigError(f"domain mode must be one of {', '.join(DOMAIN_MODES)}; got "
+                              f"{self.mode!r}")
+        if not 0 <= self.max_share < 1:
+            raise ConfigError(f"domain max_share must be in [0, 1); got {self.max_share}")
+        if not 0 < self.penalty <= 1:
+            raise ConfigError(f"domain penalty must be in (0, 1]; got {self.penalty}")
+
+    def status(self, metrics: dict) -> str:
+        """``inside``, ``outside`` or ``unknown`` for one evaluation's metrics."""
+        extrapolations = metrics.get("domain_extrapolations")
+        share = metrics.get("domain_share_outside")
+        if extrapolations is None and share is None:
+            return "unknown"
+        if (extrapolations or 0) > 0 or (share or 0.0) > self.max_share:
+            return "outside"
+        return "inside"
+
+    def pessimistic(self, score: float) -> float:
+        """The pessimistic estimate of an outside evaluation's objective."""
+        return score * self.penalty if score >= 0 else score / self.penalty
+
+    def ranked(self, score: float, metrics: dict) -> float:
+        """The objective a candidate is ranked by (the raw one unless outside and not
+        ``ignore``)."""
+        if self.mode == "ignore" or self.status(metrics) != "outside":
+            return score
+        return self.pessimistic(score)
+
+    def to_dict(self) -> dict:
+        """Plain data (the study records it)."""
+        return asdict(self)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {

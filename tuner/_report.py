@@ -12,7 +12,12 @@ import json
 from pathlib import Path
 
 from servetune.data import atomic_write_text
-from servetune.tuner._candidates import TABLE_METRICS, format_cell
+from servetune.tuner._candidates import (
+    NEAR_BEST_TOLERANCE,
+    NO_EFFECT,
+    TABLE_METRICS,
+    candidate_cells,
+)
 from servetune.tuner._plots import convergence_png, pareto_png
 from servetune.tuner._study import Study
 
@@ -23,7 +28,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#22
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3} td.l,th.l{text-align:left} code{font-size:12px}
-.best{background:#fff6d5} .muted{color:#777}
+.best{background:#fff6d5} .muted{color:#777} .outside{color:#a40}
 """
 
 
@@ -55,21 +60,27 @@ def render_report(study_dir: str | Path) -> str:
     if best is not None:
         parts.append(f"<p>Best objective <b>{best.score:.5g}</b> at evaluation {best.index + 1}"
                      + _baseline_sentence(candidates, best.score) + "</p>")
+    notes = _notes(study, candidates)
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     parts += ["<h2>Convergence</h2>", _img(convergence_png(study), "convergence"),
               "<h2>TTFT vs throughput</h2>", _img(pareto_png(study, candidates), "pareto")]
     if candidates:
         keys = list(study.space.names)
-        head = ["", "objective", *TABLE_METRICS, *keys]
+        head = ["", "objective", "domain", *TABLE_METRICS, *keys, NO_EFFECT]
         parts.append("<h2>Candidates</h2><table><tr>" + "".join(
             f"<th>{esc(h)}</th>" for h in head) + "</tr>")
         for c in candidates:
-            m = c.get("metrics") or {}
-            cells = [c["label"], format_cell(c.get("objective"))]
-            cells += [format_cell(m.get(k)) for k in TABLE_METRICS]
-            cells += [format_cell(c["config"].get(k)) for k in keys]
+            cells = candidate_cells(c, keys)
             cls = " class=best" if c.get("rank") == 1 else ""
             parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(x)}</td>" for x in cells) + "</tr>")
-        parts.append("</table><h3>Launch</h3><ul>")
+        parts.append("</table><h3>Domain</h3><ul>")
+        for c in candidates:
+            domain = c.get("domain") or {}
+            cls = " class=outside" if domain.get("status") == "outside" else ""
+            parts.append(f"<li{cls}><b>{esc(c['label'])}</b>: "
+                         f"{esc(domain.get('message') or 'not recorded')}</li>")
+        parts.append("</ul><h3>Launch</h3><ul>")
         for c in candidates:
             launch = c.get("launch") or {}
             parts.append(f"<li><b>{esc(c['label'])}</b>: <code>{esc(launch.get('command', ''))}"
@@ -96,6 +107,20 @@ def write_report(study_dir: str | Path, output: str | Path | None = None) -> Pat
     path = Path(output) if output else Path(study_dir) / "report.html"
     atomic_write_text(path, render_report(study_dir))
     return path
+
+
+def _notes(study: Study, candidates: list[dict]) -> list[str]:
+    """The study's verdict lines (as ``servetune tune`` printed them), when its candidates
+    carry domain labels."""
+    if not candidates or any("domain" not in c for c in candidates):
+        return []
+    from servetune.tuner._job import study_notes
+    from servetune.tuner._objective import DomainRule
+
+    info = study.spec.evaluator
+    rule = DomainRule(**info.get("domain", {}))
+    return study_notes(study, candidates, rule, float(info.get("near_best_tolerance",
+                                                              NEAR_BEST_TOLERANCE)))
 
 
 def _img(png: bytes, alt: str) -> str:
