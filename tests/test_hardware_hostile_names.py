@@ -136,3 +136,33 @@ def test_each_service_runs_in_a_fresh_private_dir_and_nothing_planted_is_importe
     cwd, mode = out.read_text().split()
     assert cwd.startswith(str(work) + "/run.") and mode == "700"
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_secret_env_values_are_redacted_in_what_is_stored_and_printed(tmp_path, capsys):
+    """A token given as an env.* knob reaches the service but not the store or --json."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from servetune.data import TraceStore
+
+    from _helpers_hardware import free_port
+
+    helper = Path(__file__).parent / "_helpers_hardware.py"  # serves a fake OpenAI API
+
+    cluster = tmp_path / "cluster.toml"
+    command = json.dumps([sys.executable, str(helper)])
+    cluster.write_text(f'engine = "script"\nmodel = "m"\nhealth_timeout_s = 5\n'
+                       f'candidate_timeout_s = 30\nstop_grace_s = 3\n[[service_groups]]\n'
+                       f'service_port = {free_port()}\nstart_command = {command}\n'
+                       f'nodes = [{{ host = "local", work_dir = "{tmp_path / "w"}" }}]\n')
+    code = main(["--workspace", str(tmp_path / "ws"), "validate", "--cluster", str(cluster),
+                 "--workload", "poisson:rate=20,n=4,input=const:8,output=const:4",
+                 "--warmup", "0", "--set", "env.HF_TOKEN=hf_sekrit", "--set", "env.MODE=fast",
+                 "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "hf_sekrit" not in out and '"env.MODE": "fast"' in out
+    runs = TraceStore(tmp_path / "ws" / "traces").query("runs")
+    assert "hf_sekrit" not in runs["config"].iloc[0]
+    assert json.loads(runs["config"].iloc[0])["env.HF_TOKEN"] == "***"

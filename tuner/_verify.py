@@ -28,7 +28,7 @@ import numpy as np
 
 from servetune import ConfigError, InputError
 from servetune.data import TraceStore, Workload, atomic_write_text, resolve_workload
-from servetune.data.engines import canonical_engine_name, engine_names
+from servetune.data.engines import canonical_engine_name, engine_names, redact_secrets
 from servetune.tuner._objective import Objective, parse_objective
 from servetune.tuner._study import STUDY_FILE, Study
 from servetune.tuner.hardware import (
@@ -147,7 +147,8 @@ class CandidateVerification:
         metrics = {m: {"predicted": self.predicted.get(m), "measured": self.measured.get(m),
                        "error": _error(self.predicted.get(m), self.measured.get(m))}
                    for m in VERIFY_METRICS if m in self.predicted or m in self.measured}
-        return {"name": self.name, "baseline": self.baseline, "config": dict(self.config),
+        return {"name": self.name, "baseline": self.baseline,
+                "config": redact_secrets(self.config),
                 "status": self.status, "reason": self.reason, "error_kind": self.error_kind,
                 "predicted_objective": self.predicted_objective,
                 "measured_objective": self.measured_objective,
@@ -241,7 +242,7 @@ class VerificationResult:
             return None
         predicted = self.predicted_best
         return {"chosen_on": "measurements", "name": best.name, "baseline": best.baseline,
-                "config": dict(best.config), "objective": self.objective,
+                "config": redact_secrets(best.config), "objective": self.objective,
                 "measured_objective": best.measured_objective,
                 "predicted_objective": best.predicted_objective,
                 "agrees": best.agrees(self.threshold, self.noise_factor),
