@@ -49,10 +49,11 @@ DEFAULT_SPACE = "transformers-cb"
 # (1,032 -> 1,000 input, 238 output tokens) and spread chosen so the means match too (about
 # 1,210 / 290 against the trace's 1,105 / 265), gamma arrivals with the trace's cv (1.1), 2,000
 # requests at 1.5 req/s: a load the engine default (eager, what transformers resolves for
-# paged|sdpa) serves. With the bundled H200 sample's champion the default predicts TTFT p90
-# 0.51 s, TPOT p90 136 ms, goodput 1.46 req/s at 1.5 req/s; at 1.75 req/s it tips (TTFT p90
-# 3.1 s, TPOT p90 1.8 s) and at the former 4 req/s its TTFT p90 was 467 s, so "115x the
-# default" compared against an overloaded baseline.
+# paged|sdpa) serves. With the champion of the bundled H200 sample (88 runs, part D included)
+# the default predicts TTFT p90 0.38 s, TPOT p90 115 ms, goodput 1.50 req/s (all of it) at
+# 1.5 req/s; at 2 req/s it tips (TTFT p90 2.6 s, TPOT p90 1.3 s, goodput 0.2 req/s) and at the
+# former 4 req/s its TTFT p90 was 349-467 s: "115x the engine default" compared against an
+# overloaded baseline.
 DEFAULT_WORKLOAD = ("gamma:rate=1.5,n=2000,cv=1.1,input=lognormal:1000:0.6:7930,"
                     "output=lognormal:238:0.6:1000")
 # SLOs sized for the bundled sample's engine (transformers CB, llama-1b-like on one H200): its
