@@ -167,7 +167,9 @@ class DomainRule:
     > 0: a mode never trained, or a token budget or KV cache size beyond its mode's trained
     range) or more than ``max_share`` of its simulated steps lie outside the trained ranges.
     A new combination of trained knob values alone is interpolation, the model's job, and does
-    not count. ``unknown`` when the model carries no domain (ranked as inside).
+    not count. ``unknown`` when the model carries no domain (ranked as inside). The optimiser
+    searches on the raw objective; the rule ranks every distinct evaluation of the study when
+    the candidates are chosen.
 
     Attributes:
         mode: ``strict`` (default): outside evaluations are excluded from the candidates
