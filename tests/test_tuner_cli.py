@@ -32,7 +32,8 @@ def workspace(tmp_path_factory) -> Workspace:
 
 
 def _tune(ws: Workspace, capsys, *args: str) -> tuple[int, dict | None, str]:
-    code = main(["--workspace", str(ws.root), "tune", "--workload", WORKLOAD, *args, "--json"])
+    code = main(["--workspace", str(ws.root), "tune", "--workload", WORKLOAD, *MEMORY, *args,
+                 "--json"])
     out = capsys.readouterr()
     return code, (json.loads(out.out) if code == 0 else None), out.err
 
@@ -230,7 +231,8 @@ def test_cli_study_killed_mid_run_resumes_to_the_uninterrupted_result(workspace,
     import time
 
     workload = "poisson:rate=60,n=1500,input=lognormal:600:0.8:3000,output=lognormal:80:0.6:400"
-    flags = ["--workload", workload, "--particles", "6", "--iterations", "8", "--no-mlflow"]
+    flags = ["--workload", workload, "--particles", "6", "--iterations", "8", "--no-mlflow",
+             *MEMORY]
     code = main(["--workspace", str(workspace.root), "tune", *flags, "--study", "whole",
                  "--json"])
     assert code == 0, capsys.readouterr().err
