@@ -51,8 +51,9 @@ def test_same_command_twice_prints_identical_json(workspace):
 
 def test_workspace_champion_is_used_without_a_model_uri(workspace):
     ws, uri = workspace
+    # the synthetic training runs record no GPU or model memory, so the cache is given
     out = _simulate(ws, "--engine", "vllm", "--workload", "poisson:rate=4,n=40", "--qps", "8",
-                    "--json")
+                    "--set", "num_gpu_blocks_override=65536", "--json")
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
     assert payload["model_uri"].endswith("@champion") and payload["metrics"]["completed"] == 40

@@ -407,8 +407,10 @@ def test_each_step_is_predicted_with_its_replicas_previous_step(engine, cfg):
     sim = Simulator(engine, cfg, trained)
     steps = sim.run(w, record_steps=True).steps
     knobs = model_knobs(get_policy(engine), sim.config)
-    assert knobs[-1] == sim.config.get("max_batch_tokens",
-                                       sim.config.get("max_num_batched_tokens"))
+    from servetune.features import KNOB_COLUMNS
+
+    assert knobs[KNOB_COLUMNS.index("max_batch_tokens")] == sim.config.get(
+        "max_batch_tokens", sim.config.get("max_num_batched_tokens"))
     replicas = np.unique(steps[:, 0])
     assert replicas.size == cfg.get("dp_size", 1)
     for r in replicas:
