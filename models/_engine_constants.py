@@ -34,7 +34,13 @@ import pandas as pd
 
 __all__ = ["EngineConstants", "CaptureCost", "ENGINE_CONSTANTS_ARTIFACT", "CAPTURE_KEYS",
            "MEMORY_KEYS", "capture_terms", "capture_fit", "fit_capture_cost",
-           "repeated_shapes", "hardware_facts", "transformers_sim_config"]
+           "repeated_shapes", "hardware_facts", "transformers_sim_config", "fit_h2d_bandwidth",
+           "H2D_MIN_BYTES"]
+
+#: async runs whose per-step mask copy is at least this large fit the H2D bandwidth: below it
+#: the copy hides under the forward pass (measured on an H200: the floor stays at the ~9.9 ms
+#: compute floor up to 0.48 GB, BENCHMARKS.md "Async mask copy vs KV cache size")
+H2D_MIN_BYTES = 1.5e9
 
 ENGINE_CONSTANTS_ARTIFACT = "engine_constants.json"  # MLflow artifact path in the training run
 #: the simulator's capture-cost keys, in :meth:`CaptureCost.config_values` order
@@ -89,6 +95,8 @@ class EngineConstants:
         gpu_memory_gib: its memory per device (GiB).
         model_weights_gib: model weights per device (GiB).
         kv_bytes_per_token: KV cache bytes per token per device.
+        h2d_gb_per_s: the host-to-device bandwidth of async batching's per-step copy of its
+            static inputs (:func:`fit_h2d_bandwidth`); None when no training run copied enough.
         sources: per value above, where it came from (or why it is None).
         n_runs: training runs it was computed from.
     """
@@ -99,6 +107,7 @@ class EngineConstants:
     gpu_memory_gib: float | None = None
     model_weights_gib: float | None = None
     kv_bytes_per_token: int | None = None
+    h2d_gb_per_s: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     n_runs: int = 0
 
@@ -112,8 +121,9 @@ class EngineConstants:
         return {} if fit is None else dict(zip(CAPTURE_KEYS, fit.config_values(max_batch_tokens)))
 
     def memory_config(self) -> dict:
-        """The known ``MEMORY_KEYS`` values."""
-        return {k: getattr(self, k) for k in MEMORY_KEYS if getattr(self, k) is not None}
+        """The known ``MEMORY_KEYS`` values and the H2D bandwidth (simulation keys)."""
+        return {k: getattr(self, k) for k in (*MEMORY_KEYS, "h2d_gb_per_s")
+                if getattr(self, k) is not None}
 
     def hardware(self) -> dict:
         """``gpu_name`` and ``gpu_memory_gib`` where known (an engine spec's ``hardware``)."""
@@ -131,6 +141,7 @@ class EngineConstants:
                 "gpu_name": self.gpu_name, "gpu_memory_gib": self.gpu_memory_gib,
                 "model_weights_gib": self.model_weights_gib,
                 "kv_bytes_per_token": self.kv_bytes_per_token,
+                "h2d_gb_per_s": self.h2d_gb_per_s,
                 "sources": dict(self.sources), "n_runs": self.n_runs}
 
     @classmethod
@@ -146,11 +157,13 @@ class EngineConstants:
                    gpu_name=data.get("gpu_name"), gpu_memory_gib=data.get("gpu_memory_gib"),
                    model_weights_gib=data.get("model_weights_gib"),
                    kv_bytes_per_token=None if kv is None else int(kv),
+                   h2d_gb_per_s=data.get("h2d_gb_per_s"),
                    sources=dict(data.get("sources") or {}), n_runs=int(data.get("n_runs", 0)))
 
     @classmethod
     def from_training(cls, captures: pd.DataFrame, predicted_ms: np.ndarray,
-                      runs: pd.DataFrame, repeat_factor: bool = True) -> "EngineConstants":
+                      runs: pd.DataFrame, repeat_factor: bool = True,
+                      steps: pd.DataFrame | None = None) -> "EngineConstants":
         """Fit the capture cost on ``captures`` (graph-capture steps of the training runs, with
         ``predicted_ms`` the step-time model's prediction of each) and read the hardware and
         model facts of ``runs`` (the training runs: ``run_id``, ``engine``, ``config``,
@@ -161,8 +174,59 @@ class EngineConstants:
             sources[key] = ("least squares over the training runs' graph-capture steps"
                             if fits[is_async] is not None else
                             "no graph-capture step of this batching mode in the training runs")
+        bandwidth, sources["h2d_gb_per_s"] = (
+            fit_h2d_bandwidth(steps, runs) if steps is not None and "engine" in runs
+            else (None, "no training steps given"))
         return cls(capture_sync=fits[False], capture_async=fits[True], sources=sources,
-                   n_runs=int(runs["run_id"].nunique()), **facts)
+                   n_runs=int(runs["run_id"].nunique()), h2d_gb_per_s=bandwidth, **facts)
+
+
+# --- host-to-device bandwidth of async batching -------------------------------------------------
+
+def fit_h2d_bandwidth(steps: pd.DataFrame, runs: pd.DataFrame) -> tuple[float | None, str]:
+    """The H2D bandwidth (GB/s) async batching's per-step input copy runs at, and its source.
+
+    For every async transformers run whose recorded configuration gives the cache geometry
+    and whose attention mask copy (``mask_copy_bytes_per_step``) is at least
+    :data:`H2D_MIN_BYTES`, the step floor is the median duration of its small decode steps
+    (<= 8 sequences, no prefill tokens, neither a graph capture nor the step after one); the
+    copy bounds that floor from below, so bytes / floor is the bandwidth where the copy
+    dominates. The median over those runs is returned.
+
+    Args:
+        steps: training steps with ``run_id``, ``step_index``, ``num_seqs``,
+            ``prefill_tokens``, ``duration_ms`` and ``extra``.
+        runs: the training runs' ``run_id``, ``engine``, ``config`` and ``provenance``.
+    """
+    from servetune.data.engines._transformers_resolve import mask_copy_bytes_per_step
+
+    ratios = []
+    for run in runs.itertuples():
+        config, provenance = _json(run.config), _json(run.provenance)
+        if not config.get("use_async_batching") or str(run.engine) not in (
+                "transformers-cb", "transformers"):
+            continue
+        geometry = {**config, "attn_implementation": provenance.get("attn_implementation")
+                    or config.get("attn_implementation") or "paged|sdpa"}
+        try:
+            copied = mask_copy_bytes_per_step(geometry)
+        except Exception:  # noqa: BLE001 - a run without its cache geometry says nothing
+            continue
+        if copied < H2D_MIN_BYTES:
+            continue
+        mine = steps[steps["run_id"] == run.run_id].sort_values("step_index")
+        captured = mine["extra"].astype(str).str.contains(r'"graph_captured"\s*:\s*true')
+        after = captured.shift(1, fill_value=False)
+        small = (mine["num_seqs"] <= 8) & (mine["prefill_tokens"] == 0) & ~captured & ~after
+        if small.sum() < 5:
+            continue
+        floor_ms = float(np.median(mine.loc[small, "duration_ms"]))
+        ratios.append(copied / (floor_ms * 1e-3) / 1e9)
+    if not ratios:
+        return None, ("no async training run copies >= "
+                      f"{H2D_MIN_BYTES / 1e9:g} GB per step (the copy hides under the forward)")
+    return float(np.median(ratios)), (f"median over {len(ratios)} async training run(s) of mask "
+                                      "bytes / small-decode step floor")
 
 
 # --- hardware and model facts -------------------------------------------------------------------

@@ -349,7 +349,9 @@ def training_engine_constants(store: TraceStore, model: StepTimeRegressor,
                  "without a transformers configuration and are left out",
                  int(captures["run_id"].isin(ids).sum()) - len(mine))
     predicted = model.predict(mine) if len(mine) else np.zeros(0)
-    return EngineConstants.from_training(mine, predicted, runs)
+    steps = store.query("steps", columns=["run_id", "step_index", "num_seqs", "prefill_tokens",
+                                          "duration_ms", "extra"], run_id=ids)
+    return EngineConstants.from_training(mine, predicted, runs, steps=steps)
 
 
 def _extrapolation(estimator, frame: pd.DataFrame, y: np.ndarray, groups: np.ndarray,

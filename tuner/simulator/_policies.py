@@ -43,6 +43,7 @@ import numpy as np
 from servetune import ConfigError
 from servetune.data.engines import STATIC as STATIC_SPEC
 from servetune.data.engines import TRANSFORMERS_CB, VLLM as VLLM_SPEC, EngineSpec, Knob, get_engine
+from servetune.data.engines._transformers_resolve import mask_copy_bytes_per_step
 from servetune.models._engine_constants import CAPTURE_KEYS, EngineConstants
 from servetune.tuner.simulator import _kernel as K
 from servetune.tuner.simulator._state import no_hook_init, no_step_hook
@@ -273,6 +274,10 @@ _TRANSFORMERS_SIM_KNOBS = (
     Knob("cuda_graph_capture_run_cv", float, 0.0, "coefficient of variation of a seeded "
          "log-normal factor drawn once per replica and run for all its captures (the engine's "
          "run-to-run spread of capture cost; 0: none)", minimum=0.0, maximum=2.0),
+    Knob("h2d_gb_per_s", float, None, "host-to-device bandwidth (GB/s) of async batching's "
+         "per-step copy of its whole static inputs; with a mask-based attention (paged|sdpa) "
+         "every step takes at least mask bytes / bandwidth (default: the step-time model's "
+         "engine constants; unset: no floor)", minimum=1e-3, nullable=True),
 )
 
 
@@ -319,12 +324,27 @@ def capture_cost(c: Mapping[str, object]) -> tuple[float, float, float, float]:
     return tuple(float(c[key]) for key in CAPTURE_KEYS)
 
 
+def async_copy_floor_ms(c: Mapping[str, object]) -> float:
+    """The least time of an async step: transformers copies its whole static attention mask
+    ``[M, N + M]`` host-to-device before every forward pass (``mask_copy_bytes_per_step``,
+    transformers 5.17 ``continuous_batching/input_outputs.py:212-242``), at the bandwidth of the
+    model's engine constants; 0 when sync, mask-free, or the bandwidth is unknown."""
+    if not c["use_async_batching"] or c["h2d_gb_per_s"] is None:
+        return 0.0
+    copied = mask_copy_bytes_per_step({
+        "use_async_batching": True, "max_batch_tokens": c["max_batch_tokens"],
+        "num_blocks": transformers_num_blocks(c), "block_size": c["block_size"],
+        "attn_implementation": c["attn_implementation"] or "paged|sdpa"})
+    return copied / (c["h2d_gb_per_s"] * 1e9) * 1e3
+
+
 def _transformers_params(c: Mapping[str, object]) -> dict:
     margin = c["safety_margin"]
     if margin is None:
         margin = 0.15 if c["scheduler_type"] == "fifo" else 0.0
     capture_ms, capture_per_q, capture_per_kv, capture_repeat = capture_cost(c)
-    return {"block_size": c["block_size"], "num_blocks": transformers_num_blocks(c),
+    return {"min_step_ms": max(float(c["min_step_ms"]), async_copy_floor_ms(c)),
+            "block_size": c["block_size"], "num_blocks": transformers_num_blocks(c),
             "max_tokens": c["max_batch_tokens"], "max_seqs": c["max_requests_per_batch"],
             "safety_margin": margin, "async_batching": float(c["use_async_batching"]),
             "max_blocks_per_request": c["max_blocks_per_request"],
