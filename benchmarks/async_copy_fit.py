@@ -10,24 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from servetune.models._engine_constants import fit_h2d_bandwidth
+from servetune.models._engine_constants import fit_h2d_bandwidth, small_decode_floor_ms
 from servetune.tuner.simulator import resolve_config
 from servetune.tuner.simulator._policies import async_copy_floor_ms
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 KEYS = ("use_async_batching", "max_batch_tokens", "block_size", "num_blocks")
-
-
-def floor_ms(steps: pd.DataFrame, run_id: str) -> float:
-    """Median of the run's small decode steps, capture steps and the step after one left out."""
-    mine = steps[steps["run_id"] == run_id].sort_values("step_index")
-    captured = mine["extra"].astype(str).str.contains('"graph_captured": ?true')
-    small = (mine["num_seqs"] <= 8) & (mine["prefill_tokens"] == 0) & ~captured \
-        & ~captured.shift(1, fill_value=False)
-    return float(np.median(mine.loc[small, "duration_ms"]))
 
 
 def main() -> None:
@@ -43,7 +33,7 @@ def main() -> None:
         config = {k: v for k, v in json.loads(run.config).items() if k in KEYS}
         predicted = async_copy_floor_ms(resolve_config("transformers-cb",
                                                        {**config, "h2d_gb_per_s": fit}))
-        measured = floor_ms(steps, run.run_id)
+        measured = small_decode_floor_ms(steps[steps["run_id"] == run.run_id])
         rows.append({"run": run.run_id, "measured_floor_ms": round(measured, 1),
                      "predicted_floor_ms": round(predicted, 1),
                      "error_pct": round(100 * (predicted / measured - 1), 1)})

@@ -35,7 +35,7 @@ import pandas as pd
 __all__ = ["EngineConstants", "CaptureCost", "ENGINE_CONSTANTS_ARTIFACT", "CAPTURE_KEYS",
            "MEMORY_KEYS", "capture_terms", "capture_fit", "fit_capture_cost",
            "repeated_shapes", "hardware_facts", "transformers_sim_config", "fit_h2d_bandwidth",
-           "H2D_MIN_BYTES"]
+           "small_decode_floor_ms", "H2D_MIN_BYTES"]
 
 #: async runs whose per-step mask copy is at least this large fit the H2D bandwidth: below it
 #: the copy hides under the forward pass (measured on an H200: the floor stays at the ~9.9 ms
@@ -183,6 +183,19 @@ class EngineConstants:
 
 # --- host-to-device bandwidth of async batching -------------------------------------------------
 
+def small_decode_floor_ms(run_steps: pd.DataFrame, min_steps: int = 5) -> float | None:
+    """A run's step floor: the median duration of its small decode steps (<= 8 sequences, no
+    prefill tokens, neither a CUDA-graph capture nor the step after one); None with fewer than
+    ``min_steps`` of them."""
+    mine = run_steps.sort_values("step_index")
+    captured = mine["extra"].astype(str).str.contains(r'"graph_captured"\s*:\s*true')
+    after = captured.shift(1, fill_value=False)
+    small = (mine["num_seqs"] <= 8) & (mine["prefill_tokens"] == 0) & ~captured & ~after
+    if small.sum() < min_steps:
+        return None
+    return float(np.median(mine.loc[small, "duration_ms"]))
+
+
 def fit_h2d_bandwidth(steps: pd.DataFrame, runs: pd.DataFrame) -> tuple[float | None, str]:
     """The H2D bandwidth (GB/s) async batching's per-step input copy runs at, and its source.
 
@@ -214,14 +227,9 @@ def fit_h2d_bandwidth(steps: pd.DataFrame, runs: pd.DataFrame) -> tuple[float | 
             continue
         if copied < H2D_MIN_BYTES:
             continue
-        mine = steps[steps["run_id"] == run.run_id].sort_values("step_index")
-        captured = mine["extra"].astype(str).str.contains(r'"graph_captured"\s*:\s*true')
-        after = captured.shift(1, fill_value=False)
-        small = (mine["num_seqs"] <= 8) & (mine["prefill_tokens"] == 0) & ~captured & ~after
-        if small.sum() < 5:
-            continue
-        floor_ms = float(np.median(mine.loc[small, "duration_ms"]))
-        ratios.append(copied / (floor_ms * 1e-3) / 1e9)
+        floor_ms = small_decode_floor_ms(steps[steps["run_id"] == run.run_id])
+        if floor_ms is not None:
+            ratios.append(copied / (floor_ms * 1e-3) / 1e9)
     if not ratios:
         return None, ("no async training run copies >= "
                       f"{H2D_MIN_BYTES / 1e9:g} GB per step (the copy hides under the forward)")

@@ -12,7 +12,7 @@ import pytest
 from _helpers_simulator import constant_step_model
 
 from servetune.data import synthetic_workload
-from servetune.models._engine_constants import fit_h2d_bandwidth
+from servetune.models._engine_constants import fit_h2d_bandwidth, small_decode_floor_ms
 from servetune.tuner.simulator import Simulator, resolve_config
 from servetune.tuner.simulator._policies import async_copy_floor_ms
 
@@ -30,14 +30,6 @@ def sample():
     steps = pd.read_parquet(SAMPLES / "steps.parquet", columns=[
         "run_id", "step_index", "num_seqs", "prefill_tokens", "duration_ms", "extra"])
     return steps, runs
-
-
-def _floor_ms(steps: pd.DataFrame, run_id: str) -> float:
-    mine = steps[steps["run_id"] == run_id].sort_values("step_index")
-    captured = mine["extra"].astype(str).str.contains('"graph_captured": ?true')
-    small = (mine["num_seqs"] <= 8) & (mine["prefill_tokens"] == 0) & ~captured \
-        & ~captured.shift(1, fill_value=False)
-    return float(np.median(mine.loc[small, "duration_ms"]))
 
 
 def test_the_floor_is_mask_bytes_over_bandwidth_and_only_for_async():
@@ -67,7 +59,7 @@ def test_the_fitted_bandwidth_predicts_held_out_large_caches_within_15_percent(s
                if k in ("use_async_batching", "max_batch_tokens", "block_size", "num_blocks")},
             "h2d_gb_per_s": fitted})
         predicted = async_copy_floor_ms(config)
-        measured = _floor_ms(steps, run.run_id)
+        measured = small_decode_floor_ms(steps[steps["run_id"] == run.run_id])
         assert predicted == pytest.approx(measured, rel=0.15), (run.run_id, predicted, measured)
 
 
