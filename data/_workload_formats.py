@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +10,6 @@ from servetune import ConfigError
 from servetune.tuner.hardware import (
     NodeSpec,
     ServiceGroupSpec,
-    TransformersLauncher,
     launcher_for,
 )
 

@@ -53,7 +53,6 @@ Errors name the file, the line, the column and what was expected.
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path

@@ -483,7 +483,6 @@ def resolve_transformers_config(
     flash = _is_flash(attn)
     unresolved: dict[str, str] = {}
 
-    user_decode_path = cfg["max_blocks_per_request"] is not None  # cb/initialization.py:49
     graphs_requested = bool(cfg["q_padding_interval_size"] or cfg["kv_padding_interval_size"])
 
     hints = dict(workload_hints or {})  # cb/initialization.py:84-99
