@@ -211,13 +211,14 @@ def fit_h2d_bandwidth(steps: pd.DataFrame, runs: pd.DataFrame) -> tuple[float | 
             ``prefill_tokens``, ``duration_ms`` and ``extra``.
         runs: the training runs' ``run_id``, ``engine``, ``config`` and ``provenance``.
     """
+    from servetune.data.engines import ENGINES, TRANSFORMERS_CB
     from servetune.data.engines._transformers_resolve import mask_copy_bytes_per_step
 
     ratios = []
     for run in runs.itertuples():
         config, provenance = _json(run.config), _json(run.provenance)
-        if not config.get("use_async_batching") or str(run.engine) not in (
-                "transformers-cb", "transformers"):
+        if not config.get("use_async_batching") or str(run.engine) not in ENGINES \
+                or ENGINES[str(run.engine)] is not TRANSFORMERS_CB:
             continue
         geometry = {**config, "attn_implementation": provenance.get("attn_implementation")
                     or config.get("attn_implementation") or "paged|sdpa"}

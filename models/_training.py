@@ -326,7 +326,7 @@ def training_engine_constants(store: TraceStore, model: StepTimeRegressor,
     graph-capture steps (measured duration minus ``model``'s prediction; transformers runs whose
     recorded configuration gives the padding and cache sizes), and the GPU and model facts
     their ``runs`` rows record."""
-    from servetune.data.engines import get_engine
+    from servetune.data.engines import TRANSFORMERS_CB, get_engine
 
     ids = sorted({str(r) for r in train_run_ids})
     runs = store.query("runs", columns=["run_id", "engine", "config", "provenance", "gpu_name",
@@ -340,7 +340,7 @@ def training_engine_constants(store: TraceStore, model: StepTimeRegressor,
             engine = get_engine(str(row.engine)).name
         except (ValueError, ServetuneError):
             return False
-        return engine == "transformers-cb" and all(config.get(k) is not None for k in needed)
+        return engine == TRANSFORMERS_CB.name and all(config.get(k) is not None for k in needed)
 
     usable = {r.run_id for r in runs.itertuples() if fits(r)}
     mine = captures[captures["run_id"].isin(usable)]

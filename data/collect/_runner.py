@@ -44,7 +44,7 @@ __all__ = ["CollectorOptions", "RunResult", "TransformersCBCollector", "ENGINE"]
 
 log = logging.getLogger(__name__)
 
-ENGINE = "transformers-cb"
+ENGINE = TRANSFORMERS_CB.name
 _RUNS_COLUMNS = frozenset(RUNS_SCHEMA.names)
 STEP_DEFINITION = ("wall time of one generation-loop iteration that launched a forward pass: "
                    "schedule + prepare inputs + forward + sample + update (async: launch-to-launch)")

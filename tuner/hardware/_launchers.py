@@ -272,7 +272,7 @@ class ScriptLauncher(EngineLauncher):
 
 
 LAUNCHERS: Mapping[str, type[EngineLauncher]] = {
-    "vllm": VLLMLauncher, "sglang": SGLangLauncher, "transformers-cb": TransformersLauncher,
+    **{cls.spec.name: cls for cls in (VLLMLauncher, SGLangLauncher, TransformersLauncher)},
     "script": ScriptLauncher}
 
 
