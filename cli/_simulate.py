@@ -61,12 +61,13 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     """Simulate one engine configuration serving a workload with the learned step-time model."""
     from servetune.data import resolve_workload
     from servetune.models._domain import format_domain_warning
-    from servetune.tuner.simulator import SLO, Simulator
+    from servetune.tuner.simulator import SLO, Simulator, get_policy
 
     config = _parse_sets(sets)
     slo = SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms)
-    # validate the configuration before any (possibly long) model training
-    Simulator(engine, config, _ConfigOnly(), slo=slo)
+    # validate the configuration's keys and values before any (possibly long) model training;
+    # sizes derived from the model's engine constants (the KV cache) are checked once it exists
+    get_policy(engine).resolve(config)
     trace = resolve_workload(workload, seed=seed, qps=qps, limit=limit)
     uri, step_model = _step_model(ctx, model_uri)
     simulator = Simulator(engine, config, step_model, slo=slo, labels={"model_uri": uri})
@@ -110,9 +111,3 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
         click.echo(f"warning: {warning}")
     for kind, path in payload.get("files", {}).items():
         click.echo(f"wrote {kind:8s} {path}")
-
-
-class _ConfigOnly:
-    """Stands in for a step model while only the configuration is checked (nothing runs)."""
-
-    kernel = arrays = n_features = log_target = None
