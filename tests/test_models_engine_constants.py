@@ -230,3 +230,21 @@ def test_the_policies_hold_no_fitted_numbers():
 def test_the_sample_constants_of_the_test_helpers_are_the_old_fit():
     assert SAMPLE_CONSTANTS.capture(False).as_tuple() == OLD_FIT[False]
     assert SAMPLE_CONSTANTS.capture(True).as_tuple() == OLD_FIT[True]
+
+
+def test_the_cli_simulates_with_the_models_constants_and_no_memory_settings(trained):
+    """`servetune simulate` with no --set at all: the KV cache is sized from the model's engine
+    constants (a regression: the early config check once refused it before the model loaded)."""
+    import json
+    import subprocess
+    import sys
+
+    ws, result, _ = trained
+    out = subprocess.run([sys.executable, "-m", "servetune.cli._main", "--workspace",
+                          str(ws.root), "simulate", "--engine", "transformers-cb", "--model-uri",
+                          result.model_uri, "--workload", "poisson:rate=4,n=30", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert payload["metrics"]["completed"] == 30
+    assert payload["config"]["gpu_memory_gib"] is not None
