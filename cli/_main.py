@@ -9,6 +9,8 @@ tuner's dependencies can still run ``servetune collect``.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import importlib
 import json
 import logging
@@ -21,7 +23,7 @@ import click
 from servetune import ServetuneError
 from servetune.data import Workspace
 
-__all__ = ["cli", "main", "Context", "emit_json"]
+__all__ = ["cli", "main", "Context", "emit_json", "with_global_options"]
 
 # Sub-command name -> module under servetune.cli, in the order ``servetune --help`` lists them.
 _COMMAND_MODULES = {
@@ -47,7 +49,7 @@ class _LazyGroup(click.Group):
         module = _COMMAND_MODULES.get(cmd_name)
         if module is None:
             return None
-        return importlib.import_module(f"servetune.cli.{module}").command
+        return with_global_options(importlib.import_module(f"servetune.cli.{module}").command)
 
 
 class Context:
@@ -58,6 +60,55 @@ class Context:
         self.verbose = verbose
 
 
+# The global options: accepted before the sub-command (on the group) and after it (added to
+# every sub-command by ``with_global_options``), with the same meaning in both places.
+_WORKSPACE_HELP = "Workspace directory (default: $SERVETUNE_WORKSPACE, else the current one)."
+_VERBOSE_HELP = "More diagnostics on stderr (-v info, -vv debug); counts add up wherever given."
+
+
+def _global_options() -> list[click.Option]:
+    return [click.Option(["--workspace", "global_workspace"], type=click.Path(file_okay=False),
+                         default=None, help=_WORKSPACE_HELP),
+            click.Option(["-v", "--verbose", "global_verbose"], count=True, help=_VERBOSE_HELP)]
+
+
+def _apply_global_options(ctx: click.Context, workspace: str | None, verbose: int) -> None:
+    """Merge one level's global options into ``ctx.obj``: a later ``--workspace`` wins, ``-v``
+    counts add up; logging is set to the resulting level."""
+    parent = ctx.obj if isinstance(ctx.obj, Context) else None
+    if workspace or parent is None:
+        resolved = Workspace.resolve(workspace)
+    else:
+        resolved = parent.workspace
+    total = verbose + (parent.verbose if parent is not None else 0)
+    level = logging.WARNING - 10 * min(total, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if verbose:
+        logging.getLogger().setLevel(level)
+    ctx.obj = Context(resolved, total)
+
+
+def with_global_options(command: click.Command) -> click.Command:
+    """A copy of ``command`` (and, for a group, of its sub-commands) that also accepts
+    ``--workspace`` and ``-v/--verbose``, applied before its own callback runs."""
+    wrapped = copy.copy(command)
+    wrapped.params = [*command.params, *_global_options()]
+    original = command.callback
+
+    def callback(*args, global_workspace=None, global_verbose=0, **kwargs):
+        _apply_global_options(click.get_current_context(), global_workspace, global_verbose)
+        return original(*args, **kwargs) if original is not None else None
+
+    if original is not None:
+        functools.update_wrapper(callback, original)
+    wrapped.callback = callback
+    if isinstance(command, click.Group):
+        wrapped.commands = {name: with_global_options(sub)
+                            for name, sub in command.commands.items()}
+    return wrapped
+
+
 def emit_json(payload: object) -> None:
     """Print one JSON document on stdout (the ``--json`` contract of every command)."""
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
@@ -65,16 +116,14 @@ def emit_json(payload: object) -> None:
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--workspace", type=click.Path(file_okay=False), default=None,
-              help="Workspace directory (default: $SERVETUNE_WORKSPACE, else the current one).")
-@click.option("-v", "--verbose", count=True, help="More diagnostics on stderr (-vv for debug).")
+              help=_WORKSPACE_HELP + " Also accepted after the sub-command.")
+@click.option("-v", "--verbose", count=True,
+              help=_VERBOSE_HELP + " Also accepted after the sub-command.")
 @click.version_option(package_name="servetune")
 @click.pass_context
 def cli(ctx: click.Context, workspace: str | None, verbose: int) -> None:
     """servetune: tune LLM serving engines with learned simulators and real verification."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    ctx.obj = Context(Workspace.resolve(workspace), verbose)
+    _apply_global_options(ctx, workspace, verbose)
 
 
 class Terminated(KeyboardInterrupt):
@@ -101,6 +150,12 @@ def _terminate_like_interrupt():
             signal.signal(sig, handler)
 
 
+def _echo_notes(exc: BaseException) -> None:
+    """The notes a command attached to an interrupt (``tune``'s resume hint), on stderr."""
+    for note in getattr(exc, "__notes__", ()):
+        click.echo(note, err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:
@@ -108,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             cli.main(args=argv, prog_name="servetune", standalone_mode=False)
     except Terminated as exc:
         click.echo(f"servetune: stopped by {exc}", err=True)
+        _echo_notes(exc)
         return 143
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("servetune: interrupted", err=True)
+        _echo_notes(exc)
         return 130
     except ServetuneError as exc:
         click.echo(f"servetune: error: {exc}", err=True)
