@@ -2,6 +2,11 @@
 
 from servetune.data._atomic import atomic_write_bytes, atomic_write_text
 from servetune.data._metrics import SLO, metric_name, run_metrics
+from servetune.data._reconstruct import (
+    RECONSTRUCTED_SOURCE,
+    ReconstructionPolicy,
+    reconstruct_steps,
+)
 from servetune.data._schemas import (
     KINDS,
     PARTITION_COLUMNS,
@@ -34,6 +39,7 @@ from servetune.data._workspace import WORKSPACE_ENV, Workspace
 __all__ = [
     "KINDS",
     "PARTITION_COLUMNS",
+    "RECONSTRUCTED_SOURCE",
     "REQUESTS_SCHEMA",
     "RUNS_SCHEMA",
     "SLO",
@@ -41,6 +47,7 @@ __all__ = [
     "STEPS_SCHEMA",
     "IngestResult",
     "LengthDistribution",
+    "ReconstructionPolicy",
     "SyntheticSpec",
     "TableStream",
     "TraceStore",
@@ -57,6 +64,7 @@ __all__ = [
     "load_workload",
     "metric_name",
     "parse_workload_spec",
+    "reconstruct_steps",
     "partition_value",
     "resolve_workload",
     "run_metrics",

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 PARTITION_COLUMNS: tuple[str, ...] = ("engine", "model", "hardware")
-SOURCES: tuple[str, ...] = ("measured", "simulated")
+SOURCES: tuple[str, ...] = ("measured", "simulated", "reconstructed")
 REQUEST_STATUSES: tuple[str, ...] = ("ok", "error")
 #: text columns that hold one JSON object per row (or null)
 JSON_COLUMNS: dict[str, tuple[str, ...]] = {
