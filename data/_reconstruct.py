@@ -269,6 +269,7 @@ class _Requests:
     first: np.ndarray
     last: np.ndarray
     decodes: np.ndarray
+    extras: np.ndarray  # async: discarded slots due in the step after each cluster's
     members: tuple  # (request, cluster) decode memberships
 
 
@@ -286,11 +287,11 @@ def _request_clusters(timings: _Timings, clusters: _Clusters, policy) -> _Reques
         req.append(np.full(len(span), i))
         clu.append(span)
     req, clu = np.concatenate(req), np.concatenate(clu)
-    decodes = np.bincount(clu, minlength=n_c + 1)
-    if policy.async_batching:
-        placed = first >= 0
-        decodes += np.bincount(last[placed] + 1, minlength=n_c + 1)
-    return _Requests(first, last, decodes[:n_c + 1], (req, clu))
+    decodes = np.bincount(clu, minlength=n_c + 1)[:n_c + 1]
+    extras = np.zeros(n_c + 1, dtype=np.int64)
+    if policy.async_batching:  # the discarded slot in the step after a request's last token
+        extras = np.bincount(last[first >= 0] + 1, minlength=n_c + 1)[:n_c + 1]
+    return _Requests(first, last, decodes, extras, (req, clu))
 
 
 def _place_prefills(timings: _Timings, clusters: _Clusters, policy) -> tuple:
@@ -312,8 +313,14 @@ def _place_prefills(timings: _Timings, clusters: _Clusters, policy) -> tuple:
         n_first = _count_from(order, head, f_of, c)
         start = max(first_arrival, float(times[c - lag - 1])) if c > lag else first_arrival
         start = max(start, prev_start)
-        nd = int(rq.decodes[c])
-        if nd == 0 and not _any_arrived(order, head, rem, arrival, start):
+        nd, due = int(rq.decodes[c]), int(rq.extras[c])
+        if due and not nd and not _any_arrived(order, head, rem, arrival, start):
+            # async: the last tokens' discarded slots ran alone in a step that emitted nothing
+            batches.append(_Batch(-1, start, flags=["invisible", "extra_slots"]))
+            due = 0
+        nd += due
+        restart = nd == 0 and not _any_arrived(order, head, rem, arrival, start)
+        if restart:  # the engine was idle: this step starts when its first request arrives
             start = max(start, float(arrival[order[head]]) if head < len(order) else start)
         need = int(rem[order[head:head + n_first]].sum())
         cap = max(budget - nd, 0)
@@ -322,7 +329,7 @@ def _place_prefills(timings: _Timings, clusters: _Clusters, policy) -> tuple:
             batch = _Batch(-1, start, flags=["invisible"])
             _fill(batch, order, head, n_first, rem, past, arrival, start, budget, seqs, hold=True)
             batches.append(batch)
-        batch = _Batch(c, start)
+        batch = _Batch(c, start, flags=["idle_restart"] if restart and c else [])
         used = _take_all(batch, order[head:head + n_first], rem, past)
         if used > cap:
             batch.flags.append("over_budget")
@@ -453,9 +460,14 @@ def _timing(batches: list[_Batch], clusters: _Clusters, cols, policy):
     end = np.concatenate((np.full(lag, np.nan), emitted[:n_b - lag]))
     work = (cols["prefill_tokens"] + cols["decode_tokens"]).astype(np.float64)
     weight = work + max(float(np.median(work)), 1.0)
-    if lag:
-        weight = np.concatenate(([weight[0]], weight[:-1]))
     floor = np.array([b.start for b in batches])
+    if lag:  # launch-to-launch: a step holds the previous batch's GPU work, unless it follows
+        # an idle engine (it then holds its own, and the next step only its launch)
+        restart = np.array([b == 0 or "idle_restart" in batch.flags
+                            for b, batch in enumerate(batches)])
+        shifted = np.concatenate(([weight[0]], weight[:-1]))
+        after = np.concatenate(([False], restart[:-1]))
+        weight = np.where(restart, weight, np.where(after, 1.0, shifted))
     end = _fill_ends(end, weight, floor)
     start = np.maximum(np.concatenate(([floor[0]], end[:-1])), floor)
     start = np.minimum(start, end)
