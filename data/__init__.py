@@ -5,6 +5,7 @@ from servetune.data._metrics import SLO, metric_name, run_metrics
 from servetune.data._reconstruct import (
     RECONSTRUCTED_SOURCE,
     ReconstructionPolicy,
+    compare_reconstruction,
     reconstruct_steps,
 )
 from servetune.data._schemas import (
@@ -58,6 +59,7 @@ __all__ = [
     "Workspace",
     "atomic_write_bytes",
     "atomic_write_text",
+    "compare_reconstruction",
     "conform",
     "detect_workload_format",
     "file_schema_for",
