@@ -61,6 +61,7 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     """Simulate one engine configuration serving a workload with the learned step-time model."""
     from servetune.data import resolve_workload
     from servetune.models._domain import format_domain_warning
+    from servetune.tuner._intervals import format_interval, simulation_interval
     from servetune.tuner.simulator import SLO, Simulator, get_policy
 
     config = _parse_sets(sets)
@@ -78,11 +79,13 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     check_steps = getattr(step_model, "domain", None) is not None
     result = simulator.run(trace, seed, record_steps=keep_steps or check_steps)
     domain = simulator.domain_report(result)
+    calibrated = bool(domain.get("known")) and not domain.get("outside")
+    interval = simulation_interval(simulator, trace, seed, result.flat_metrics(), calibrated)
     if not keep_steps:
         result.steps = None
     payload = {"engine": simulator.engine, "config": result.config, "seed": seed,
                "workload": trace.descriptor, "model_uri": uri, "metrics": result.metrics,
-               "domain": domain}
+               "domain": domain, "interval": interval}
     if out_dir is not None:
         written = result.write_parquet(out_dir)
         payload["files"] = {kind: str(path) for kind, path in written.items()}
@@ -101,11 +104,14 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
                f"model {uri}")
     click.echo(f"completed {m['completed']}/{m['num_requests']}  steps {m['steps']}  "
                f"preemptions {m['preemptions']}  duration {m['duration_s'] or 0:.1f} s")
+    goodput = ("- (no SLO given)" if m["goodput_rps"] is None
+               else f"{m['goodput_rps']:.2f} req/s")
     click.echo(f"throughput {m['request_throughput_rps'] or 0:.2f} req/s  "
-               f"{m['output_throughput_tok_s'] or 0:.0f} output tok/s  goodput "
-               f"{m['goodput_rps'] or 0:.2f} req/s")
+               f"{m['output_throughput_tok_s'] or 0:.0f} output tok/s  goodput {goodput}")
     for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_ms"):
         click.echo(f"{name:9s} {fmt(m[name])}")
+    if interval is not None:
+        click.echo(format_interval(interval))
     warning = format_domain_warning(domain)
     if warning:
         click.echo(f"warning: {warning}")

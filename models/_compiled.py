@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numba
 import numpy as np
@@ -247,6 +247,18 @@ class CompiledForest:
         """``(base_coef, base_intercept)``, the leading arguments of :func:`linear_base_margin`."""
         return self.base_coef, self.base_intercept
 
+    def scaled(self, factor: float) -> "CompiledForest":
+        """The same forest with every prediction multiplied by ``factor`` (> 0): log(factor)
+        added to the base margin of a log target, else leaves and linear base scaled."""
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ModelError(f"a step-time scale must be a finite number > 0; got {factor}")
+        if self.log_target:
+            return replace(self, base_margin=self.base_margin + math.log(factor))
+        return replace(self, value=(self.value * np.float32(factor)).astype(np.float32),
+                       base_margin=self.base_margin * factor,
+                       base_coef=self.base_coef * factor,
+                       base_intercept=self.base_intercept * factor)
+
     def predict_margin(self, x: np.ndarray) -> np.ndarray:
         """Raw margins of a feature matrix (n, F), float64: trees plus the linear base."""
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -295,6 +307,14 @@ class CompiledStepTime:
         used = self.forest.feature[self.forest.feature >= 0]
         if used.size and int(used.max()) >= self.feature_set.n_features:
             raise ModelError("forest splits on a feature the feature set does not have")
+
+    def scaled(self, factor: float) -> "CompiledStepTime":
+        """This model with every step time multiplied by ``factor`` (the prediction interval's
+        low or high ratio); its domain, engine constants and interval ride along."""
+        out = CompiledStepTime(self.forest.scaled(factor), self.feature_set)
+        for name in ("domain", "engine_constants", "interval"):
+            object.__setattr__(out, name, getattr(self, name, None))
+        return out
 
     @property
     def kernel(self):

@@ -31,6 +31,7 @@ from servetune.models._compiled import (
 )
 from servetune.models._domain import DOMAIN_ARTIFACT, TrainingDomain
 from servetune.models._engine_constants import ENGINE_CONSTANTS_ARTIFACT, EngineConstants
+from servetune.models._interval import INTERVAL_ARTIFACT, StepTimeInterval
 from servetune.models._registry import client_for, parse_model_uri
 
 __all__ = ["StepTimeModel", "MODEL_ARTIFACT", "model_metadata", "use_step_time_pyfunc"]
@@ -94,6 +95,7 @@ class StepTimeModel:
     base_intercept: float = 0.0
     domain: TrainingDomain | None = field(default=None, repr=False)
     engine_constants: EngineConstants | None = field(default=None, repr=False)
+    interval: StepTimeInterval | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, model_uri: str, *, tracking_uri: str) -> "StepTimeModel":
@@ -120,6 +122,7 @@ class StepTimeModel:
             model = cls.from_directory(root / MODEL_ARTIFACT)
             domain = _read_domain(root / DOMAIN_ARTIFACT)
             constants = _read_constants(root / ENGINE_CONSTANTS_ARTIFACT)
+            interval = _read_interval(root / INTERVAL_ARTIFACT)
         else:
             with tempfile.TemporaryDirectory(prefix="servetune-model-") as tmp:
                 model = cls.from_directory(client.download_artifacts(mv.run_id, MODEL_ARTIFACT,
@@ -134,11 +137,16 @@ class StepTimeModel:
                         mv.run_id, ENGINE_CONSTANTS_ARTIFACT, tmp)))
                 except (MlflowException, OSError):
                     constants = None
+                try:
+                    interval = _read_interval(Path(client.download_artifacts(
+                        mv.run_id, INTERVAL_ARTIFACT, tmp)))
+                except (MlflowException, OSError):
+                    interval = None
         return cls(booster=model.booster, feature_set=model.feature_set,
                    log_target=model.log_target, uri=model_uri, name=ref.name,
                    version=str(mv.version), run_id=mv.run_id, base_coef=model.base_coef,
                    base_intercept=model.base_intercept, domain=domain,
-                   engine_constants=constants)
+                   engine_constants=constants, interval=interval)
 
     @classmethod
     def from_directory(cls, path: str | Path) -> "StepTimeModel":
@@ -184,8 +192,8 @@ class StepTimeModel:
 
     def compile(self) -> CompiledStepTime:
         """Flat tree arrays + the feature kernel, evaluated by numba (see ``CompiledStepTime``);
-        the training domain and the engine constants ride along as its ``domain`` and
-        ``engine_constants`` attributes (None when unknown)."""
+        the training domain, the engine constants and the prediction interval ride along as
+        its ``domain``, ``engine_constants`` and ``interval`` attributes (None when unknown)."""
         forest = CompiledForest.from_booster(self.booster, log_target=self.log_target,
                                              feature_set=self.feature_set.name,
                                              feature_set_version=self.feature_set.version,
@@ -194,6 +202,7 @@ class StepTimeModel:
         compiled = CompiledStepTime(forest, self.feature_set)
         object.__setattr__(compiled, "domain", self.domain)  # frozen dataclass, no slots
         object.__setattr__(compiled, "engine_constants", self.engine_constants)
+        object.__setattr__(compiled, "interval", self.interval)
         return compiled
 
 
@@ -206,6 +215,17 @@ def _read_domain(path: Path) -> TrainingDomain | None:
         return TrainingDomain.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: unreadable training domain ({exc})") from None
+
+
+def _read_interval(path: Path) -> StepTimeInterval | None:
+    """The ``interval.json`` at ``path``; None when absent (a model registered before
+    prediction intervals were learned)."""
+    if not path.is_file():
+        return None
+    try:
+        return StepTimeInterval.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: unreadable prediction interval ({exc})") from None
 
 
 def _read_constants(path: Path) -> EngineConstants | None:

@@ -52,6 +52,7 @@ from servetune.features import (
 )
 from servetune.models._domain import DOMAIN_ARTIFACT, TrainingDomain
 from servetune.models._engine_constants import ENGINE_CONSTANTS_ARTIFACT, EngineConstants
+from servetune.models._interval import INTERVAL_ARTIFACT, StepTimeInterval, out_of_fold_ratios
 from servetune.models._estimator import StepTimeRegressor
 from servetune.models._evaluation import (
     extrapolation_split,
@@ -98,6 +99,8 @@ class TrainConfig:
         cv_splits: GroupKFold splits over the training runs for the search.
         search_budget_s: stop the search after this many seconds.
         extrapolation_quantile: token percentile of the extrapolation check.
+        interval_level, interval_splits: the run-level prediction interval's probability and
+            its out-of-fold splits (models._interval).
         source: which steps to train on (``measured``; never the simulator's own output).
         n_jobs: XGBoost threads.
         seed: seeds every random choice.
@@ -113,6 +116,8 @@ class TrainConfig:
     cv_splits: int = 3
     search_budget_s: float = 60.0
     extrapolation_quantile: float = 0.8
+    interval_level: float = 0.8
+    interval_splits: int = 5
     source: str = "measured"
     n_jobs: int = 1
     seed: int = 0
@@ -291,6 +296,11 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
         metrics = regression_metrics(y[test], pred)
         per_run = per_run_errors(groups[test], y[test], pred)
         extrap = _extrapolation(base, frame, y, groups, test, config.extrapolation_quantile)
+        stages.set_postfix_str("prediction interval (out of fold)")
+        interval = _interval(base, frame, y, groups, config)
+        if interval is not None:
+            metrics.update({"interval_low": interval.low, "interval_high": interval.high,
+                            "interval_median": interval.median})
         metrics.update({f"extrap_{k}": v for k, v in extrap.items()})
         if trials is not None:
             best = trials.loc[trials.cv_mape.idxmin()]
@@ -305,7 +315,7 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
         stages.set_postfix_str("logging to MLflow")
         result = _log_and_register(workspace, config, model, frame, test, pred, metrics,
                                    per_run, lineage, test_runs, trials, started, domain,
-                                   constants)
+                                   constants, interval)
         stages.update(1)
     return result
 
@@ -369,12 +379,24 @@ def _extrapolation(estimator, frame: pd.DataFrame, y: np.ndarray, groups: np.nda
             "token_cut": cut, "n_steps": m["n_steps"]}
 
 
+def _interval(estimator, frame: pd.DataFrame, y: np.ndarray, groups: np.ndarray,
+              config: TrainConfig) -> StepTimeInterval | None:
+    """The run-level prediction interval (models._interval), None with too few runs."""
+    if np.unique(groups).size < max(config.interval_splits, 3):
+        log.warning("no prediction interval: %d runs, need at least %d",
+                    np.unique(groups).size, max(config.interval_splits, 3))
+        return None
+    ratios = out_of_fold_ratios(estimator, frame, y, groups, config.interval_splits)
+    return StepTimeInterval.from_ratios(ratios.to_numpy(), config.interval_level)
+
+
 def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
                       frame: pd.DataFrame, test: np.ndarray, pred: np.ndarray,
                       metrics: dict, per_run: pd.DataFrame, lineage: dict, test_runs: list[str],
                       trials: pd.DataFrame | None, started: float,
                       domain: TrainingDomain | None = None,
-                      constants: EngineConstants | None = None) -> TrainResult:
+                      constants: EngineConstants | None = None,
+                      interval: StepTimeInterval | None = None) -> TrainResult:
     import mlflow
     import xgboost as xgb
     from mlflow.entities import Metric, Param, RunTag
@@ -415,6 +437,8 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
             client.log_dict(run_id, domain.to_dict(), DOMAIN_ARTIFACT)
         if constants is not None:
             client.log_dict(run_id, constants.to_dict(), ENGINE_CONSTANTS_ARTIFACT)
+        if interval is not None:
+            client.log_dict(run_id, interval.to_dict(), INTERVAL_ARTIFACT)
         client.log_text(run_id, per_run.to_csv(index=False), "per_run_errors.csv")
         if trials is not None:
             client.log_text(run_id, trials.to_csv(index=False), "search_trials.csv")

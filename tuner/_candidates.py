@@ -18,6 +18,7 @@ from typing import Callable
 
 from servetune.data import atomic_write_text
 from servetune.tuner._export import launch_args
+from servetune.tuner._intervals import interval_cell
 from servetune.tuner._objective import METRIC_KEYS, DomainRule
 
 __all__ = ["build_candidates", "candidates_table", "write_candidates", "format_cell",
@@ -26,8 +27,9 @@ __all__ = ["build_candidates", "candidates_table", "write_candidates", "format_c
 
 TABLE_METRICS = ("goodput_rps", "output_throughput_tok_s", "ttft_p90_ms", "tpot_p90_ms",
                  "success_rate")
-# Relative tolerance under which the engine default counts as "already near-best": a
-# placeholder for the predictions' intervals, which do not exist yet.
+# Relative tolerance under which the engine default counts as "already near-best" when the
+# best candidate has no calibrated prediction interval (a model trained before intervals, or a
+# best outside the training domain); with one, the interval decides.
 NEAR_BEST_TOLERANCE = 0.05
 NO_EFFECT = "no modelled effect"
 
@@ -122,10 +124,13 @@ def candidate_notes(candidates: list[dict], rule: DomainRule | None = None,
     base = next((c for c in candidates if c.get("baseline")), None)
     best = tuned[0] if tuned else None
     if default_near_best(candidates, tolerance):
+        interval = _calibrated_objective_interval(best)
+        within = (f"inside the best's {100 * best['interval']['level']:.0f} % prediction "
+                  f"interval {format_cell(interval[0])}-{format_cell(interval[2])}"
+                  if interval else f"within {100 * tolerance:g} % of the best "
+                  f"{format_cell(best['objective'])} (the best has no calibrated interval)")
         notes.append(f"the default is already near-best: its objective "
-                     f"{format_cell(base['objective'])} is within {100 * tolerance:g} % of the "
-                     f"best {format_cell(best['objective'])} (a relative tolerance standing in "
-                     "for prediction intervals)")
+                     f"{format_cell(base['objective'])} is {within}")
     if evaluations and outside_evaluations:
         action = {"strict": "refused as candidates while any inside one exists",
                   "penalise": f"ranked by a pessimistic estimate (objective x {rule.penalty:g})",
@@ -161,7 +166,9 @@ def candidate_cells(c: dict, keys: list[str]) -> list[str]:
     """One candidate's table cells (``candidates_table`` and the HTML report)."""
     m = c.get("metrics") or {}
     no_effect = c.get("no_effect") or {}
-    cells = [c["label"], format_cell(c.get("objective")), _domain_cell(c.get("domain"))]
+    objective = (c.get("interval") or {}).get("objective")
+    cells = [c["label"], interval_cell(c.get("objective"), objective, format_cell),
+             _domain_cell(c.get("domain"))]
     cells += [format_cell(m.get(k)) for k in TABLE_METRICS]
     cells += ["*" if k in no_effect else format_cell(c["config"].get(k)) for k in keys]
     cells.append(", ".join(no_effect) or "-")
@@ -212,13 +219,23 @@ def _domain_cell(domain: dict | None) -> str:
 
 
 def default_near_best(candidates: list[dict], tolerance: float = NEAR_BEST_TOLERANCE) -> bool:
-    """Whether the baseline's objective is within ``tolerance`` (relative to the best's) of
-    the first tuned candidate's."""
+    """Whether the baseline's objective reaches the low end of the first tuned candidate's
+    calibrated prediction interval; without one, whether it is within ``tolerance`` (relative
+    to the best's) of the best's objective."""
     best = next((c for c in candidates if not c.get("baseline")), None)
     base = next((c for c in candidates if c.get("baseline")), None)
     if best is None or base is None or None in (best["objective"], base["objective"]):
         return False
+    interval = _calibrated_objective_interval(best)
+    if interval:
+        return base["objective"] >= interval[0]
     return best["objective"] - base["objective"] <= tolerance * abs(best["objective"])
+
+
+def _calibrated_objective_interval(candidate: dict) -> list | None:
+    """The candidate's objective ``[low, mid, high]`` when its interval is calibrated."""
+    interval = candidate.get("interval") or {}
+    return interval.get("objective") if interval.get("calibrated") else None
 
 
 def _unmodelled_knobs(engine: str) -> set[str]:

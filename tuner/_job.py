@@ -34,6 +34,7 @@ from servetune.tuner._candidates import (
 from servetune.tuner._evaluators import SimulatorEvaluator, engine_defaults
 from servetune.tuner._executors import describe_executor, open_executor
 from servetune.tuner._importers import import_space
+from servetune.tuner._intervals import attach_intervals
 from servetune.tuner._objective import DomainRule, parse_objective
 from servetune.tuner._space import SearchSpace, builtin_spaces
 from servetune.tuner._study import Study
@@ -88,7 +89,8 @@ class TuneSettings:
         domain: how candidates outside the model's training data are ranked: ``strict``
             (refused unless none is inside), ``penalise`` or ``ignore`` (:class:`DomainRule`).
         near_best_tolerance: relative gap under which the engine default is "already
-            near-best" (a placeholder for prediction intervals).
+            near-best" when the best has no calibrated prediction interval (with one, the
+            default must reach the interval's low end).
     """
 
     space: str = DEFAULT_SPACE
@@ -222,6 +224,7 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
     candidates = build_candidates(study, top_k, (baseline_config, baseline_metrics,
                                                  baseline_score),
                                   rule=rule, domain_of=evaluator.domain_report)
+    attach_intervals(candidates, evaluator, objective.score)
     notes = study_notes(study, candidates, rule, tolerance)
     files = write_candidates(study.directory, candidates, space.names, notes)
     plots = _write_plots(study, candidates)
