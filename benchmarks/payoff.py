@@ -93,8 +93,11 @@ def compare_workload(name: str, spec: dict, ws: Workspace, runs, requests) -> di
            "recommended": best["config"], "configs": {}}
     for label, cand, ids in (("recommended", best, rec_runs), ("default", base, default_runs)):
         m = measured.loc[ids]
+        interval = (summary_candidate(summary, cand).get("interval") or {})
         out["configs"][label] = {
             "predicted": {k: cand["metrics"][k] for k in (*METRICS, "goodput_rps")},
+            "predicted_interval": {k: interval.get("metrics", {}).get(k) for k in METRICS},
+            "interval_calibrated": interval.get("calibrated"),
             "predicted_objective": cand["objective"],
             "measured_objective": spread([objective.score(row.to_dict())
                                           for _, row in m.iterrows()]),
@@ -107,6 +110,11 @@ def compare_workload(name: str, spec: dict, ws: Workspace, runs, requests) -> di
     out["measured_gain_range"] = [_gain(mo_r["min"], mo_d["max"]), _gain(mo_r["max"], mo_d["min"])]
     out["checks"] = checks(out)
     return out
+
+
+def summary_candidate(summary: dict, headline: dict) -> dict:
+    """The full candidate (with its interval) behind a summary's ``best``/``baseline``."""
+    return next(c for c in summary["candidates"] if c["config"] == headline["config"])
 
 
 def _gain(new: float, old: float) -> float:
@@ -124,7 +132,15 @@ def checks(out: dict) -> dict:
             math.isfinite(pg) and abs(out["measured_gain"] - pg) <= 0.25 * abs(pg))),
         **{f"{k}_within_15pct": abs(rec[f"measured_{k}"]["mean"] / rec["predicted"][k] - 1) <= 0.15
            for k in METRICS},
+        # the 80 % prediction interval holds the measured mean (both configurations)
+        **{f"{label}_{k}_in_interval": _inside(c[f"measured_{k}"]["mean"],
+                                               c["predicted_interval"][k])
+           for label, c in out["configs"].items() for k in METRICS},
     }
+
+
+def _inside(value: float, bounds: list | None) -> bool | None:
+    return None if not bounds else bool(bounds[0] <= value <= bounds[2])
 
 
 def main() -> None:
