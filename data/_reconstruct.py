@@ -44,6 +44,7 @@ _REQUIRED = ("arrival_s", "input_tokens", "ttft_ms", "itl_ms")
 _PREFILL_FIRST = "prefill_first"  # transformers-cb's PrefillFirstScheduler (a knob value)
 _SPLIT_PENALTY, _PLACE_PENALTY, _COALESCED_PENALTY = 0.8, 0.7, 0.9
 _INVISIBLE_CONFIDENCE = 0.4
+_CAPTURE_WINDOW, _CAPTURE_FACTOR = 9, 3.0  # a step 3x its 9-step local median: a capture
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,14 @@ class ReconstructionPolicy:
         async_batching: a step's tokens are read back when the next step ends, and every
             request decodes one extra (discarded) slot after its last token.
         prefill_first: partial prefills take the budget before decodes (decodes may starve).
+        cuda_graph: the engine captures CUDA graphs (one-off slow steps are marked as captures).
     """
 
     token_budget: int | None
     max_seqs: int | None = None
     async_batching: bool = False
     prefill_first: bool = False
+    cuda_graph: bool = False
 
     @classmethod
     def from_run(cls, run: Mapping, spec: EngineSpec) -> ReconstructionPolicy:
@@ -70,7 +73,8 @@ class ReconstructionPolicy:
         return cls(token_budget=_positive_int(run.get("max_batch_tokens")),
                    max_seqs=_positive_int(run.get("max_num_seqs")),
                    async_batching=bool(_known(run.get("async_batching")) and run["async_batching"]),
-                   prefill_first=scheduler == _PREFILL_FIRST and _has_choice(spec, _PREFILL_FIRST))
+                   prefill_first=scheduler == _PREFILL_FIRST and _has_choice(spec, _PREFILL_FIRST),
+                   cuda_graph=bool(_known(run.get("cuda_graph")) and run["cuda_graph"]))
 
 
 def reconstruct_steps(requests: pd.DataFrame, run: Mapping | pd.Series, *,
@@ -325,17 +329,21 @@ def _place_prefills(timings: _Timings, clusters: _Clusters, policy) -> tuple:
         need = int(rem[order[head:head + n_first]].sum())
         cap = max(budget - nd, 0)
         n_hidden = math.ceil((need - cap) / budget) if need > cap else 0
-        for _ in range(n_hidden):
+        # hidden steps share the gap to this emission: each admits what arrived by its start
+        step_starts = start + (float(times[c]) - start) * np.arange(n_hidden + 1) / (n_hidden + 1)
+        for k in range(n_hidden):
             batch = _Batch(-1, start, flags=["invisible"])
-            _fill(batch, order, head, n_first, rem, past, arrival, start, budget, seqs, hold=True)
+            _fill(batch, order, head, n_first, rem, past, arrival, step_starts[k], budget, seqs,
+                  hold=True)
             batches.append(batch)
         batch = _Batch(c, start, flags=["idle_restart"] if restart and c else [])
+        admit_by = float(step_starts[-1])
         used = _take_all(batch, order[head:head + n_first], rem, past)
         if used > cap:
             batch.flags.append("over_budget")
         if any(arrival[i] > start + 1e-3 for i in order[head:head + n_first]) and nd > 0:
             batch.flags.append("late_arrival")
-        _fill(batch, order, head + n_first, 0, rem, past, arrival, start, cap - used,
+        _fill(batch, order, head + n_first, 0, rem, past, arrival, admit_by, cap - used,
               seqs - nd - n_first, hold=True)
         if n_hidden:
             # prefill-first starves decodes behind a long prompt; FIFO runs them first, so a
@@ -411,7 +419,8 @@ def _compose(timings: _Timings, clusters: _Clusters, placed: tuple, policy) -> d
     cols["num_seqs"] = cols["num_prefill_seqs"] + cols["num_decode_seqs"]
     start, duration = _timing(batches, clusters, cols, policy)
     cols["start_s"], cols["duration_ms"] = start, duration
-    cols["extra"] = _extras(batches, clusters, timings, rq, cols, policy)
+    captured = _suspected_captures(duration) if policy.cuda_graph else np.zeros(n_b, dtype=bool)
+    cols["extra"] = _extras(batches, clusters, timings, rq, captured, policy)
     return cols
 
 
@@ -493,7 +502,14 @@ def _fill_ends(end: np.ndarray, weight: np.ndarray, floor: np.ndarray) -> np.nda
     return end
 
 
-def _extras(batches, clusters: _Clusters, timings: _Timings, rq: _Requests, cols, policy):
+def _suspected_captures(duration_ms: np.ndarray) -> np.ndarray:
+    """Steps far slower than their neighbours in a CUDA-graph run: one-off graph captures
+    (marked ``graph_captured`` as the collector does, so training leaves them out)."""
+    local = pd.Series(duration_ms).rolling(_CAPTURE_WINDOW, center=True, min_periods=1).median()
+    return duration_ms > _CAPTURE_FACTOR * local.to_numpy()
+
+
+def _extras(batches, clusters: _Clusters, timings: _Timings, rq: _Requests, captured, policy):
     n_c = len(clusters.time)
     emitting = np.bincount(clusters.of_emission, minlength=n_c)
     gap_prev = np.diff(clusters.time, prepend=-np.inf)
@@ -522,9 +538,11 @@ def _extras(batches, clusters: _Clusters, timings: _Timings, rq: _Requests, cols
             conf = min(conf, 0.5)
         conf *= _PLACE_PENALTY ** sum(f in ("over_budget", "late_arrival", "held_prefill",
                                               "after_invisible", "missed_step") for f in flags)
-        out.append(json.dumps({"confidence": round(conf, 3),
-                               "emitting": int(emitting[c]) if c >= 0 else 0,
-                               "invisible": c < 0, "flags": flags}, separators=(",", ":")))
+        record = {"confidence": round(conf, 3), "emitting": int(emitting[c]) if c >= 0 else 0,
+                  "invisible": c < 0, "flags": flags}
+        if captured[b]:
+            record["graph_captured"] = True
+        out.append(json.dumps(record, separators=(",", ":")))
     return out
 
 
