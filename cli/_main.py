@@ -14,6 +14,7 @@ import functools
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ _COMMAND_MODULES = {
     "models": "_models",
     "simulate": "_simulate",
     "tune": "_tune",
+    "studies": "_studies",
     "report": "_report",
     "validate": "_validate",
 }
@@ -131,18 +133,50 @@ class Terminated(KeyboardInterrupt):
     every started remote service is stopped the same way."""
 
 
+def _in_compiled_callback(frame) -> bool:
+    """Whether ``frame`` is numba's Python code, called back from compiled code: an exception
+    raised there by a signal handler is swallowed (seen in ``numba.core.serialize``)."""
+    return f"{os.sep}numba{os.sep}" in frame.f_code.co_filename
+
+
+def _raise_from_handler(exc: BaseException, frame) -> None:
+    """Raise ``exc`` from a signal handler where it cannot be lost: now, or, when the signal
+    landed in a callback from compiled code, as soon as the nearest Python caller of that code
+    runs again (through a one-shot trace function on that frame)."""
+    target = frame
+    while target is not None and _in_compiled_callback(target):
+        target = target.f_back
+    if target is frame or target is None:
+        raise exc
+
+    def raise_here(traced, event, arg):
+        sys.settrace(None)
+        traced.f_trace = None
+        raise exc
+
+    target.f_trace, target.f_trace_lines = raise_here, False
+    sys.settrace(lambda *args: None)  # enables the frame's trace; new frames are not traced
+
+
+def _raise_interrupt(signum, frame) -> None:
+    _raise_from_handler(KeyboardInterrupt(), frame)
+
+
 def _raise_terminated(signum, frame) -> None:
-    raise Terminated(f"signal {signal.Signals(signum).name}")
+    _raise_from_handler(Terminated(f"signal {signal.Signals(signum).name}"), frame)
 
 
 @contextlib.contextmanager
 def _terminate_like_interrupt():
-    """SIGTERM and SIGHUP behave as Ctrl-C for the duration of a command (main thread only)."""
+    """SIGTERM and SIGHUP behave as Ctrl-C for the duration of a command (main thread only);
+    all three are raised where compiled code cannot swallow them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _raise_terminated)
-                for sig in (signal.SIGTERM, signal.SIGHUP)}
+    handlers = {signal.SIGTERM: _raise_terminated, signal.SIGHUP: _raise_terminated}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (nohup, &)
+        handlers[signal.SIGINT] = _raise_interrupt
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield
     finally:
@@ -160,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:
         with _terminate_like_interrupt():
-            cli.main(args=argv, prog_name="servetune", standalone_mode=False)
+            try:
+                cli.main(args=argv, prog_name="servetune", standalone_mode=False)
+            except click.exceptions.Abort as exc:  # click wraps an interrupt in Abort
+                if isinstance(exc.__cause__, KeyboardInterrupt):
+                    raise exc.__cause__ from None
+                raise
     except Terminated as exc:
         click.echo(f"servetune: stopped by {exc}", err=True)
         _echo_notes(exc)

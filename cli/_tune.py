@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import click
 
 from servetune import ConfigError
 from servetune.cli._main import Context, emit_json
 from servetune.cli._simulate import _parse_sets
+from servetune.cli._table import candidates_text
 
 __all__ = ["command"]
 
@@ -100,8 +105,17 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
                             sim_seed=sim_seed, study=study_name, jobs=jobs, executor=executor,
                             model_uri=model_uri, base_config=_parse_sets(sets),
                             track=not no_mlflow, domain=domain)
-    result = run_tune(ctx.workspace, settings, resume=resume, progress=True)
-    table = result.pop("table")
+    started = time.time()
+    try:
+        result = run_tune(ctx.workspace, settings, resume=resume, progress=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (servetune.cli._main)
+        from servetune.cli._studies import interrupt_hint
+
+        hint = interrupt_hint(ctx.workspace, resume or study_name, since=started)
+        if hint:
+            exc.add_note(hint)  # printed by main after "interrupted"
+        raise
+    result.pop("table")  # the Markdown form (candidates.md); the terminal gets aligned text
     verification = None
     if verify:
         from servetune.data import TraceStore
@@ -117,7 +131,7 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
     click.echo(f"study {study['name']} ({study['status']}): {ev['total']} evaluations, "
                f"{ev['simulated']} simulated, {ev['cached']} cached, {ev['infeasible']} "
                f"infeasible, {ev['failed']} failed, {result.get('wall_s', 0):.1f} s")
-    click.echo(table)
+    click.echo(candidates_text(result["candidates"], _knobs(study["path"])))
     for note in result.get("notes", []):
         click.echo("note: " + note)
     best = result["best"]
@@ -139,6 +153,14 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
             click.echo("no candidate could be scored on measurements: nothing recommended")
     click.echo(f"files: {study['path']}  (report: servetune report {study['name']})")
     _exit_with(verification)
+
+
+def _knobs(study_path: str) -> list[str]:
+    """The study's tuned knobs in its space's order (the table's columns)."""
+    from servetune.tuner._space import SearchSpace
+
+    spec = json.loads((Path(study_path) / "study.json").read_text())
+    return list(SearchSpace.from_dict(spec["space"]).names)
 
 
 def _exit_with(verification) -> None:
