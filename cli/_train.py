@@ -20,11 +20,16 @@ __all__ = ["command"]
                    "training runs (default 8; 1: no search).")
 @click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=None,
               help="Share of runs held out for testing (default 0.2).")
+@click.option("--calibrate-from", default=None, metavar="MODEL_URI",
+              help="Calibrate this model (e.g. models:/NAME@champion) on the selected steps "
+                   "instead of training from scratch: per-host calibration with --where "
+                   "hardware=GPU; registered under the selected data's name.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def command(ctx: Context, where: tuple[str, ...], feature_set: str | None, trials: int | None,
-            test_fraction: float | None, seed: int, as_json: bool) -> None:
+            test_fraction: float | None, calibrate_from: str | None, seed: int,
+            as_json: bool) -> None:
     """Train a step-time model on held-out-run evaluation; move `champion` if it is better.
 
     On a workspace without step traces, the bundled H200 samples are ingested first.
@@ -44,6 +49,8 @@ def command(ctx: Context, where: tuple[str, ...], feature_set: str | None, trial
         config = replace(config, n_trials=trials)
     if test_fraction is not None:
         config = replace(config, test_fraction=test_fraction)
+    if calibrate_from is not None:
+        config = replace(config, calibrate_from=calibrate_from)
     if ingest_samples_if_empty(TraceStore.for_workspace(ctx.workspace)):
         click.echo("servetune: the trace store had no step traces; ingested the bundled samples",
                    err=True)
@@ -63,5 +70,12 @@ def command(ctx: Context, where: tuple[str, ...], feature_set: str | None, trial
     if result.champion_before and "mape" in result.champion_before:
         click.echo(f"previous champion v{result.champion_before['version']} on the same runs: "
                    f"MAPE {result.champion_before['mape']:.2f}%")
+    if "interval_low" in m:
+        click.echo(f"80 % run-level interval (out of fold): step times x{m['interval_low']:.2f}"
+                   f" to x{m['interval_high']:.2f} of the prediction")
+    base = result.lineage.get("calibrated_from")
+    if base:
+        click.echo(f"calibrated from {base['uri']} (v{base['version']}): its trees kept, "
+                   f"{int(m['n_trees'])} rounds in all")
     click.echo(f"trained on {result.lineage['rows']} steps from {result.lineage['runs']} runs "
                f"(sha256 {result.lineage['content_sha256'][:12]}) in {result.seconds:.1f} s")

@@ -123,6 +123,28 @@ class TrainingDomain:
                        (-1.0 if v is None else v) for v in t])),
                    modes=modes, n_steps=int(len(steps)), n_runs=int(len(used)))
 
+    def union(self, other: "TrainingDomain") -> "TrainingDomain":
+        """The domain of both trainings (a calibrated model: its base model's and its own):
+        step ranges widened, knob combinations and modes merged, counts added."""
+        ranges = dict(self.step_ranges)
+        for col, (lo, hi) in other.step_ranges.items():
+            mine = ranges.get(col)
+            ranges[col] = (lo, hi) if mine is None else (min(mine[0], lo), max(mine[1], hi))
+        modes = {k: dict(v) for k, v in self.modes.items()}
+        for key, mode in other.modes.items():
+            mine = modes.get(key)
+            modes[key] = dict(mode) if mine is None else {
+                "runs": mine["runs"] + mode["runs"],
+                **{k: _range([v for r in (mine.get(k), mode.get(k)) if r for v in r])
+                   for k in ("cache_tokens", "max_batch_tokens")}}
+        combos = set(self.knob_combinations) | set(other.knob_combinations)
+        return TrainingDomain(step_ranges=ranges,
+                              knob_combinations=tuple(sorted(combos, key=lambda t: [
+                                  (-1.0 if v is None else v) for v in t])),
+                              modes=dict(sorted(modes.items())),
+                              n_steps=self.n_steps + other.n_steps,
+                              n_runs=self.n_runs + other.n_runs)
+
     # -- serialisation --------------------------------------------------------------------------
 
     def to_dict(self) -> dict:

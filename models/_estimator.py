@@ -33,6 +33,11 @@ __all__ = ["StepTimeRegressor", "split_validation_groups"]
 log = logging.getLogger(__name__)
 
 
+def _rounds(booster) -> int:
+    """Boosting rounds already in ``booster`` (0 for None)."""
+    return 0 if booster is None else int(booster.num_boosted_rounds())
+
+
 def split_validation_groups(groups: np.ndarray, fraction: float,
                             rng: np.random.Generator) -> np.ndarray:
     """Boolean mask of rows whose group (run) is held out for validation (>= 1 group each side)."""
@@ -70,6 +75,11 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
             another process takes a core (measured: 3.3 s with 1 thread vs 20 s with 2 on the
             2-core CI machine under load).
         random_state: seed of the validation split and of XGBoost's subsampling.
+        init_model: a fitted model to continue from (per-host calibration): an object with
+            ``booster``, ``feature_set``, ``log_target``, ``base_coef`` and ``base_intercept``
+            (a :class:`~servetune.models.StepTimeModel`). Its trees and linear base are kept;
+            the new trees learn what it gets wrong on ``X`` (in log space: a multiplicative
+            correction). ``feature_set`` and ``log_target`` must be its own.
     """
 
     _parameter_constraints = {
@@ -89,6 +99,7 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
         "refit": ["boolean"],
         "n_jobs": [Interval(Integral, 1, None, closed="left")],
         "random_state": [Interval(Integral, 0, None, closed="left")],
+        "init_model": "no_validation",
     }
 
     def __init__(self, feature_set: str = DEFAULT_FEATURE_SET, n_estimators: int = 2000,
@@ -96,7 +107,8 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
                  subsample: float = 0.8, colsample_bytree: float = 1.0, reg_lambda: float = 1.0,
                  max_bin: int = 256, log_target: bool = True, monotone: bool = True,
                  early_stopping_rounds: int = 50, validation_fraction: float = 0.2,
-                 refit: bool = True, n_jobs: int = 1, random_state: int = 0) -> None:
+                 refit: bool = True, n_jobs: int = 1, random_state: int = 0,
+                 init_model=None) -> None:
         self.feature_set = feature_set
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -113,6 +125,7 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
         self.refit = refit
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.init_model = init_model
 
     # ------------------------------------------------------------------------------- fitting
     def _xgb_params(self) -> dict:
@@ -149,17 +162,27 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
         target = self._target(y, len(features))
         names = list(fs.feature_names)
         params = self._xgb_params()
-        coef, intercept = (fit_linear_base(features, fs.base_indices, np.asarray(y, np.float64))
-                           if fs.base_terms else (NO_BASE, 0.0))
+        init = self._init_booster(fs)
+        if init is not None:
+            coef, intercept = (np.asarray(self.init_model.base_coef, np.float64),
+                               float(self.init_model.base_intercept))
+        else:
+            coef, intercept = (fit_linear_base(features, fs.base_indices,
+                                               np.asarray(y, np.float64))
+                               if fs.base_terms else (NO_BASE, 0.0))
         base = (linear_base_matrix(coef, intercept, self.log_target, features) if coef.size
                 else None)
-        if base is not None:
+        if base is not None and init is None:
             params["base_score"] = 0.0  # the base margin replaces it; 0 keeps both explicit
 
         def matrix(rows, **kwargs):
+            margin = None if base is None else base[rows]
+            if init is not None:  # the init trees must see exact values, not this data's bins
+                return xgb.DMatrix(features[rows], label=target[rows], feature_names=names,
+                                   nthread=self.n_jobs, base_margin=margin)
             return xgb.QuantileDMatrix(
                 features[rows], label=target[rows], feature_names=names, nthread=self.n_jobs,
-                base_margin=None if base is None else base[rows], **kwargs)
+                base_margin=margin, **kwargs)
 
         rng = np.random.default_rng(self.random_state)
         self.best_iteration_ = None
@@ -173,12 +196,14 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
             booster = xgb.train(params, dtrain, num_boost_round=self.n_estimators,
                                 evals=[(dval, "validation")],
                                 early_stopping_rounds=self.early_stopping_rounds,
-                                evals_result=self.evals_result_, verbose_eval=False)
+                                evals_result=self.evals_result_, verbose_eval=False,
+                                xgb_model=init)
             self.best_iteration_ = int(booster.best_iteration)
-            rounds = self.best_iteration_ + 1
+            rounds = self.best_iteration_ + 1  # the init model's rounds included
             if self.refit:
                 booster = xgb.train(params, matrix(slice(None), max_bin=self.max_bin),
-                                    num_boost_round=rounds, verbose_eval=False)
+                                    num_boost_round=rounds - _rounds(init), verbose_eval=False,
+                                    xgb_model=init)
             else:
                 booster = booster[:rounds]
         else:
@@ -186,7 +211,8 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
                 log.warning("no run groups (or a single run): training %d rounds without early "
                             "stopping", self.n_estimators)
             booster = xgb.train(params, matrix(slice(None), max_bin=self.max_bin),
-                                num_boost_round=self.n_estimators, verbose_eval=False)
+                                num_boost_round=self.n_estimators, verbose_eval=False,
+                                xgb_model=init)
         self.booster_ = booster
         self.base_coef_ = coef
         self.base_intercept_ = intercept
@@ -195,6 +221,19 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
         self.n_features_in_ = len(names)
         self.n_estimators_ = booster.num_boosted_rounds()
         return self
+
+    def _init_booster(self, fs):
+        """A copy of ``init_model``'s booster to continue from (None without one), after
+        checking that it was trained on this feature set and target."""
+        if self.init_model is None:
+            return None
+        init = self.init_model
+        if init.feature_set.name != fs.name or bool(init.log_target) != self.log_target:
+            raise ConfigError(f"init_model was trained on {init.feature_set.name} "
+                              f"(log_target={init.log_target}); continue it with the same "
+                              f"feature set and target, not {fs.name} "
+                              f"(log_target={self.log_target})")
+        return init.booster.copy()
 
     def _target(self, y, n: int) -> np.ndarray:
         target = np.asarray(y, dtype=np.float64).reshape(-1)

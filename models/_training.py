@@ -101,6 +101,10 @@ class TrainConfig:
         extrapolation_quantile: token percentile of the extrapolation check.
         interval_level, interval_splits: the run-level prediction interval's probability and
             its out-of-fold splits (models._interval).
+        calibrate_from: a model URI (``models:/NAME@champion``) to calibrate instead of training
+            from scratch: its trees are kept and a few shallow trees learn its error on the
+            selected steps (per-host calibration: ``--where hardware=...``). No search; the
+            estimator starts from ``CALIBRATION_PARAMS``; the domain is the union of both.
         source: which steps to train on (``measured``; never the simulator's own output).
         n_jobs: XGBoost threads.
         seed: seeds every random choice.
@@ -118,10 +122,19 @@ class TrainConfig:
     extrapolation_quantile: float = 0.8
     interval_level: float = 0.8
     interval_splits: int = 5
+    calibrate_from: str | None = None
     source: str = "measured"
     n_jobs: int = 1
     seed: int = 0
     estimator_params: Mapping[str, object] = field(default_factory=dict)
+
+
+# Starting estimator parameters of a calibration (``TrainConfig.calibrate_from``): few shallow,
+# strongly regularised trees with a small step, stopped early on held-out runs of the new host,
+# so the correction stays smooth where the host's runs are few.
+CALIBRATION_PARAMS = {"n_estimators": 400, "learning_rate": 0.05, "max_depth": 3,
+                      "min_child_weight": 20.0, "reg_lambda": 10.0, "subsample": 0.8,
+                      "early_stopping_rounds": 25, "validation_fraction": 0.25}
 
 
 @dataclass
@@ -268,14 +281,25 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
         test = np.isin(groups, test_runs)
         train, X_test = frame[~test], frame[test]
         domain = training_domain(store, train)
+        init = None
+        if config.calibrate_from:
+            init = StepTimeModel.load(config.calibrate_from, tracking_uri=workspace.tracking_uri)
+            lineage["calibrated_from"] = {"uri": config.calibrate_from, "name": init.name,
+                                          "version": init.version, "run_id": init.run_id}
+            if init.domain is not None:
+                domain = domain.union(init.domain)
         stages.update(1)
 
         stages.set_postfix_str(f"search ({config.n_trials} trials)")
         base = StepTimeRegressor(**{"feature_set": config.feature_set, "n_jobs": config.n_jobs,
                                     "random_state": config.seed, **config.estimator_params})
+        if init is not None:
+            base.set_params(**{**CALIBRATION_PARAMS, **config.estimator_params,
+                               "feature_set": init.feature_set.name,
+                               "log_target": bool(init.log_target), "init_model": init})
         trials = None
         n_train_runs = int(np.unique(groups[~test]).size)
-        if config.n_trials > 1 and n_train_runs >= max(config.cv_splits, 2):
+        if init is None and config.n_trials > 1 and n_train_runs >= max(config.cv_splits, 2):
             search = search_hyperparameters(
                 base, train, y[~test], groups[~test], n_trials=config.n_trials,
                 n_splits=config.cv_splits, seed=config.seed, time_budget_s=config.search_budget_s,
@@ -416,7 +440,8 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
                             tags={"servetune.kind": "step-time-training"})
     run_id = run.info.run_id
     try:
-        params = {**model.get_params(), **{f"train.{k}": v for k, v in asdict(config).items()}}
+        params = {**{k: v for k, v in model.get_params().items() if k != "init_model"},
+                  **{f"train.{k}": v for k, v in asdict(config).items()}}
         tags = {"feature_set": fs.name, "feature_set_version": str(fs.version),
                 "feature_names": ",".join(fs.feature_names),
                 "data.content_sha256": lineage["content_sha256"],
@@ -478,7 +503,8 @@ def _log_and_register(workspace, config: TrainConfig, model: StepTimeRegressor,
     return TrainResult(run_id=run_id, model_uri=f"models:/{name}/{version}",
                        registered_model=name, version=int(version), champion=champion,
                        metrics=metrics, champion_before=before, lineage=lineage,
-                       params={k: v for k, v in model.get_params().items()},
+                       params={k: v for k, v in model.get_params().items()
+                               if k != "init_model"},
                        seconds=time.perf_counter() - started, per_run=per_run,
                        search_trials=trials)
 
