@@ -39,15 +39,19 @@ def _step_model(ctx: Context, model_uri: str | None):
               help="A configuration key (repeatable); unknown keys are refused with the list.")
 @click.option("--workload", required=True, metavar="FILE|SPEC",
               help="A trace file, or a synthetic spec such as 'poisson:rate=5,n=500'.")
-@click.option("--qps", type=float, default=None, help="Rescale the arrivals to this mean rate.")
-@click.option("--limit", type=int, default=None, help="Use only the first N requests.")
+@click.option("--qps", type=float, default=None,
+              help="Rescale the arrivals to this mean rate (req/s); default: as is.")
+@click.option("--limit", type=int, default=None,
+              help="Use only the first N requests; default: all.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the synthetic workload and of step-time noise.")
 @click.option("--model-uri", default=None,
               help="Step-time model (models:/NAME@champion); default: the workspace champion, "
                    "trained from the bundled samples when there is none.")
-@click.option("--slo-ttft-ms", type=float, default=None, help="TTFT SLO for goodput.")
-@click.option("--slo-tpot-ms", type=float, default=None, help="TPOT SLO for goodput.")
+@click.option("--slo-ttft-ms", type=float, default=None,
+              help="Goodput bound on time to first token (ms); default: no TTFT bound.")
+@click.option("--slo-tpot-ms", type=float, default=None,
+              help="Goodput bound on time per output token (ms); default: no TPOT bound.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Also write requests/runs (and with --record-steps steps) Parquet files here "
                    "(source=simulated; `servetune ingest DIR/*.parquet` stores them).")

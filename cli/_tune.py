@@ -24,33 +24,43 @@ __all__ = ["command"]
 @click.option("--workload", default=None, metavar="FILE|SPEC",
               help="Trace file or synthetic spec; default: 2,000 Splitwise-like requests "
                    "(gamma arrivals at 1.5 req/s, a load the engine default serves).")
-@click.option("--qps", type=float, default=None, help="Rescale the workload to this rate.")
-@click.option("--limit", type=int, default=None, help="Use only the first N requests.")
+@click.option("--qps", type=float, default=None,
+              help="Rescale the workload's arrivals to this mean rate (req/s); default: as is.")
+@click.option("--limit", type=int, default=None,
+              help="Use only the first N requests of the workload; default: all.")
 @click.option("--objective", default=None, metavar="SPEC",
               help="goodput | throughput | fitness, with options, e.g. "
                    "'goodput:ttft_ms=1000,tpot_ms=50'. Default: goodput with TTFT <= 5 s and "
                    "TPOT <= 150 ms (sized for the bundled H200 sample's engine).")
 @click.option("--optimizer", type=click.Choice(["pso", "random", "grid"]), default="pso",
               show_default=True, help="Search strategy (random: particles x iterations points).")
-@click.option("--particles", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--particles", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Configurations simulated per iteration (PSO swarm size; random and grid: "
+                   "batch size).")
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True,
+              help="PSO iterations (random: particles x iterations points in all; grid: "
+                   "unused). Ignored with --resume: a study keeps its own size.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Tuned candidates to keep (the engine default is added as baseline).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Optimiser seed.")
 @click.option("--sim-seed", type=int, default=0, show_default=True,
               help="Simulation and synthetic-workload seed.")
 @click.option("--study", "study_name", default=None,
-              help="Study name (folder under <workspace>/studies/); default tune-<time>.")
+              help="Study name (folder under <workspace>/studies/); default tune-<UTC time>. "
+                   "List them with servetune studies ls.")
 @click.option("--resume", default=None, metavar="NAME",
-              help="Continue an interrupted study with its own settings.")
+              help="Continue an interrupted study (servetune studies ls) from its last checkpoint, "
+                   "with its own space, workload, objective and size.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local worker processes for evaluations.")
+              help="Local worker processes for evaluations (1: inline in this process).")
 @click.option("--executor", default=None, metavar="URL",
               help="Dask scheduler (dask://HOST:PORT) to evaluate on instead of local workers.")
 @click.option("--model-uri", default=None,
-              help="Step-time model; default: the champion (trained on first use).")
+              help="Step-time model (models:/NAME@champion or models:/NAME/VERSION); default: the "
+                   "workspace champion, trained from the bundled samples on first use.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Simulator key fixed under every configuration (e.g. gpu_memory_gib=80).")
+              help="Simulator key fixed under every configuration (repeatable; e.g. "
+                   "gpu_memory_gib=80, in GiB).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the study to MLflow.")
 @click.option("--domain", "domain", type=click.Choice(["strict", "penalise", "ignore"]),
               default="strict", show_default=True,
@@ -63,7 +73,8 @@ __all__ = ["command"]
                    "recorded as unapplied. Exit code as servetune validate (3 drift, 4 a "
                    "candidate failed).")
 @click.option("--cluster", default=None, metavar="FILE|NODES",
-              help="With --verify: cluster TOML, hostfile or node string.")
+              help="With --verify: cluster TOML, hostfile or node string (as servetune validate "
+                   "--cluster).")
 @click.option("--model", "served_model", default=None,
               help="With --verify: the model path or id the engine serves.")
 @click.option("--json", "as_json", is_flag=True,

@@ -87,11 +87,12 @@ def _study_dir(ctx: Context, study: str) -> Path:
 @click.option("--nodes-per-group", type=click.IntRange(min=1), default=1, show_default=True,
               help="Hostfile/node string: consecutive hosts per service group.")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Hostfile/node string: GPUs 0..N-1 of each node go to the engine.")
+              help="Hostfile/node string: GPUs 0..N-1 of each node go to the engine "
+                   "(CUDA_VISIBLE_DEVICES); 0: not set, the engine sees every GPU of the node.")
 @click.option("--candidates", "study", default=None, metavar="STUDY",
               help="A study name (or folder) whose candidates.json to verify.")
 @click.option("--top", type=click.IntRange(min=1), default=None,
-              help="Only the top K candidates of the study (plus its baseline).")
+              help="Only the top K candidates of the study (plus its baseline); default: all.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="One candidate from knob values (repeatable), instead of --candidates.")
 @click.option("--base-set", "base_settings", multiple=True, metavar="KEY=VALUE",
@@ -106,10 +107,12 @@ def _study_dir(ctx: Context, study: str) -> Path:
               help="Request-arrival trace file or synthetic spec (default: the study's workload "
                    f"with --candidates, else {_DEFAULT_WORKLOAD}).")
 @click.option("--requests", "limit", type=click.IntRange(min=1), default=None,
-              help="Replay only the first N requests.")
-@click.option("--qps", type=float, default=None, help="Rescale arrivals to this mean rate.")
+              help="Replay only the first N requests; default: all.")
+@click.option("--qps", type=float, default=None,
+              help="Rescale arrivals to this mean rate (req/s); default: as is.")
 @click.option("--api", type=click.Choice(["completions", "chat"]), default="completions",
-              show_default=True)
+              show_default=True, help="OpenAI-compatible endpoint the benchmark client calls: "
+                                      "/v1/completions or /v1/chat/completions.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Benchmark replays per candidate (mean and spread are reported).")
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
@@ -117,34 +120,49 @@ def _study_dir(ctx: Context, study: str) -> Path:
 @click.option("--hardware", default="unknown", show_default=True,
               help="Hardware label of the measured runs (GPU name).")
 @click.option("--slo-ttft-ms", type=float, default=None,
-              help="Goodput TTFT bound (default with --candidates: the study objective's).")
+              help="Goodput TTFT bound (ms); default with --candidates: the study objective's, "
+                   "else none.")
 @click.option("--slo-tpot-ms", type=float, default=None,
-              help="Goodput TPOT bound (default with --candidates: the study objective's).")
-@click.option("--ssh-user", default=None)
-@click.option("--ssh-key", default=None, type=click.Path(dir_okay=False))
-@click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True)
+              help="Goodput TPOT bound (ms); default with --candidates: the study objective's, "
+                   "else none.")
+@click.option("--ssh-user", default=None,
+              help="Hostfile/node string: SSH user (a user@host entry wins); default: the "
+                   "local user name.")
+@click.option("--ssh-key", default=None, type=click.Path(dir_okay=False),
+              help="Hostfile/node string: private key file; default: the SSH agent, then "
+                   "~/.ssh's default keys.")
+@click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True,
+              help="Hostfile/node string: SSH port (a host:port entry wins).")
 @click.option("--known-hosts", default=None, type=click.Path(dir_okay=False),
               help="known_hosts file (default ~/.ssh/known_hosts).")
 @click.option("--trust-new-hosts", is_flag=True,
               help="Accept hosts missing from known_hosts and record their keys (never a "
                    "changed key).")
-@click.option("--service-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--service-port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="Hostfile/node string: HTTP port the engine listens on, on the head node "
+                   "(the client must reach it directly).")
 @click.option("--work-dir", default="~/.servetune/work", show_default=True,
               help="Work dir on each node for logs and results: the SSH user's own, writable by "
                    "nobody else (created 0700); each service runs in a private dir inside it.")
 @click.option("--timeout", "candidate_timeout_s", type=float, default=None,
-              help="Seconds one candidate may take in all (start, benchmark, stop).")
-@click.option("--health-timeout", "health_timeout_s", type=float, default=None)
-@click.option("--retries", type=click.IntRange(min=0), default=None)
+              help="Seconds one candidate may take in all (start, benchmark, stop); default: the "
+                   "cluster file's, else 1800 s.")
+@click.option("--health-timeout", "health_timeout_s", type=float, default=None,
+              help="Seconds a starting engine may take to answer its health check; default: "
+                   "the cluster file's, else 600 s.")
+@click.option("--retries", type=click.IntRange(min=0), default=None,
+              help="Extra attempts of a candidate after a transient failure (0: none); "
+                   "default: the cluster file's, else 2.")
 @click.option("--unapplied", type=click.Choice(["error", "record"]), default="error",
               show_default=True, help="Knobs the engine's CLI cannot express: refuse, or run "
                                       "without them and record them.")
 @click.option("--drift-threshold", type=float, default=0.15, show_default=True,
-              help="Relative error beyond which (and beyond 2x noise) a metric drifts.")
+              help="Relative error (0.15 = 15 %) beyond which (and beyond 2x noise) a metric "
+                   "drifts.")
 @click.option("--every", default=None, metavar="DURATION",
               help="Repeat the validation every DURATION (30s, 10m, 1h, 1d).")
 @click.option("--count", type=click.IntRange(min=1), default=None,
-              help="With --every: stop after this many rounds.")
+              help="With --every: stop after this many rounds; default: until interrupted.")
 @click.option("--benchmark", type=click.Choice(["client", "vllm-bench"]), default="client",
               show_default=True, help="The built-in streaming client, or the engine's own "
                                       "`vllm bench serve` on the head node (JSON fetched and "
@@ -153,7 +171,9 @@ def _study_dir(ctx: Context, study: str) -> Path:
               help="With --benchmark vllm-bench: the program to run on the head node.")
 @click.option("--warmup", "warmup_requests", type=click.IntRange(min=0), default=2,
               show_default=True, help="Unrecorded requests sent once the service is healthy.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the benchmark prompts and of a synthetic workload (a study's own "
+                   "workload keeps its seed).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document per round.")
 @click.pass_obj
 def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_node: int,
