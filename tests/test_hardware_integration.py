@@ -135,6 +135,12 @@ def test_clean_run_with_real_transformers_serve(kit, hosts, tmp_path):
     requests = store.query("requests", run_id=list(c1["run_id"]))
     assert len(requests) == 8 and set(requests["status"]) == {"ok"}
     assert (requests["ttft_ms"] > 0).all() and (requests["e2e_ms"] >= requests["ttft_ms"]).all()
+    # every measured run's engine steps, rebuilt from the client's token timings (issue 15)
+    steps = store.query("steps", run_id=list(runs["run_id"]))
+    assert set(steps["source"]) == {"reconstructed"} and set(steps["run_id"]) == set(runs["run_id"])
+    per_run = steps.groupby("run_id")
+    assert (per_run.prefill_tokens.sum() > 0).all() and (per_run.decode_tokens.sum() > 0).all()
+    assert (steps["duration_ms"] >= 0).all()
     report = build_report(result)
     calibrated = [r for r in report.rows if r["candidate"] == "c1"]
     assert calibrated and all(r["calibrated"] is not None for r in calibrated)

@@ -1,4 +1,5 @@
-"""Measured benchmark results as trace-store rows (``requests`` and ``runs``, source measured).
+"""Measured benchmark results as trace-store rows (``requests`` and ``runs``, source measured,
+and the ``steps`` reconstructed from the requests' token timings).
 
 The run row carries the candidate's configuration (JSON plus the known knobs flattened), the
 aggregate metrics, and - in its ``extra`` JSON - the candidate's name, the service group, the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shlex
 from collections.abc import Mapping, Sequence
@@ -23,7 +25,10 @@ from servetune.data import SLO, Workload, conform, run_metrics
 from servetune.data.engines import ENGINES, redact_secrets
 from servetune.tuner.hardware._client import BenchmarkResult, RequestResult
 
-__all__ = ["aggregate_metrics", "measurement_tables", "REPORT_METRICS", "LOWER_IS_BETTER"]
+__all__ = ["aggregate_metrics", "measurement_tables", "reconstructed_steps", "REPORT_METRICS",
+           "LOWER_IS_BETTER"]
+
+log = logging.getLogger(__name__)
 
 #: the metrics compared between prediction and measurement, when both have them
 REPORT_METRICS = ("request_throughput_rps", "output_throughput_tok_s", "goodput_rps",
@@ -84,7 +89,39 @@ def measurement_tables(result: BenchmarkResult, *, run_id: str, engine: str, mod
     digest = hashlib.sha256()
     for kind in ("requests", "runs"):
         digest.update(json.dumps(tables[kind].to_pylist(), sort_keys=True, default=str).encode())
+    steps = reconstructed_steps(result.requests, run)
+    if steps is not None:
+        tables["steps"] = steps
     return tables, digest.hexdigest()
+
+
+def reconstructed_steps(requests: Sequence[RequestResult], run: Mapping[str, object]):
+    """The run's engine steps rebuilt from its requests' token timings
+    (:func:`servetune.data.reconstruct_steps`, ``source = "reconstructed"``), as a steps table;
+    None for an engine without a spec (a user start script) or timings that cannot be used
+    (logged: the measurement itself is kept either way)."""
+    import pandas as pd
+
+    from servetune import InputError
+    from servetune.data import reconstruct_steps
+
+    if run["engine"] not in ENGINES:
+        return None
+    frame = pd.DataFrame({
+        # token instants count from when each request was sent (TTFT is measured from there)
+        "arrival_s": [r.arrival_s if math.isnan(r.sent_s) else r.sent_s for r in requests],
+        "input_tokens": [r.prompt_tokens or r.input_tokens for r in requests],
+        "output_tokens": [r.output_tokens for r in requests],
+        "ttft_ms": [r.ttft_ms for r in requests],
+        "itl_ms": [r.itl_ms if r.status == "ok" else None for r in requests],
+        "status": [r.status for r in requests]})
+    try:
+        steps = reconstruct_steps(frame, run)
+    except (InputError, ValueError) as exc:
+        log.warning("measured run %s: no steps reconstructed from its token timings (%s)",
+                    run["run_id"], exc)
+        return None
+    return conform(steps, "steps", path=f"reconstructed steps of measured run {run['run_id']}")
 
 
 def _knob_columns(engine: str, config: Mapping[str, object]) -> dict:
