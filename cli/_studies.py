@@ -113,8 +113,8 @@ def _read_scores(path: Path, count: int, size: int) -> tuple[list[float], dict]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable evaluation log: {exc}") from None
     statuses = [r.get("status") for r in records]
-    scores = [r["score"] for r in records if r.get("status") == "ok" and r.get("score") is not None
-              and math.isfinite(r["score"])]
+    scores = [r["score"] for r in records if r.get("status") == "ok"
+              and r.get("score") is not None and math.isfinite(r["score"])]
     return scores, {s: statuses.count(s) for s in ("ok", "infeasible", "failed")}
 
 
@@ -152,8 +152,10 @@ def _iso(timestamp: float) -> str:
 
 def interrupt_hint(workspace, name: str | None, since: float) -> str | None:
     """The line ``tune`` prints when interrupted: the study, its checkpointed evaluations and
-    the resume command; records the interrupt in the study's ``interrupted.json``. ``name`` None: the newest study created at or after ``since`` (epoch
-    seconds). None when no study was created yet (interrupted while training)."""
+    the resume command; records the interrupt in the study's ``interrupted.json``.
+
+    ``name`` None: the newest study created at or after ``since`` (epoch seconds). Returns None
+    when no study was created yet (interrupted while training) or it had finished."""
     if name is None:
         newest = None
         for candidate in study_names(workspace):
