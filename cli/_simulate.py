@@ -6,6 +6,7 @@ import click
 
 from servetune import ConfigError
 from servetune.cli._main import Context, emit_json
+from servetune.cli._table import format_table
 
 __all__ = ["command"]
 
@@ -98,12 +99,6 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
         return
     m = result.metrics
 
-    def fmt(summary: dict) -> str:
-        if summary["mean"] is None:
-            return "-"
-        return (f"mean {summary['mean']:.1f}  p50 {summary['p50']:.1f}  p90 {summary['p90']:.1f}"
-                f"  p99 {summary['p99']:.1f}")
-
     click.echo(f"engine {simulator.engine}  workload {trace.name} ({len(trace)} requests)  "
                f"model {uri}")
     click.echo(f"completed {m['completed']}/{m['num_requests']}  steps {m['steps']}  "
@@ -112,8 +107,11 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
                else f"{m['goodput_rps']:.2f} req/s")
     click.echo(f"throughput {m['request_throughput_rps'] or 0:.2f} req/s  "
                f"{m['output_throughput_tok_s'] or 0:.0f} output tok/s  goodput {goodput}")
-    for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_ms"):
-        click.echo(f"{name:9s} {fmt(m[name])}")
+    stats = ("mean", "p50", "p90", "p99")
+    click.echo(format_table(["latency (ms)", *stats], [
+        [name.removesuffix("_ms"), *("-" if m[name].get(k) is None else f"{m[name][k]:.1f}"
+                                    for k in stats)]
+        for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_ms")]))
     if interval is not None:
         click.echo(format_interval(interval))
     warning = format_domain_warning(domain)
