@@ -7,6 +7,7 @@ from servetune.data.adapters._common import OVERRIDABLE
 from servetune.data.adapters._generic import GENERIC_FORMATS, GenericTraceAdapter
 from servetune.data.adapters._parquet import ServetuneParquetAdapter
 from servetune.data.adapters._vllm import VllmBenchAdapter
+from servetune.data.adapters._vllm_iteration_log import VllmIterationLogAdapter
 
 __all__ = [
     "Adapter",
@@ -16,6 +17,7 @@ __all__ = [
     "OVERRIDABLE",
     "ServetuneParquetAdapter",
     "VllmBenchAdapter",
+    "VllmIterationLogAdapter",
     "default_registry",
     "file_sha256",
     "read_head",
@@ -32,6 +34,7 @@ def default_registry(overrides: Mapping[str, str] | None = None) -> AdapterRegis
     return AdapterRegistry([
         ServetuneParquetAdapter(),
         VllmBenchAdapter(overrides),
+        VllmIterationLogAdapter(overrides),
         *(GenericTraceAdapter(kind, syntax, overrides)
           for kind in ("steps", "requests") for syntax in ("csv", "jsonl")),
     ])
