@@ -8,6 +8,7 @@ from servetune.data.adapters._generic import GENERIC_FORMATS, GenericTraceAdapte
 from servetune.data.adapters._parquet import ServetuneParquetAdapter
 from servetune.data.adapters._vllm import VllmBenchAdapter
 from servetune.data.adapters._vllm_iteration_log import VllmIterationLogAdapter
+from servetune.data.adapters._vllm_sweep import VllmSweepAdapter
 
 __all__ = [
     "Adapter",
@@ -18,6 +19,7 @@ __all__ = [
     "ServetuneParquetAdapter",
     "VllmBenchAdapter",
     "VllmIterationLogAdapter",
+    "VllmSweepAdapter",
     "default_registry",
     "file_sha256",
     "read_head",
@@ -35,6 +37,7 @@ def default_registry(overrides: Mapping[str, str] | None = None) -> AdapterRegis
         ServetuneParquetAdapter(),
         VllmBenchAdapter(overrides),
         VllmIterationLogAdapter(overrides),
+        VllmSweepAdapter(overrides),
         *(GenericTraceAdapter(kind, syntax, overrides)
           for kind in ("steps", "requests") for syntax in ("csv", "jsonl")),
     ])
