@@ -108,9 +108,8 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     click.echo(f"throughput {m['request_throughput_rps'] or 0:.2f} req/s  "
                f"{m['output_throughput_tok_s'] or 0:.0f} output tok/s  goodput {goodput}")
     stats = ("mean", "p50", "p90", "p99")
-    click.echo(format_table(["latency (ms)", *stats], [
-        [name.removesuffix("_ms"), *("-" if m[name].get(k) is None else f"{m[name][k]:.1f}"
-                                    for k in stats)]
+    click.echo(format_table(["latency", *stats], [
+        [name, *("-" if m[name].get(k) is None else f"{m[name][k]:.1f}" for k in stats)]
         for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_ms")]))
     if interval is not None:
         click.echo(format_interval(interval))
