@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SLO", "run_metrics", "metric_name", "LATENCY_METRICS", "STATS"]
+__all__ = ["SLO", "run_metrics", "metric_name", "streamed_summary", "LATENCY_METRICS", "STATS"]
 
 #: the latency metrics summarised per run, and their statistics (``ttft_p90_ms``, ...)
 LATENCY_METRICS: tuple[str, ...] = ("ttft", "tpot", "itl", "e2e", "queue")
@@ -123,6 +123,45 @@ def _summary(metric: str, values: np.ndarray) -> dict:
             f"{metric}_p90_ms": float(p90), f"{metric}_p99_ms": float(p99)}
 
 
+#: the percentiles of ``STATS`` (``numpy.percentile``'s q)
+_PERCENTILES = (50, 90, 99)
+
+
+def _linear_percentiles(count: int, select) -> np.ndarray:
+    """``numpy.percentile(values, (50, 90, 99))`` (method linear) of ``count`` values known only
+    through ``select(ranks)``, which returns the values of those 0-based ranks in sorted order:
+    numpy's own index, weight and interpolation arithmetic, on the two neighbours it would
+    take from the partitioned array."""
+    q = np.true_divide(np.array(_PERCENTILES), 100)
+    virtual = (count - 1) * q
+    previous = np.floor(virtual)
+    following = previous + 1
+    above = virtual >= count - 1
+    previous[above] = -1
+    following[above] = -1
+    gamma = np.asanyarray(virtual - previous, dtype=virtual.dtype)
+    ranks = np.where(np.concatenate((previous, following)) < 0, count - 1,
+                     np.concatenate((previous, following))).astype(np.int64)
+    values = np.asarray(select(ranks), dtype=np.float64)
+    a, b = values[:len(q)], values[len(q):]
+    diff = b - a
+    result = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=result, where=gamma >= 0.5)
+    return result
+
+
+def streamed_summary(metric: str, count: int, mean: float, select) -> dict:
+    """The ``{metric}_{mean,p50,p90,p99}_ms`` of ``count`` finite values that are never held
+    in one array (a long simulation's pooled ITLs): ``mean`` as given, and the percentiles
+    from the order statistics ``select(ranks)`` returns, interpolated exactly as
+    ``numpy.percentile`` would on the whole array."""
+    if count <= 0:
+        return {f"{metric}_{s}_ms": None for s in STATS}
+    p50, p90, p99 = _linear_percentiles(int(count), select)
+    return {f"{metric}_mean_ms": float(mean), f"{metric}_p50_ms": float(p50),
+            f"{metric}_p90_ms": float(p90), f"{metric}_p99_ms": float(p99)}
+
+
 def _pooled_itl(itl_ms, itl_offsets, ok: np.ndarray) -> np.ndarray:
     """The ITLs of completed requests as one array."""
     if itl_offsets is not None:
@@ -142,7 +181,8 @@ def run_metrics(*, arrival_s: Sequence[float], ttft_ms: Sequence[float | None],
                 itl_ms: Sequence[Sequence[float] | None] | np.ndarray | None = None,
                 itl_offsets: Sequence[int] | None = None,
                 queue_ms: Sequence[float | None] | None = None,
-                preemptions: Sequence[int] | int | None = None) -> dict:
+                preemptions: Sequence[int] | int | None = None,
+                itl_summary: Mapping[str, float | None] | None = None) -> dict:
     """The run's aggregate metrics from per-request arrays (definitions: the module doc).
 
     Args:
@@ -159,6 +199,8 @@ def run_metrics(*, arrival_s: Sequence[float], ttft_ms: Sequence[float | None],
         itl_offsets: see ``itl_ms``.
         queue_ms: arrival to first scheduled step per request (the simulator knows it).
         preemptions: per request, or the run's total (None: unknown).
+        itl_summary: the ``itl_*_ms`` statistics already computed (:func:`streamed_summary`
+            of a long simulation's ITLs, which are never pooled in memory); replaces ``itl_ms``.
 
     Returns:
         A flat dict keyed like the ``runs`` columns (plus ``good_requests``,
@@ -211,8 +253,11 @@ def run_metrics(*, arrival_s: Sequence[float], ttft_ms: Sequence[float | None],
     }
     metrics.update(_summary("ttft", ttft[ok]))
     metrics.update(_summary("tpot", tpot[ok]))
-    itl = np.empty(0) if itl_ms is None else _pooled_itl(itl_ms, itl_offsets, ok)
-    metrics.update(_summary("itl", itl))
+    if itl_summary is not None:
+        metrics.update({f"itl_{s}_ms": itl_summary[f"itl_{s}_ms"] for s in STATS})
+    else:
+        itl = np.empty(0) if itl_ms is None else _pooled_itl(itl_ms, itl_offsets, ok)
+        metrics.update(_summary("itl", itl))
     metrics.update(_summary("e2e", e2e[ok]))
     queue = np.full(n, np.nan) if queue_ms is None else _floats(queue_ms, n, "queue_ms")
     metrics.update(_summary("queue", queue[ok]))
