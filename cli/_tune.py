@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -72,6 +73,12 @@ __all__ = ["command"]
                    "measurement: needs --cluster; knobs the engine's CLI cannot express are "
                    "recorded as unapplied. Exit code as servetune validate (3 drift, 4 a "
                    "candidate failed).")
+@click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="With --verify: verify -> calibrate -> re-tune rounds. After a round whose "
+                   "measured best disagrees with its prediction, the model is calibrated on the "
+                   "steps rebuilt from every measurement so far and the next round tunes with "
+                   "it; stops early on agreement. The recommendation is the best measured in "
+                   "any round. 1: tune and verify once.")
 @click.option("--cluster", default=None, metavar="FILE|NODES",
               help="With --verify: cluster TOML, hostfile or node string (as servetune validate "
                    "--cluster).")
@@ -82,7 +89,7 @@ __all__ = ["command"]
 @click.pass_obj
 def command(ctx: Context, space, workload, qps, limit, objective, optimizer, particles,
             iterations, top_k, seed, sim_seed, study_name, resume, jobs, executor, model_uri,
-            sets, no_mlflow, domain, verify, cluster, served_model, as_json) -> None:
+            sets, no_mlflow, domain, verify, rounds, cluster, served_model, as_json) -> None:
     """Tune an engine's configuration against a workload in simulation (PSO by default).
 
     On a fresh workspace this ingests the bundled samples and trains the champion step-time
@@ -116,6 +123,12 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
                             sim_seed=sim_seed, study=study_name, jobs=jobs, executor=executor,
                             model_uri=model_uri, base_config=_parse_sets(sets),
                             track=not no_mlflow, domain=domain)
+    if rounds > 1:
+        if not verify or resume:
+            raise ConfigError("--rounds needs --verify (each round measures on the cluster) "
+                              "and cannot --resume")
+        _loop(ctx, settings, rounds, cluster, served_model, as_json)
+        return
     started = time.time()
     try:
         result = run_tune(ctx.workspace, settings, resume=resume, progress=True)
@@ -164,6 +177,48 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
             click.echo("no candidate could be scored on measurements: nothing recommended")
     click.echo(f"files: {study['path']}  (report: servetune report {study['name']})")
     _exit_with(verification)
+
+
+def _loop(ctx: Context, settings, rounds: int, cluster_source: str, served_model, as_json):
+    """``--verify --rounds N``: :func:`servetune.tuner.tune_verify_loop`, a line per round."""
+    from servetune.data import TraceStore
+    from servetune.tuner._loop import tune_verify_loop
+    from servetune.tuner.hardware import load_cluster
+
+    if settings.study is None:
+        settings = replace(settings, study="tune-" + time.strftime("%Y%m%d-%H%M%S",
+                                                                     time.gmtime()))
+
+    def report(r) -> None:
+        best = r.verification.measured_best
+        click.echo(f"round {r.index}: study {r.summary['study']['name']}, model {r.model_uri}; "
+                   f"measured best {best.name if best else '-'} "
+                   f"(measured {_fmt(best and best.measured_objective)}, predicted "
+                   f"{_fmt(best and best.predicted_objective)}; "
+                   f"{'agrees' if r.verification.agrees else 'disagrees'})", err=as_json)
+
+    result = tune_verify_loop(
+        ctx.workspace, settings, load_cluster(cluster_source, model=served_model),
+        rounds=rounds, store=TraceStore.for_workspace(ctx.workspace),
+        verify_options={"unapplied": "record"}, on_round=report)
+    doc = result.to_dict()
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"stopped: {result.stopped}; calibrated models: "
+               f"{', '.join(result.calibrated) or 'none'}")
+    rec = doc["recommendation"]
+    if rec is None:
+        click.echo("no candidate could be scored on measurements: nothing recommended")
+    else:
+        click.echo(f"recommended (chosen on measurements, round {rec['round']}): {rec['name']} "
+                   f"{json.dumps(rec['config'], sort_keys=True)}; measured "
+                   f"{_fmt(rec['measured_objective'])}, predicted "
+                   f"{_fmt(rec['predicted_objective'])}")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _knobs(study_path: str) -> list[str]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -110,6 +110,19 @@ class EngineConstants:
     h2d_gb_per_s: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     n_runs: int = 0
+
+    def filled_from(self, other: "EngineConstants | None") -> "EngineConstants":
+        """These constants with every unknown (None) value taken from ``other`` (a calibrated
+        model's base model), its source saying so."""
+        if other is None:
+            return self
+        names = ("capture_sync", "capture_async", "gpu_name", "gpu_memory_gib",
+                 "model_weights_gib", "kv_bytes_per_token", "h2d_gb_per_s")
+        taken = {n: getattr(other, n) for n in names
+                 if getattr(self, n) is None and getattr(other, n) is not None}
+        sources = {**self.sources, **{n: "from the base model (calibration data lacks it)"
+                                      for n in taken}}
+        return replace(self, **taken, sources=sources)
 
     def capture(self, async_batching: bool) -> CaptureCost | None:
         """The capture cost of a batching mode."""

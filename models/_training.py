@@ -313,6 +313,8 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
         model = clone(base).fit(train, y[~test], groups=groups[~test])
         fit_seconds = time.perf_counter() - fit_started
         constants = training_engine_constants(store, model, captures, groups[~test])
+        if init is not None:  # what the calibration runs do not record, the base model knows
+            constants = constants.filled_from(init.engine_constants)
         stages.update(1)
 
         stages.set_postfix_str("evaluating held-out runs")

@@ -57,6 +57,7 @@ from servetune.tuner._tracking import StudyTracker
 # so that ``servetune simulate`` and ``tune`` without ``--verify`` do not pay for it.
 _VERIFY_NAMES = ("CandidateVerification", "VerificationResult", "engine_to_launch",
                  "study_workload", "verify_candidates", "verify_study")
+_LOOP_NAMES = ("LoopResult", "LoopRound", "tune_verify_loop", "calibrate_on_runs")
 
 
 def __getattr__(name: str):
@@ -65,11 +66,19 @@ def __getattr__(name: str):
         from servetune.tuner import _verify
 
         return getattr(_verify, name)
+    if name in _LOOP_NAMES:
+        from servetune.tuner import _loop
+
+        return getattr(_loop, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "CandidateVerification",
+    "LoopResult",
+    "LoopRound",
+    "calibrate_on_runs",
+    "tune_verify_loop",
     "DEFAULT_OBJECTIVE",
     "DEFAULT_WORKLOAD",
     "Constraint",
