@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +42,7 @@ from servetune.tuner._study import Study
 
 __all__ = ["TuneSettings", "run_tune", "DEFAULT_WORKLOAD", "DEFAULT_SPACE", "DEFAULT_OBJECTIVE",
            "load_space",
-           "optimizer_spec"]
+           "optimizer_spec", "require_result"]
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,12 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
         study.run(evaluator, executor=executor, on_iteration=on_iteration, parallelism=parallel)
     if bar is not None:
         bar.close()
+    try:
+        require_result(study)
+    except ConfigError:
+        if tracker is not None:
+            tracker.abort()
+        raise
 
     candidates = build_candidates(study, top_k, (baseline_config, baseline_metrics,
                                                  baseline_score),
@@ -234,6 +241,25 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
         study.checkpoint()  # keeps the run id next to the state
     return summary(study, candidates, wall_s=time.perf_counter() - started, rule=rule,
                    notes=notes, tolerance=tolerance)
+
+
+def require_result(study: Study) -> None:
+    """Raise :class:`ConfigError` when no evaluation of ``study`` gave a score: every point
+    was infeasible (a constraint it could not repair) or the evaluator failed on it. The
+    message counts both, with the most frequent reason of each."""
+    records = study.records
+    if any(r.status == "ok" for r in records):
+        return
+    parts = []
+    for status, what in (("infeasible", "infeasible"), ("failed", "failed")):
+        reasons = Counter(r.error or "no reason recorded" for r in records if r.status == status)
+        if reasons:
+            reason, _ = reasons.most_common(1)[0]
+            parts.append(f"{sum(reasons.values())} {what} (most often: {reason})")
+    raise ConfigError(f"study {study.spec.name}: none of its {len(records)} evaluations gave a "
+                      f"result: {', '.join(parts) or 'nothing was evaluated'}; relax the "
+                      "space's constraints or ranges, or fix the failure, and run it again "
+                      f"(the evaluations are kept in {study.directory})")
 
 
 def study_notes(study: Study, candidates: list[dict], rule: DomainRule,

@@ -102,6 +102,11 @@ class StudyTracker:
                    if v is not None and math.isfinite(v)]
         self._client_().log_batch(self.run_id, metrics=metrics)
 
+    def abort(self) -> None:
+        """Mark the run failed (a study that ended without a result)."""
+        if self.run_id is not None:
+            self._client_().set_terminated(self.run_id, status="FAILED")
+
     def finish(self, study, candidates: list[dict], plots: dict[str, bytes],
                files: list[Path] = ()) -> None:
         """Best configuration, candidates, plots and study files as artifacts; run finished."""
