@@ -134,38 +134,37 @@ def _read_lines(path: Path) -> dict:
     out: dict = {"steps": [], "version": None, "kv_tokens": None, "dummies": 0}
     last: dict[int, tuple[int, int]] = {}  # dp rank -> (iteration index, line)
     try:
-        handle = open(path, encoding="utf-8", errors="strict", newline="")
+        handle = open(path, "rb")  # decoded line by line, so an error names its line
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror})", path=where) from None
     with handle:
-        number = 0
-        try:
-            for number, text in enumerate(handle, start=1):
-                line = split_line(text)
-                try:
-                    iteration = parse_iteration(line.message)
-                except MalformedIteration as exc:
-                    raise InputError(f"malformed iteration line {number}: {exc}", path=where,
-                                     row=number, field=exc.field) from None
-                if iteration is None:
-                    _startup(line.message, settings, chunked, out)
-                    continue
-                if iteration.dummy:
-                    out["dummies"] += 1
-                    continue
-                rank = iteration.engine if iteration.engine is not None else _rank(line.process)
-                previous = last.get(rank)
-                if previous is not None and iteration.index <= previous[0]:
-                    raise InputError(
-                        f"iteration {iteration.index} on line {number} does not follow iteration "
-                        f"{previous[0]} (line {previous[1]}) of the same engine: the log holds "
-                        "more than one server run; split it into one file per run",
-                        path=where, row=number, field="iteration")
-                last[rank] = (iteration.index, number)
-                out["steps"].append((number, rank, line.time, iteration))
-        except UnicodeDecodeError as exc:
-            raise InputError(f"expected UTF-8 text, found byte {exc.object[exc.start]:#04x} "
-                             f"(line {number + 1})", path=where, row=number + 1) from None
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = split_line(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise InputError(f"expected UTF-8 text, found byte {raw[exc.start]:#04x} "
+                                 f"(line {number})", path=where, row=number) from None
+            try:
+                iteration = parse_iteration(line.message)
+            except MalformedIteration as exc:
+                raise InputError(f"malformed iteration line {number}: {exc}", path=where,
+                                 row=number, field=exc.field) from None
+            if iteration is None:
+                _startup(line.message, settings, chunked, out)
+                continue
+            if iteration.dummy:
+                out["dummies"] += 1
+                continue
+            rank = iteration.engine if iteration.engine is not None else _rank(line.process)
+            previous = last.get(rank)
+            if previous is not None and iteration.index <= previous[0]:
+                raise InputError(
+                    f"iteration {iteration.index} on line {number} does not follow iteration "
+                    f"{previous[0]} (line {previous[1]}) of the same engine: the log holds "
+                    "more than one server run; split it into one file per run",
+                    path=where, row=number, field="iteration")
+            last[rank] = (iteration.index, number)
+            out["steps"].append((number, rank, line.time, iteration))
     out["settings"] = {**settings, **chunked}
     return out
 

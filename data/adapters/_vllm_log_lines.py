@@ -44,8 +44,8 @@ _PREFIX = re.compile(
     r"(?P<month>\d\d)-(?P<day>\d\d) (?P<clock>\d\d:\d\d:\d\d) "
     r"\[(?P<file>[^\]\s]+):(?P<lineno>\d+)\] ")
 _STARTS = re.compile(r"(?:Engine \d+: )?Iteration\(")
-_INT = r"(\d+)"
-_MS = r"(\d+(?:\.\d+)?)"
+_INT = r"(\d{1,18})"  # fits int64; longer digit runs fail the piece that holds them
+_MS = r"(\d{1,15}(?:\.\d{1,15})?)"
 # (field, pattern, what the text should look like): matched in order, so an error names the field
 _PIECES = (
     ("engine", r"(?:Engine (\d+): )?", "Engine NNN: "),
@@ -58,8 +58,8 @@ _PIECES = (
     ("dummy", r"( \(dummy\))?", " (dummy)"),
 )
 _FRONTEND_TAIL = re.compile(
-    r", (\S+) KV cache usage: (\d+(?:\.\d+)?)%"
-    r"(?:, encoder inputs: (\d+), encoder output embeddings: (\d+))?$")
+    r", (\S+) KV cache usage: (\d{1,15}(?:\.\d{1,15})?)%"
+    r"(?:, encoder inputs: (\d{1,18}), encoder output embeddings: (\d{1,18}))?$")
 _ENGINE_CONFIG = re.compile(r"Initializing a V1 LLM engine \(v(?P<version>[^)\s]+)\) with "
                             r"config: (?P<config>.*)$")
 _NON_DEFAULT = re.compile(r"non-default args: (?P<args>\{.*\})\s*$")

@@ -53,7 +53,7 @@ class _Corpus:
         self.cases: list[Case] = []
 
     def add(self, name: str, fmt: str, content: str | bytes | Callable[[Path], None] | None,
-            argv: list[str], suffix: str = "") -> None:
+            argv: list[str], suffix: str = "", expect: str | None = None) -> None:
         path = None
         if content is not None:
             path = self.root / f"{len(self.cases):03d}-{name}{suffix}"
@@ -65,7 +65,7 @@ class _Corpus:
                 path.write_text(content, encoding="utf-8")
         if any(c.name == name for c in self.cases):
             raise ValueError(f"duplicate case name {name!r}")
-        self.cases.append(Case(name, fmt, tuple(argv), path))
+        self.cases.append(Case(name, fmt, tuple(argv), path, expect))
 
 
 # ---------------------------------------------------------------------------------- vllm-bench
@@ -129,6 +129,72 @@ def _vllm_cases(c: _Corpus) -> None:
     add("only-whitespace", "   \n\n  ")
     add("num-prompts-negative", doc(num_prompts=-3))
     add("request-rate-word", doc(request_rate="fast"))
+
+
+# ---------------------------------------------------------------------------------- vLLM logs
+_LOG_PREFIX = "(EngineCore_DP0 pid=7) INFO 11-03 14:15:10 [core.py:452] "
+_LOG_START = ("(APIServer pid=6) INFO 11-03 14:15:00 [api_utils.py:273] non-default args: "
+              "{'model': 'org/model', 'max_num_seqs': 8}\n")
+
+
+def _iteration(index: int = 0, ctx: str = "1 context requests, 64 context tokens, ",
+               gen: str = "2 generation requests, 2 generation tokens, ",
+               elapsed: str = "iteration elapsed time: 12.50 ms") -> str:
+    """One line as ``vllm/v1/engine/core.py:452`` (vLLM v0.25.0) writes it."""
+    return f"{_LOG_PREFIX}Iteration({index}): {ctx}{gen}{elapsed}\n"
+
+
+def _vllm_log_cases(c: _Corpus) -> None:
+    ingest = ["ingest", "--format", "vllm-iteration-log", "{path}"]
+
+    def add(name, text):
+        c.add(f"vllm-log-{name}", "vllm-iteration-log", text, ingest, ".log")
+
+    good = _LOG_START + _iteration(0) + _iteration(1)
+    add("context-tokens-word", good + _iteration(2, ctx="1 context requests, x context tokens, "))
+    add("elapsed-nan", good + _iteration(2, elapsed="iteration elapsed time: nan ms"))
+    add("elapsed-missing", good + _iteration(2, elapsed="iteration elapsed time: ms"))
+    add("negative-requests", good + _iteration(2, gen="-2 generation requests, 2 generation "
+                                                      "tokens, "))
+    add("huge-index", good + _iteration(int(HUGE_INT[:40])))
+    add("huge-tokens", good + _iteration(2, ctx=f"1 context requests, {HUGE_INT} context "
+                                                "tokens, "))
+    add("index-goes-back", good + _iteration(1))
+    add("trailing-garbage", good.rstrip("\n") + ", and more\n")
+    add("bad-kv-usage", good + _iteration(2).rstrip("\n") + ", GPU KV cache usage: lots\n")
+    add("invalid-utf8", good.encode() + b"\xff\xfe" + _iteration(2).encode())
+    add("nul-bytes", good + _iteration(2).replace("12.50", "12\x00.50"))
+    add("no-iterations", _LOG_START)
+    add("empty", "")
+    add("no-model", _iteration(0) + _iteration(1))
+
+
+def _vllm_sweep_cases(c: _Corpus) -> None:
+    ingest = ["ingest", "--format", "vllm-sweep", "{path}"]
+    result = {"date": "20251103-141502", "backend": "vllm", "model_id": "org/model",
+              "num_prompts": 3, "duration": 2.0, "completed": 3, "failed": 0,
+              "request_throughput": 1.5, "run_number": 0, "max_num_seqs": 8}
+
+    def tree(run: str | None) -> Callable[[Path], None]:
+        def write(path: Path) -> None:
+            path.parent.mkdir(parents=True)
+            path.write_text(",run_number\n0,0\n")
+            if run is not None:
+                comb = path.parent / "SERVE--max_num_seqs=8-BENCH--request_rate=4"
+                comb.mkdir()
+                (comb / "run=0.json").write_text(run)
+        return write
+
+    def add(name, run):
+        c.add(f"vllm-sweep-{name}", "vllm-sweep", tree(run), ingest, "/summary.csv",
+              expect=f"vllm-sweep-{name}")
+
+    add("no-combinations", None)
+    add("run-truncated", json.dumps(result)[:-20])
+    add("run-completed-string", json.dumps({**result, "completed": "x"}))
+    add("run-over-prompts", json.dumps({**result, "completed": 9}))
+    add("run-two-spellings", json.dumps({**result, "tp": 2, "tensor_parallel_size": 1}))
+    add("run-empty", "")
 
 
 # ---------------------------------------------------------------------------------- parquet
@@ -454,7 +520,7 @@ def make_corpus(root: str | Path) -> list[Case]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     corpus = _Corpus(root)
-    for build in (_vllm_cases, _parquet_cases, _csv_cases, _workload_cases, _space_cases,
+    for build in (_vllm_cases, _vllm_log_cases, _vllm_sweep_cases, _parquet_cases, _csv_cases, _workload_cases, _space_cases,
                   _candidate_cases, _cluster_cases):
         build(corpus)
     return corpus.cases
