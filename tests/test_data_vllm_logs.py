@@ -231,3 +231,21 @@ def test_train_where_engine_vllm_learns_from_ingested_iteration_logs(tmp_path):
     dummies = 2  # one "(dummy)" line closes each frontend log
     assert out["lineage"]["rows"] == sum(len(_iteration_lines(Path(p))) for p in paths) - dummies
     assert out["metrics"]["mape"] < 10.0  # the fixture's step times are linear plus 0.15 ms noise
+
+
+def test_data_parallel_ranks_keep_their_own_counters_and_bad_utf8_names_its_line(tmp_path):
+    head = CORE.read_text().splitlines()[:7]
+    lines = _iteration_lines(CORE)[:4]
+    other = [l.replace("EngineCore_DP0", "EngineCore_DP1") for l in lines]
+    mixed = tmp_path / "dp2.log"
+    mixed.write_text("\n".join(head + [x for pair in zip(lines, other) for x in pair]) + "\n")
+    store = TraceStore.for_workspace(_ws(tmp_path))
+    ingest_paths(store, [mixed], default_registry())
+    steps = store.query("steps")
+    assert sorted(steps.dp_rank.value_counts().items()) == [(0, 4), (1, 4)]
+    assert sorted(steps[steps.dp_rank == 1].step_index) == [0, 1, 2, 3]
+    bad = tmp_path / "bad-utf8.log"
+    bad.write_bytes("\n".join(head).encode() + b"\n" + lines[0].encode() + b"\xff\n")
+    with pytest.raises(InputError, match=r"\(line 8\)") as caught:
+        ingest_paths(store, [bad], default_registry())
+    assert caught.value.row == 8
