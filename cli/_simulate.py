@@ -24,13 +24,13 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
     return config
 
 
-def _step_model(ctx: Context, model_uri: str | None):
-    from servetune.models import StepTimeModel, ensure_champion
+def _step_model(ctx: Context, engine: str, model_uri: str | None):
+    """The engine's step-time model (``models.step_model_for_engine``) and its URI."""
+    from servetune.models import step_model_for_engine
 
-    if model_uri is None:
-        model_uri = ensure_champion(ctx.workspace)
-    model = StepTimeModel.load(model_uri, tracking_uri=ctx.workspace.tracking_uri)
-    return model_uri, model.compile()
+    model = step_model_for_engine(ctx.workspace, engine, model_uri)
+    uri = model_uri or (f"models:/{model.name}@champion" if model.name else "")
+    return uri, model.compile()
 
 
 @click.command("simulate")
@@ -75,7 +75,7 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     # sizes derived from the model's engine constants (the KV cache) are checked once it exists
     get_policy(engine).resolve(config)
     trace = resolve_workload(workload, seed=seed, qps=qps, limit=limit)
-    uri, step_model = _step_model(ctx, model_uri)
+    uri, step_model = _step_model(ctx, engine, model_uri)
     simulator = Simulator(engine, config, step_model, slo=slo, labels={"model_uri": uri})
     keep_steps = record_steps and out_dir is not None
     # the domain check needs the steps: recorded whenever the model knows its domain (whole

@@ -77,7 +77,9 @@ from servetune.models._step_time_model import (
 )
 
 __all__ = ["TrainConfig", "TrainResult", "load_training_frame", "train_step_time_model",
-           "ensure_champion", "parse_where", "training_domain", "training_engine_constants"]
+           "ensure_champion", "champion_for_engine", "step_model_for_engine", "model_engine",
+           "parse_where",
+           "training_domain", "training_engine_constants"]
 
 log = logging.getLogger(__name__)
 
@@ -590,6 +592,56 @@ def ensure_champion(workspace, where: Mapping[str, object] | None = None, *,
             return f"models:/{name}@{CHAMPION}"
     result = train_step_time_model(workspace, where, config, progress=progress)
     return f"models:/{result.registered_model}@{CHAMPION}"
+
+
+def champion_for_engine(workspace, engine: str, *, progress: bool | None = None) -> str:
+    """The champion trained on ``engine``'s measured steps (trained first when the store has
+    them but no model yet); a simulator-only engine (``static``, not launchable) takes the
+    workspace's default champion.
+
+    Raises:
+        ModelError: the store has no measured steps of ``engine``; the message says how to
+            get some.
+    """
+    from servetune.data.engines import get_engine
+
+    spec = get_engine(engine)
+    store = TraceStore.for_workspace(workspace)
+    ingest_samples_if_empty(store)
+    if not spec.program:
+        return ensure_champion(workspace, progress=progress)
+    steps = store.query_table("steps", columns=["engine"], where={"source": "measured"},
+                              engine=partition_value(spec.name))
+    if not steps.num_rows:
+        raise ModelError(
+            f"no step-time model for {spec.name}: the trace store has no measured {spec.name} "
+            f"steps. Get some (servetune ingest of {spec.name}'s own logs or benchmark "
+            f"results, or servetune validate / collect on your hardware), then servetune "
+            f"train --where engine={spec.name}; or pass --model-uri to simulate with another "
+            "engine's model (its step times are then that engine's)")
+    return ensure_champion(workspace, {"engine": spec.name}, progress=progress)
+
+
+def step_model_for_engine(workspace, engine: str, model_uri: str | None = None, *,
+                          progress: bool | None = None) -> StepTimeModel:
+    """The step-time model to simulate ``engine`` with: ``model_uri`` if given (a warning when
+    it was trained on another engine's steps), else :func:`champion_for_engine`."""
+    from servetune.data.engines import get_engine
+
+    spec = get_engine(engine)
+    uri = model_uri or champion_for_engine(workspace, spec.name, progress=progress)
+    model = StepTimeModel.load(uri, tracking_uri=workspace.tracking_uri)
+    trained = model_engine(model.name)
+    if spec.program and trained is not None and trained != spec.name:
+        log.warning("%s was trained on %s steps: simulating %s with it gives %s's step times, "
+                    "not %s's", uri, trained, spec.name, trained, spec.name)
+    return model
+
+
+def model_engine(model_name: str) -> str | None:
+    """The engine of a registered model's name (``step-time.<engine>.<model>.<hardware>``)."""
+    parts = model_name.split(".")
+    return parts[1] if len(parts) >= 4 and parts[0] == "step-time" else None
 
 
 def ingest_samples_if_empty(store: TraceStore) -> bool:

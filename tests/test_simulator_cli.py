@@ -51,12 +51,24 @@ def test_same_command_twice_prints_identical_json(workspace):
 
 def test_workspace_champion_is_used_without_a_model_uri(workspace):
     ws, uri = workspace
-    # the synthetic training runs record no GPU or model memory, so the cache is given
-    out = _simulate(ws, "--engine", "vllm", "--workload", "poisson:rate=4,n=40", "--qps", "8",
-                    "--set", "num_gpu_blocks_override=65536", "--json")
+    out = _simulate(ws, "--engine", "transformers-cb", "--workload", "poisson:rate=4,n=40",
+                    "--set", "num_blocks=400", "--json")
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
     assert payload["model_uri"].endswith("@champion") and payload["metrics"]["completed"] == 40
+    assert ".transformers-cb." in payload["model_uri"]
+    # no vllm steps in the store: no silent use of the transformers model (issue 15 part 3)
+    args = ("--engine", "vllm", "--workload", "poisson:rate=4,n=40", "--qps", "8",
+            "--set", "num_gpu_blocks_override=65536", "--json")
+    refused = _simulate(ws, *args)
+    assert refused.returncode == 1 and refused.stdout == ""  # a ModelError
+    assert "no step-time model for vllm" in refused.stderr
+    assert "servetune train --where engine=vllm" in refused.stderr
+    # named explicitly it runs, and the mismatch is said
+    out = _simulate(ws, *args, "--model-uri", uri)
+    assert out.returncode == 0, out.stderr
+    assert "trained on transformers-cb steps: simulating vllm with it" in out.stderr
+    assert json.loads(out.stdout)["metrics"]["completed"] == 40
     # a real trace file, truncated and rescaled, in text mode, records written and ingested
     out_dir = ws.root / "sim-out"
     text = _simulate(ws, "--engine", "static", "--workload", str(SPLITWISE), "--limit", "300",

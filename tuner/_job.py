@@ -138,12 +138,13 @@ def optimizer_spec(settings: TuneSettings) -> dict:
     raise ConfigError(f"unknown --optimizer {settings.optimizer!r}; choose pso, random or grid")
 
 
-def _pin_model(workspace: Workspace, model_uri: str | None):
-    """The compiled step-time model and a URI pinned to its version (exact resume)."""
-    from servetune.models import StepTimeModel, ensure_champion
+def _pin_model(workspace: Workspace, model_uri: str | None, engine: str):
+    """The compiled step-time model of ``engine`` (``models.step_model_for_engine``) and a URI
+    pinned to its version (exact resume)."""
+    from servetune.models import step_model_for_engine
 
-    uri = model_uri or ensure_champion(workspace)
-    model = StepTimeModel.load(uri, tracking_uri=workspace.tracking_uri)
+    model = step_model_for_engine(workspace, engine, model_uri)
+    uri = model_uri or f"models:/{model.name}@champion"
     pinned = f"models:/{model.name}/{model.version}" if model.name and model.version else uri
     return model.compile(), pinned
 
@@ -161,7 +162,7 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
         study = Study.load(studies / resume)
         info = study.spec.evaluator
         space = study.space
-        compiled, model_uri = _pin_model(workspace, info["model_uri"])
+        compiled, model_uri = _pin_model(workspace, info["model_uri"], space.engine)
         workload = resolve_workload(info["workload"], seed=info["sim_seed"], qps=info["qps"],
                                     limit=info["limit"])
         base_config = dict(info.get("base_config", {}))
@@ -172,7 +173,7 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
     else:
         space = load_space(settings.space)
         objective = parse_objective(settings.objective)
-        compiled, model_uri = _pin_model(workspace, settings.model_uri)
+        compiled, model_uri = _pin_model(workspace, settings.model_uri, space.engine)
         workload = resolve_workload(settings.workload, seed=settings.sim_seed, qps=settings.qps,
                                     limit=settings.limit)
         base_config = dict(settings.base_config)
