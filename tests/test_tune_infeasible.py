@@ -22,15 +22,15 @@ MEMORY = ["--set", "gpu_memory_gib=80", "--set", "model_weights_gib=2.3", "--set
 # check), and a small swarm never proposes it
 SPACE = """
 name = "nearly-infeasible"
-engine = "vllm"
-[params.max_num_seqs]
+engine = "transformers-cb"
+[params.max_batch_tokens]
 type = "int"
 low = 8
-high = 100000
+high = 65536
 log = true
-default = 99995
+default = 65530
 [[constraints]]
-expr = "max_num_seqs > 99990"
+expr = "max_batch_tokens > 65520"
 on_violation = "penalise"
 """
 
@@ -61,7 +61,7 @@ def test_tune_with_no_feasible_evaluation_exits_2_naming_the_constraint(workspac
     assert proc.stdout == ""  # no JSON document with best=null
     assert "Traceback" not in proc.stderr
     assert "none of its 8 evaluations gave a result: 8 infeasible" in proc.stderr
-    assert "max_num_seqs > 99990" in proc.stderr
+    assert "max_batch_tokens > 65520" in proc.stderr
     assert (workspace.root / "studies" / f"never-{domain}" / "study.json").exists()
     from mlflow.tracking import MlflowClient
 

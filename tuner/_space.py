@@ -56,6 +56,7 @@ import numpy as np
 
 from servetune import ConfigError
 from servetune.tuner._expr import Expression
+from servetune.tuner._limits import check_grid_size
 
 __all__ = ["Param", "Constraint", "Point", "SearchSpace", "PARAM_KINDS", "builtin_spaces",
            "FIELD_NAME"]
@@ -544,13 +545,18 @@ class SearchSpace:
             values[p.name] = value
         return self._complete(values)
 
+    def grid_size(self, levels: int = 5) -> int:
+        """How many points :meth:`grid` gives, computed without building any."""
+        return math.prod(p.count(levels) for p in self.params)
+
     def grid(self, levels: int = 5) -> list[dict]:
-        """Every combination of the discretised parameter values (tunables only)."""
-        total = math.prod(p.count(levels) for p in self.params)
-        if total > _GRID_LIMIT:
-            raise ConfigError(f"space {self.name!r} has {total:,d} grid points (limit "
-                              f"{_GRID_LIMIT:,d}); give float params a coarser 'step' or fewer "
-                              "levels")
+        """Every combination of the discretised parameter values (tunables only).
+
+        Raises:
+            ConfigError: the grid has more points than a study may evaluate
+                (:func:`~servetune.tuner._limits.check_grid_size`); nothing is built.
+        """
+        check_grid_size(self.name, self.grid_size(levels), _GRID_LIMIT)
         axes = [p.values(levels) for p in self.params]
         return [dict(zip(self.names, combo)) for combo in itertools.product(*axes)]
 
