@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,8 @@ from servetune.features import (
 )
 from servetune.models import StepTimeRegressor
 from servetune.models._engine_constants import capture_terms
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import SAMPLES, labelled_runs  # noqa: E402
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
+from servetune.tuner.simulator._fidelity import labelled_runs
 
 COLUMNS = [*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]
 

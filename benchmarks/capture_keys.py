@@ -26,9 +26,8 @@ from servetune.features import graph_captured
 from servetune.models._engine_constants import CAPTURE_KEYS
 from servetune.tuner.simulator._policies import get_policy
 from servetune.tuner.simulator._transformers import _graph_key
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import SAMPLES, labelled_runs, sim_config  # noqa: E402
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
+from servetune.tuner.simulator._fidelity import labelled_runs, sim_config
 
 
 def compare_run(steps: pd.DataFrame, run: pd.Series) -> dict:

@@ -22,11 +22,9 @@ import numpy as np
 
 from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
 from servetune.models._engine_constants import capture_fit, capture_terms
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import (  # noqa: E402
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
+from servetune.tuner.simulator._fidelity import (
     HELD_OUT,
-    SAMPLES,
     sample_frame,
     sim_config_with_capture,
     simulate_replay,

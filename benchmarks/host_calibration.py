@@ -27,8 +27,7 @@ from servetune.data import TraceStore, Workspace
 from servetune.data.collect._runner import CollectorOptions
 from servetune.features import add_previous_step, graph_captured, join_knobs
 from servetune.models import StepTimeModel, TrainConfig, ensure_champion, train_step_time_model
-from servetune.models._engine_constants import transformers_sim_config
-from servetune.tuner.simulator import Simulator
+from servetune.tuner.simulator import replay_run
 
 ROOT = Path(__file__).resolve().parent
 HOST_DATA = ROOT / "data" / "space_fill_h100"
@@ -73,33 +72,12 @@ def step_mape(model: StepTimeModel, runs: pd.DataFrame, steps: pd.DataFrame) -> 
     return float(np.mean(np.abs(pred - frame.duration_ms) / frame.duration_ms) * 100)
 
 
-def replay(run: pd.Series, requests: pd.DataFrame, compiled) -> dict:
-    """Mean TTFT/TPOT and throughput of the run's own requests replayed with its config (the
-    collector's warm-up requests first, as on the GPU)."""
-    from servetune.data import Workload
-
-    r = requests[requests.run_id == run.run_id].sort_values("arrival_s", kind="stable")
-    n = CollectorOptions.warmup_requests
-    gap = 30.0
-    workload = Workload.from_arrays(
-        np.concatenate([np.zeros(n), r.arrival_s.to_numpy() + gap]),
-        np.concatenate([np.full(n, 32), r.input_tokens.to_numpy()]),
-        np.concatenate([np.full(n, 4), r.output_tokens.to_numpy()]))
-    config = transformers_sim_config(json.loads(run.config))
-    result = Simulator("transformers-cb", config, compiled).run(workload)
-    real = slice(n, None)
-    duration = float(np.nanmax(result.finish_s[real])) - gap  # on the run's clock
-    return {"ttft_mean_ms": float(np.nanmean(result.ttft_ms[real])),
-            "tpot_mean_ms": float(np.nanmean(result.tpot_ms[real])),
-            "output_throughput_tok_s": float(r.output_tokens.sum()) / duration}
-
-
 def score(model: StepTimeModel, runs: pd.DataFrame, requests, steps) -> dict:
     """Step MAPE and per (configuration, workload) replay errors of ``model`` on ``runs``."""
     compiled = model.compile()
     rows = []
     for _, run in runs.iterrows():
-        sim = replay(run, requests, compiled)
+        sim = replay_run(run, requests, compiled, warmup=CollectorOptions.warmup_requests).metrics
         rows.append({"label": run.label, **{f"sim_{k}": sim[k] for k in METRICS},
                      **{f"meas_{k}": float(run[k]) for k in METRICS}})
     per_config = pd.DataFrame(rows).groupby("label").mean()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,7 @@ import pandas as pd
 
 from servetune.features import graph_captured
 from servetune.models._engine_constants import _padded
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import SAMPLES  # noqa: E402
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 
 
 def shape_medians(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

@@ -36,140 +36,26 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-import servetune
-from servetune.data import Workload
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.features import (
     DEFAULT_FEATURE_SET,
     KNOB_COLUMNS,
     PREV_COLUMNS,
     RAW_COLUMNS,
-    add_previous_step,
-    graph_captured,
-    join_knobs,
 )
-from servetune.models import CaptureCost, StepTimeRegressor
-from servetune.models._engine_constants import (
-    CAPTURE_KEYS,
-    capture_fit,
-    capture_terms,
-    transformers_sim_config,
+from servetune.models._engine_constants import capture_fit
+from servetune.tuner.simulator._fidelity import (
+    HELD_OUT,
+    METRICS,
+    capture_noise,
+    labelled_runs,
+    sample_frame,
+    simulate_replay,
+    train_step_model,
 )
-from servetune.models._search import search_hyperparameters
-from servetune.tuner.simulator import Simulator
+from servetune.tuner.simulator._replay import WARMUP_GAP_S
 
-SAMPLES = Path(servetune.__file__).resolve().parent / "data" / "samples"
 REPEATS = Path(__file__).resolve().parent / "data" / "fidelity_repeats"
-# Held out: one repeated configuration, sync and async, both schedulers, CUDA graphs on and off,
-# a small KV cache. Everything else (23 configurations) trains the step-time model.
-HELD_OUT = ("g-fifo-512-bs64-sync", "g-fifo-1024-bs32-async", "g-pf-1024-bs256-sync",
-            "g-fifo-512-bs64-async-smallkv", "e-pf-1024-bs64-async")
-METRICS = (("ttft_mean_ms", "ttft_ms"), ("tpot_mean_ms", "tpot_ms"),
-           ("output_throughput_tok_s", "output_throughput_tok_s"))
-
-
-def sim_config(run: pd.Series) -> dict:
-    """The simulator's transformers config from a measured run's resolved engine config."""
-    return transformers_sim_config(json.loads(run["config"]))
-
-
-def capture_noise(captures: pd.DataFrame, predicted_ms: np.ndarray, runs: pd.DataFrame,
-                  fits: dict, repeat_factor: bool = True) -> dict[bool, tuple[float, float]]:
-    """Per batching mode: the spread of measured capture costs around ``fits`` (from
-    ``capture_fit``) as two log-normal coefficients of variation, ``(per capture, per run)``,
-    the simulator's ``cuda_graph_capture_noise_cv`` and ``cuda_graph_capture_run_cv``. The log
-    ratio measured / fitted cost of each capture is split into its run's mean (the run-level
-    factor: its variance less the within-run variance's share in a run mean) and the rest."""
-    A, mode, repeat = capture_terms(captures, runs, repeat_factor)
-    extra = np.maximum(captures["duration_ms"].to_numpy() - predicted_ms, 1.0)
-    out = {}
-    for is_async in (False, True):
-        a, b, c, d, f = fits[is_async]
-        mine = mode == is_async
-        cost = A[mine] @ np.array([a, b, c, d]) * np.where(repeat[mine], f, 1.0)
-        frame = pd.DataFrame({"run": captures["run_id"].to_numpy()[mine],
-                              "log_ratio": np.log(extra[mine] / np.maximum(cost, 1e-9))})
-        per_run = frame.groupby("run")["log_ratio"].agg(["mean", "var", "size"]).dropna()
-        within = float((per_run["var"] * (per_run["size"] - 1)).sum()
-                       / (per_run["size"] - 1).sum())
-        between = max(float(per_run["mean"].var()) - within * float((1 / per_run["size"]).mean()),
-                      0.0)
-        out[is_async] = (float(np.sqrt(np.expm1(within))), float(np.sqrt(np.expm1(between))))
-    return out
-
-
-def sim_config_with_capture(run: pd.Series,
-                            fits: dict[bool, tuple[float, float, float, float, float]]) -> dict:
-    """:func:`sim_config` plus the capture cost of ``fits`` (from
-    ``servetune.models._engine_constants.capture_fit``) for the run's batching mode and token
-    budget."""
-    config = sim_config(run)
-    fit = CaptureCost(*fits[bool(config["use_async_batching"])])
-    config.update(zip(CAPTURE_KEYS, fit.config_values(config["max_batch_tokens"])))
-    return config
-
-
-def sample_frame(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """The sample's labelled runs, requests, steps with knobs and previous steps, and per step
-    whether it captured a CUDA graph."""
-    runs = labelled_runs(root / "runs.parquet")
-    frame = add_previous_step(join_knobs(pd.read_parquet(root / "steps.parquet"),
-                                         runs))
-    return runs, pd.read_parquet(root / "requests.parquet"), frame, graph_captured(frame)
-
-
-def run_workload(requests: pd.DataFrame) -> tuple[Workload, float]:
-    """A run's recorded requests as a workload, and its first arrival (the rebasing offset)."""
-    r = requests.sort_values("arrival_s", kind="stable")
-    w = Workload.from_arrays(r.arrival_s.to_numpy(), r.input_tokens.to_numpy(),
-                             r.output_tokens.to_numpy(), name="replay")
-    return w, float(r.arrival_s.min())
-
-
-WARMUP_GAP_S = 30.0  # the collector's warm-up requests run this long before the clock starts
-
-
-def with_warmup(workload: Workload, n: int) -> Workload:
-    """The collector's ``n`` unrecorded warm-up requests (32 input, 4 output tokens, all at
-    once; they capture the small graph shapes) ahead of the replayed requests."""
-    if n == 0:
-        return workload
-    return Workload.from_arrays(
-        np.concatenate([np.zeros(n), workload.arrival_s + WARMUP_GAP_S]),
-        np.concatenate([np.full(n, 32), workload.input_tokens]),
-        np.concatenate([np.full(n, 4), workload.output_tokens]), name="replay+warmup")
-
-
-def simulated_metrics(result, offset: float, n_warmup: int) -> dict:
-    """Mean TTFT/TPOT and output throughput of the replayed requests (warm-up ones dropped);
-    the duration is measured from the run's clock start, as the collector's ``duration_s``."""
-    real = slice(n_warmup, None)
-    start = WARMUP_GAP_S if n_warmup else 0.0
-    ttft = result.ttft_ms[real]
-    tpot = result.tpot_ms[real]
-    duration = float(np.nanmax(result.finish_s[real])) - start + offset
-    return {"ttft_ms": float(np.nanmean(ttft)), "tpot_ms": float(np.nanmean(tpot)),
-            "output_throughput_tok_s": int(result.workload.output_tokens[real].sum()) / duration,
-            "steps": int(result.metrics["steps"])}
-
-
-def simulate_replay(run: pd.Series, requests: pd.DataFrame, fits: dict, compiled, n_warmup: int,
-                    seed: int = 0, record_steps: bool = False, **overrides) -> tuple[dict, object]:
-    """Replay ``run``'s own recorded requests (after ``n_warmup`` collector warm-up requests)
-    through the simulator with its engine configuration, the capture cost of ``fits`` and
-    ``overrides``: (:func:`simulated_metrics`, the simulator's result)."""
-    workload, offset = run_workload(requests[requests.run_id == run.run_id])
-    config = {**sim_config_with_capture(run, fits), **overrides}
-    result = Simulator("transformers", config, compiled).run(
-        with_warmup(workload, n_warmup), seed=seed, record_steps=record_steps)
-    return simulated_metrics(result, offset, n_warmup), result
-
-
-def labelled_runs(path: Path) -> pd.DataFrame:
-    """A runs table with ``config_name`` and ``workload_name`` columns."""
-    runs = pd.read_parquet(path)
-    runs["config_name"] = runs["extra"].map(lambda e: json.loads(e)["config_name"])
-    runs["workload_name"] = runs["workload"].map(lambda w: json.loads(w)["name"])
-    return runs
 
 
 def noise_floor(runs: pd.DataFrame) -> pd.DataFrame:
@@ -206,19 +92,6 @@ def others_mean_within(runs: pd.DataFrame, measured: pd.DataFrame, limit_pct: fl
     return {"runs_with_other_measurements": len(worst),
             "all_three_within": int(sum(v <= limit_pct for v in worst.values())),
             "largest_error_%_by_run": {_run_label(k): round(v, 1) for k, v in worst.items()}}
-
-
-def train_step_model(train: pd.DataFrame, feature_set: str, search_trials: int,
-                     seed: int) -> StepTimeRegressor:
-    """The step-time model on ``train``'s steps, hyperparameters searched as `servetune train`."""
-    X, y, groups = (train[[*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]],
-                    train["duration_ms"].to_numpy(), train["run_id"].to_numpy())
-    base = StepTimeRegressor(feature_set=feature_set, n_jobs=1, random_state=seed)
-    if search_trials > 1:
-        # a generous time budget so that every trial runs on a loaded machine too (determinism)
-        base.set_params(**search_hyperparameters(base, X, y, groups, n_trials=search_trials,
-                                                 seed=seed, time_budget_s=3600).best_params)
-    return base.fit(X, y, groups=groups)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -30,12 +30,10 @@ import pandas as pd
 
 from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
 from servetune.models._engine_constants import capture_fit
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import (  # noqa: E402
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
+from servetune.tuner.simulator._fidelity import (
     HELD_OUT,
     METRICS,
-    SAMPLES,
     sample_frame,
     simulate_replay,
     train_step_model,

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_fidelity import SAMPLES  # noqa: E402
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 
 
 def steps_to_first_token(steps: pd.DataFrame, requests: pd.DataFrame) -> np.ndarray:

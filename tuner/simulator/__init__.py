@@ -26,6 +26,7 @@ from servetune.tuner.simulator._policies import (
     get_policy,
     resolve_config,
 )
+from servetune.tuner.simulator._replay import REPLAY_METRICS, Replay, replay_run
 from servetune.tuner.simulator._result import SLO, SimulationResult
 from servetune.tuner.simulator._simulate import Simulator, model_knobs, simulate
 
@@ -34,6 +35,8 @@ __all__ = [
     "EnginePolicy",
     "Knob",
     "PolicyRegistry",
+    "REPLAY_METRICS",
+    "Replay",
     "SLO",
     "SimulationResult",
     "Simulator",
@@ -43,6 +46,7 @@ __all__ = [
     "engines",
     "get_policy",
     "model_knobs",
+    "replay_run",
     "resolve_config",
     "simulate",
 ]
