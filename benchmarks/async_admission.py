@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servetune.data._benchmark_record import measured_gpus, write_record
 from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
               # the KV cache, not the token budget, holds requests back in the small-cache runs
               "runs_with_requests_scheduled_2_or_more_steps_later": later_by_run}
     print(json.dumps(report, indent=2))
+    write_record("async_admission", report, args=args, measured_on=measured_gpus(args.samples))
     return report
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servetune.data._benchmark_record import RESULTS_DIR, write_record
 from servetune.data.engines._transformers_resolve import (
     h2d_bytes_per_step,
     mask_copy_bytes_per_step,
@@ -175,18 +176,18 @@ def main() -> None:
                   f"| {r.max_batch_tokens} | {r.block_size} | {r.cache_tokens:,} "
                   f"| {r.median_ms:.1f} | {r.tpot_mean_ms:.1f} | {r.tpot_p50_ms:.1f} "
                   f"| {r.ttft_p50_ms:.0f} | {r.output_tok_s:.0f} |")
-    if args.json_out:
-        columns = ["run_id", "config", "workload", "async_batching", "cuda_graph", "max_batch_tokens",
-                   "block_size", "cache_tokens", "mask_bytes", "h2d_bytes", "floor_steps",
-                   "median_ms", "p10_ms", "copy_ms", "predicted_ms", "error_pct",
-                   "tpot_mean_ms", "tpot_p50_ms", "ttft_p50_ms", "output_tok_s", "started_at"]
-        result = {"commit": _commit(), "data": str(args.data), "gpus": gpus,
-                  "max_seqs": MAX_SEQS, "compute_floor_ms": {f"{'async' if a else 'sync'}-{'graphs' if g else 'eager'}": v
-                                       for (a, g), v in base.items()},
-                  "fitted_h2d_bandwidth_GBps": round(bandwidth / 1e9, 2),
-                  "runs": json.loads(table[columns].to_json(orient="records"))}
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(result, indent=1) + "\n")
+    # the record: --json-out's path, else benchmarks/results/async_cache_floor.json
+    columns = ["run_id", "config", "workload", "async_batching", "cuda_graph", "max_batch_tokens",
+               "block_size", "cache_tokens", "mask_bytes", "h2d_bytes", "floor_steps",
+               "median_ms", "p10_ms", "copy_ms", "predicted_ms", "error_pct",
+               "tpot_mean_ms", "tpot_p50_ms", "ttft_p50_ms", "output_tok_s", "started_at"]
+    result = {"commit": _commit(), "data": str(args.data), "gpus": gpus,
+              "max_seqs": MAX_SEQS, "compute_floor_ms": {f"{'async' if a else 'sync'}-{'graphs' if g else 'eager'}": v
+                                   for (a, g), v in base.items()},
+              "fitted_h2d_bandwidth_GBps": round(bandwidth / 1e9, 2),
+              "runs": json.loads(table[columns].to_json(orient="records"))}
+    out = args.json_out or RESULTS_DIR / "async_cache_floor.json"
+    write_record(out.stem, result, args=args, measured_on=gpus, results_dir=out.parent)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from servetune.data._benchmark_record import measured_gpus, write_record
 from servetune.models._engine_constants import fit_h2d_bandwidth, small_decode_floor_ms
 from servetune.tuner.simulator import resolve_config
 from servetune.tuner.simulator._policies import async_copy_floor_ms
@@ -37,9 +38,10 @@ def main() -> None:
         rows.append({"run": run.run_id, "measured_floor_ms": round(measured, 1),
                      "predicted_floor_ms": round(predicted, 1),
                      "error_pct": round(100 * (predicted / measured - 1), 1)})
-    print(json.dumps({"h2d_gb_per_s_all_runs": round(all_fit, 2), "source": source,
-                      "h2d_gb_per_s_without_held_out": round(fit, 2), "held_out": rows},
-                     indent=1))
+    figures = {"h2d_gb_per_s_all_runs": round(all_fit, 2), "source": source,
+               "h2d_gb_per_s_without_held_out": round(fit, 2), "held_out": rows}
+    print(json.dumps(figures, indent=1))
+    write_record("async_copy_fit", figures, measured_on=measured_gpus(SAMPLES))
 
 
 if __name__ == "__main__":

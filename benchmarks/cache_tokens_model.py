@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from servetune.data import TraceStore, Workspace
-from servetune.data._ingest import ingest_paths, sample_paths
+from servetune.data._benchmark_record import RESULTS_DIR, measured_gpus, write_record
+from servetune.data._ingest import SAMPLES_DIR, ingest_paths, sample_paths
 from servetune.data.adapters import default_registry
 from servetune.models import (
     StepTimeModel,
@@ -125,11 +126,10 @@ def main(argv=None) -> int:
                "data": {"rows": lineage["rows"], "runs": lineage["runs"],
                         "content_sha256": lineage["content_sha256"]},
                "held_out": first, "extrapolation": extrapolation(frame, params)}
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(text)
+    print(json.dumps(out, indent=2, default=str))
+    path = args.json_out or RESULTS_DIR / "cache_tokens_model.json"
+    write_record(path.stem, out, args=args, measured_on=measured_gpus(SAMPLES_DIR),
+                 results_dir=path.parent)
     return 0
 
 

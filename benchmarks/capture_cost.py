@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servetune.data._benchmark_record import measured_gpus, write_record
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.features import (
     KNOB_COLUMNS,
     PREV_COLUMNS,
@@ -33,7 +35,6 @@ from servetune.features import (
 )
 from servetune.models import StepTimeRegressor
 from servetune.models._engine_constants import capture_terms
-from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.tuner.simulator._fidelity import labelled_runs
 
 COLUMNS = [*RAW_COLUMNS, *PREV_COLUMNS, *KNOB_COLUMNS]
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             "one_cost_a_b_c_d": leave_one_out(d, ["one", "q", "kv", "budget"], repeat=False),
             "new_and_repeated": leave_one_out(d, ["one", "q", "kv", "budget"], repeat=True)}
     print(json.dumps(report, indent=2))
+    write_record("capture_cost", report, args=args, measured_on=measured_gpus(args.samples))
     return report
 
 

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from servetune.data._benchmark_record import measured_gpus, write_record
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.features import graph_captured
 from servetune.models._engine_constants import CAPTURE_KEYS
 from servetune.tuner.simulator._policies import get_policy
 from servetune.tuner.simulator._transformers import _graph_key
-from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.tuner.simulator._fidelity import labelled_runs, sim_config
 
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
                "engine_only": int(table.engine_only.sum()),
                "simulator_only_per_run_max": int(table.simulator_only.max())}
     print(json.dumps(summary, indent=2))
+    write_record("capture_keys", summary, args=args, measured_on=measured_gpus(args.samples))
     return summary
 
 

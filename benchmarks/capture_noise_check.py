@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servetune.data._benchmark_record import measured_gpus, write_record
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
 from servetune.models._engine_constants import capture_fit
-from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.tuner.simulator._fidelity import (
     HELD_OUT,
     METRICS,
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["measured_inside_p10_p90"] = {label: int(inside[:, k].sum())
                                          for k, (_, label) in enumerate(METRICS)}
     print(json.dumps(report, indent=2))
+    write_record("capture_noise_check", report, args=args, measured_on=measured_gpus(args.samples))
     return report
 
 

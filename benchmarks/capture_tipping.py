@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from servetune.data._benchmark_record import RESULTS_DIR, measured_gpus, write_record
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
 from servetune.models._engine_constants import capture_fit, capture_terms
-from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.tuner.simulator._fidelity import (
     HELD_OUT,
     sample_frame,
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--high", type=float, default=72.0)
     parser.add_argument("--step", type=float, default=1.0)
     parser.add_argument("--search-trials", type=int, default=6)
-    parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--json", dest="json_out", default=None,
+                        help="the record's path (default: benchmarks/results/<script>.json)")
     args = parser.parse_args(argv)
     runs, requests, frame, captured = sample_frame(Path(args.samples))
     held = runs["config_name"].isin(HELD_OUT)
@@ -81,8 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
               "repeat_factor": config["cuda_graph_capture_repeat_factor"],
               "sweep": sweep}
     print(json.dumps(report, indent=2))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2))
+    out = Path(args.json_out) if args.json_out else RESULTS_DIR / "capture_tipping.json"
+    write_record(out.stem, report, args=args, measured_on=measured_gpus(args.samples),
+                 results_dir=out.parent)
     return report
 
 

@@ -19,7 +19,9 @@ import json
 import logging
 import statistics
 import sys
+from pathlib import Path
 
+from servetune.data._benchmark_record import RESULTS_DIR, write_record
 from servetune.data._synthetic import synthetic_workload
 from servetune.data.collect import CollectorOptions, EngineConfig, TransformersCBCollector
 
@@ -84,11 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
             "overhead_pct_per_pair": [100 * (r - 1) for r in ratios],
             "overhead_pct_pair_mean": 100 * (statistics.fmean(ratios) - 1),
         }
-    text = json.dumps(report, indent=2, default=str)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    print(text)
+    print(json.dumps(report, indent=2, default=str))
+    out = Path(args.out) if args.out else RESULTS_DIR / "collector_overhead.json"
+    write_record(out.stem, report, args=args, results_dir=out.parent)
     return report
 
 

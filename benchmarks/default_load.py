@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 
+from servetune.data._benchmark_record import write_record
 from servetune.tuner._job import DEFAULT_WORKLOAD
 
 
@@ -35,6 +36,7 @@ def main() -> None:
                      "goodput_rps": round(m["goodput_rps"], 3),
                      "request_throughput_rps": round(m["request_throughput_rps"], 3)})
         print(json.dumps(rows[-1]), flush=True)
+    write_record("default_load", {"workload": DEFAULT_WORKLOAD, "rows": rows}, args=args)
 
 
 if __name__ == "__main__":

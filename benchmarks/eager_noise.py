@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servetune.data._benchmark_record import RESULTS_DIR, measured_gpus, write_record
 from servetune.features import add_previous_step, graph_captured, join_knobs
 from servetune.models import StepTimeRegressor, regression_metrics
 
@@ -81,10 +82,10 @@ def main() -> None:
         }
     result["model"] = {"feature_set": model.feature_set, "trees": int(model.n_estimators_),
                        "trained_on": f"data/samples ({sample.run_id.nunique()} runs)"}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text)
+    print(json.dumps(result, indent=2))
+    out = args.json_out or RESULTS_DIR / "eager_noise.json"
+    write_record(out.stem, result, args=args, measured_on=measured_gpus(DATA),
+                 results_dir=out.parent)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from servetune.data import TraceStore, Workspace
+from servetune.data._benchmark_record import measured_gpus, write_record
 from servetune.data.collect._runner import CollectorOptions
 from servetune.features import add_previous_step, graph_captured, join_knobs
 from servetune.models import StepTimeModel, TrainConfig, ensure_champion, train_step_time_model
@@ -114,8 +115,8 @@ def main() -> None:
         model = StepTimeModel.load(info["uri"], tracking_uri=ws.tracking_uri)
         info.update(score(model, test_runs, requests, steps))
         print(json.dumps({name: info}), flush=True)
-    RESULT.parent.mkdir(exist_ok=True)
-    RESULT.write_text(json.dumps(out, indent=1) + "\n")
+    write_record(RESULT.stem, out, args=args, measured_on=measured_gpus(HOST_DATA, TEST_DATA),
+                 results_dir=RESULT.parent)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from servetune.data import TraceStore, resolve_workload
+from servetune.data._benchmark_record import write_record
 from servetune.data.collect._presets import PRESETS
 from servetune.tuner.hardware import (
     ClientOptions,
@@ -131,6 +132,8 @@ def main() -> None:
         store.query_table(kind).to_pandas().to_parquet(out / f"measured_{kind}.parquet")
     print(report.table())
     print(json.dumps(result.statistics(), indent=1, default=str))
+    write_record("hw_gpu_validate", {"statistics": result.statistics(), "model_build_s": model_s,
+                                     "report": report.to_dict(), "output": str(out)}, args=args)
 
 
 if __name__ == "__main__":

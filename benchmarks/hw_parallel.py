@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import servetune  # noqa: E402
 from _helpers_hardware import SshKit, free_port, session_alive, sshd_unavailable_reason  # noqa: E402
 from servetune.data import Workload, resolve_workload  # noqa: E402
+from servetune.data._benchmark_record import RESULTS_DIR, write_record  # noqa: E402
 from servetune.tuner.hardware import (  # noqa: E402
     Candidate,
     ClientOptions,
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--max-output", type=int, default=32)
     parser.add_argument("--ttft-ms", type=float, default=50.0)
     parser.add_argument("--token-ms", type=float, default=20.0)
-    parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--json", default=None,
+                        help="the record's path (default: benchmarks/results/hw_parallel.json)")
     args = parser.parse_args()
     reason = sshd_unavailable_reason()
     if reason:
@@ -124,8 +126,8 @@ def main() -> None:
                        "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]]},
            "command": " ".join(["python", "benchmarks/hw_parallel.py", *sys.argv[1:]])}
     print(json.dumps(out, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    path = Path(args.json) if args.json else RESULTS_DIR / "hw_parallel.json"
+    write_record(path.stem, out, args=args, results_dir=path.parent)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,17 @@ def main() -> None:
         f"{small_cpu / naive_cpu:.2f}x | {small_peak / naive_peak:.2f}x |",
     ]
     print("\n".join(lines))
+    from servetune.data._benchmark_record import write_record
+
+    write_record("ingest_million", {
+        "requests": args.requests, "itl_count": itl_count, "result_bytes": size,
+        "generate_s": generate_wall, "rows": rows, "ingest_wall_s": big_wall,
+        "ingest_cpu_s": big_cpu, "ingest_peak_rss_bytes": big_peak, "store_bytes": store_bytes,
+        "compare": {"requests": args.compare_requests, "result_bytes": small_size,
+                    "json_load": {"wall_s": naive_wall, "cpu_s": naive_cpu,
+                                  "peak_rss_bytes": naive_peak},
+                    "ingest": {"wall_s": small_wall, "cpu_s": small_cpu,
+                               "peak_rss_bytes": small_peak}}}, args=args)
     if big_peak >= 2 * GIB:
         raise SystemExit("FAILED: peak RSS of the ingest is 2 GiB or more")
 

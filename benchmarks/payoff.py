@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from servetune.data import Workspace
+from servetune.data._benchmark_record import write_record
 from servetune.data._metrics import run_metrics
 from servetune.tuner import TuneSettings, run_tune
 from servetune.tuner._objective import parse_objective
@@ -159,8 +160,8 @@ def main() -> None:
         tomllib.loads((ROOT / spec["sweep"]).read_text())  # the sweep file exists and parses
         results["workloads"].append(compare_workload(name, spec, ws, runs, requests))
         print(json.dumps(results["workloads"][-1], default=str), flush=True)
-    RESULT.parent.mkdir(exist_ok=True)
-    RESULT.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_record(RESULT.stem, results, args=args, measured_on=results["gpu"],
+                 results_dir=RESULT.parent)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servetune.data._benchmark_record import measured_gpus, write_record
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.features import graph_captured
 from servetune.models._engine_constants import _padded
-from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 
 
 def shape_medians(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"shapes": len(table), "median_abs_diff_pct": float(table.diff_pct.abs().median()),
                "max_abs_diff_pct": float(table.diff_pct.abs().max())}
     print(json.dumps(summary, indent=2))
+    write_record("sample_machines", summary, args=args, measured_on=measured_gpus(args.samples))
     return summary
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from servetune.data._benchmark_record import RESULTS_DIR, measured_gpus, write_record
 from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.features import (
     DEFAULT_FEATURE_SET,
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", default=str(REPEATS) if REPEATS.is_dir() else None,
                         help="collector output with more runs of held-out configurations")
     parser.add_argument("--markdown", default=None)
-    parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--json", dest="json_out", default=None,
+                        help="the record's path (default: benchmarks/results/<script>.json)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--search-trials", type=int, default=6,
                         help="hyperparameter settings tried (as `servetune train`); 1: defaults")
@@ -243,8 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(noise.round(1).to_string(), file=sys.stderr)
     print(json.dumps({k: v for k, v in report.items() if k not in ("runs", "noise_floor")},
                      indent=2))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2, default=float))
+    out = Path(args.json_out) if args.json_out else RESULTS_DIR / "sim_fidelity.json"
+    write_record(out.stem, report, args=args, results_dir=out.parent,
+                 measured_on=measured_gpus(root, *([args.repeats] if args.repeats else [])))
     if args.markdown:
         Path(args.markdown).write_text(_markdown(table, noise, args.sensitivity_ms))
     return report

@@ -149,11 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
                           "load_1min": round(os.getloadavg()[0], 2)},
               "runs": runs}
     if args.json_out:
+        from servetune.data._benchmark_record import write_record
+
         path = Path(args.json_out)
         doc = json.loads(path.read_text()) if path.exists() else {"records": []}
+        doc = doc.get("figures", doc)  # a benchmark record keeps the list in its figures
         doc["records"].append(record)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        write_record(path.stem, doc, args=args, results_dir=path.parent)
     print(json.dumps(record, indent=2))
     return record
 

@@ -34,6 +34,7 @@ import pandas as pd  # noqa: E402
 
 import servetune  # noqa: E402
 from servetune.data import Workload  # noqa: E402
+from servetune.data._benchmark_record import RESULTS_DIR, write_record  # noqa: E402
 from servetune.features import get_feature_set  # noqa: E402
 from servetune.models import CompiledForest, CompiledStepTime  # noqa: E402
 from servetune.tuner.simulator import Simulator  # noqa: E402
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="only these policies (transformers/fifo, transformers/prefill_first,"
                              " vllm, static); repeatable")
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this core")
-    parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--json", dest="json_out", default=None,
+                        help="the record's path (default: benchmarks/results/<script>.json)")
     args = parser.parse_args(argv)
     cpu = args.cpu if args.cpu is not None else sorted(os.sched_getaffinity(0))[-1]
     os.sched_setaffinity(0, {cpu})
@@ -185,9 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": f"{platform.processor() or platform.machine()}, "
                          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
               "numba": numba.__version__, "rows": rows}
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+    out = Path(args.json_out) if args.json_out else RESULTS_DIR / "sim_speed.json"
+    write_record(out.stem, report, args=args, results_dir=out.parent)
     return report
 
 

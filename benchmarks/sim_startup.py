@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
               "setup_s": round(setup_s, 2), "rows": rows,
               "first_s_median": sorted(r["first_s"] for r in rows)[len(rows) // 2],
               "second_s_median": sorted(r["second_s"] for r in rows)[len(rows) // 2]}
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    from servetune.data._benchmark_record import write_record  # after the timed children
+
+    write_record(args.json_out.stem, report, args=args, results_dir=args.json_out.parent)
     print(json.dumps(report, indent=2))
     return report
 

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from servetune.data._benchmark_record import RESULTS_DIR, measured_gpus, write_record
+from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.features import DEFAULT_FEATURE_SET, KNOB_COLUMNS, PREV_COLUMNS, RAW_COLUMNS
 from servetune.models._engine_constants import capture_fit
-from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 from servetune.tuner.simulator._fidelity import (
     HELD_OUT,
     METRICS,
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", default=str(SAMPLES))
     parser.add_argument("--search-trials", type=int, default=6)
-    parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--json", dest="json_out", default=None,
+                        help="the record's path (default: benchmarks/results/<script>.json)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     runs, requests, frame, captured = sample_frame(Path(args.samples))
@@ -90,8 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
     pd.set_option("display.width", 200)
     print(table.round(1).to_string(), file=sys.stderr)
     print(json.dumps(report, indent=2))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({**report, "runs": rows}, indent=2))
+    out = Path(args.json_out) if args.json_out else RESULTS_DIR / "sim_validation.json"
+    write_record(out.stem, {**report, "runs": rows}, args=args,
+                 measured_on=measured_gpus(args.samples), results_dir=out.parent)
     return report
 
 

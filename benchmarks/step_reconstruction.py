@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from servetune.data import compare_reconstruction, reconstruct_steps
+from servetune.data._benchmark_record import write_record
 from servetune.data._ingest import SAMPLES_DIR
 from servetune.features import RUN_KNOB_COLUMNS, add_previous_step, graph_captured, join_knobs
 from servetune.models import StepTimeRegressor, held_out_runs, regression_metrics
@@ -151,8 +152,8 @@ def main(argv=None) -> int:
               "per_run": table.round(5).to_dict(orient="records")}
     if not args.no_train:
         result["model"] = model_comparison(steps, rebuilt, runs)
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(result, indent=1) + "\n")
+    write_record(args.json_out.stem, result, args=args, results_dir=args.json_out.parent,
+                 measured_on=sorted(runs.gpu_name.dropna().unique()))
     print(json.dumps({k: result[k] for k in ("rebuild_seconds", "summary", "model")
                       if k in result}, indent=1))
     return 0

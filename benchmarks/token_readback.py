@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servetune.data._benchmark_record import measured_gpus, write_record
 from servetune.data._ingest import SAMPLES_DIR as SAMPLES
 
 
@@ -48,8 +49,10 @@ def main(argv: list[str] | None = None) -> dict:
             counts[mode][int(value)] = counts[mode].get(int(value), 0) + int(count)
     summary = {mode: {("3+" if k == 3 else str(k)): v for k, v in sorted(c.items())}
                for mode, c in counts.items()}
-    print(json.dumps({"max_prompt_tokens": args.max_prompt,
-                      "requests_by_steps_from_arrival_to_first_token": summary}, indent=2))
+    figures = {"max_prompt_tokens": args.max_prompt,
+               "requests_by_steps_from_arrival_to_first_token": summary}
+    print(json.dumps(figures, indent=2))
+    write_record("token_readback", figures, args=args, measured_on=measured_gpus(args.samples))
     return summary
 
 

@@ -39,7 +39,8 @@ import xgboost as xgb
 from sklearn.model_selection import GroupKFold, train_test_split
 
 from servetune.data import TraceStore, Workspace
-from servetune.data._ingest import ingest_paths, sample_paths
+from servetune.data._benchmark_record import RESULTS_DIR, measured_gpus, write_record
+from servetune.data._ingest import SAMPLES_DIR, ingest_paths, sample_paths
 from servetune.data.adapters import default_registry
 from servetune.features import KNOB_COLUMNS, RAW_COLUMNS, get_feature_set, knob_vector
 from servetune.models import (
@@ -231,10 +232,10 @@ def main(argv=None) -> int:
                                                        vars(config).items()}}
         out["accuracy"] = accuracy(ws, config)
         out["speed"] = speed(ws, config, args.rows, tmp)
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text)
+    print(json.dumps(out, indent=2, default=str))
+    path = args.json_out or RESULTS_DIR / "train_step_time.json"
+    write_record(path.stem, out, args=args, results_dir=path.parent,
+                 measured_on=None if args.synthetic else measured_gpus(SAMPLES_DIR))
     return 0
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 import servetune
 from servetune.data import Workspace, resolve_workload
+from servetune.data._benchmark_record import RESULTS_DIR, write_record
 from servetune.tuner import (
     SearchSpace,
     SimulatorEvaluator,
@@ -301,10 +302,9 @@ def main() -> None:
         "wall": {"particles": args.wall_particles, "iterations": args.wall_iterations,
                  **wall, "cli": cli},
     }
-    text = json.dumps(out, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    print(json.dumps(out, indent=1))
+    path = Path(args.out) if args.out else RESULTS_DIR / "tune_efficiency.json"
+    write_record(path.stem, out, args=args, results_dir=path.parent)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from servetune import InputError
 from servetune.data._atomic import atomic_write_text
 from servetune.data.collect._provenance import cpu_model
 
-__all__ = ["RESULTS_DIR", "gpu_info", "git_commit", "machine_info", "read_record",
-           "record_path", "write_record"]
+__all__ = ["RESULTS_DIR", "gpu_info", "git_commit", "machine_info", "measured_gpus",
+           "read_record", "record_path", "write_record"]
 
 #: ``benchmarks/results/`` of the checkout the package is imported from
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -132,6 +132,20 @@ def gpu_info() -> list[dict] | None:
     gpus = [dict(zip(_GPU_FIELDS, (v.strip() for v in line.split(","))))
             for line in out.splitlines() if line.count(",") == len(_GPU_FIELDS) - 1]
     return gpus or None
+
+
+def measured_gpus(*runs_tables: str | os.PathLike) -> list[str]:
+    """The GPU names of the runs in these ``runs`` Parquet files (or folders holding a
+    ``runs.parquet``): a record's ``measured_on`` for traces measured elsewhere."""
+    import pyarrow.parquet as pq
+
+    names: set[str] = set()
+    for table in runs_tables:
+        path = Path(table)
+        path = path / "runs.parquet" if path.is_dir() else path
+        names.update(n for n in pq.read_table(path, columns=["gpu_name"]).column(0).to_pylist()
+                     if n)
+    return sorted(names)
 
 
 def _memory_gib() -> float | None:

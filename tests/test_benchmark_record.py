@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from servetune import InputError
-from servetune.data._benchmark_record import read_record, record_path, write_record
+from servetune.data._benchmark_record import (
+    measured_gpus,
+    read_record,
+    record_path,
+    write_record,
+)
+from servetune.data._ingest import SAMPLES_DIR
 
 GIT = shutil.which("git")
 
@@ -113,6 +119,15 @@ def test_bad_names_and_missing_records_are_input_errors(tmp_path):
     (tmp_path / "broken.json").write_text("{\n oops")
     with pytest.raises(InputError, match="broken.json: line 2"):
         read_record("broken", results_dir=tmp_path)
+
+
+def test_measured_gpus_of_the_shipped_sample(tmp_path):
+    import pandas as pd
+
+    assert measured_gpus(SAMPLES_DIR) == ["NVIDIA H200"]
+    pd.DataFrame({"gpu_name": ["NVIDIA H100", None, "NVIDIA A100"]}).to_parquet(tmp_path / "r.pq")
+    assert measured_gpus(SAMPLES_DIR / "runs.parquet", tmp_path / "r.pq") == [
+        "NVIDIA A100", "NVIDIA H100", "NVIDIA H200"]
 
 
 def read_record_of(path: Path) -> dict:
