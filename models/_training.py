@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from tqdm.auto import tqdm
+from servetune._progress import progress as progress_lines
 
 from servetune import InputError, ModelError, ServetuneError
 from servetune.data import TraceStore, schema_for
@@ -271,8 +271,8 @@ def train_step_time_model(workspace, where: Mapping[str, object] | None = None,
     """Train, evaluate, log and register one step-time model from the workspace's store."""
     config = config or TrainConfig()
     started = time.perf_counter()
-    stages = tqdm(total=6, desc="train", unit="stage", disable=None if progress is None
-                  else not progress, delay=0.5)
+    stages = progress_lines(total=6, desc="train", unit="stage", delay=0.5,
+                            enabled=progress is not False)
     with stages:
         stages.set_postfix_str("loading steps")
         store = TraceStore.for_workspace(workspace)

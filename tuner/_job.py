@@ -282,7 +282,7 @@ _HEADLINE = ("config", "objective", "ranked_objective", "metrics", "domain", "no
 def _progress_bar(study: Study, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from servetune._progress import progress
 
     spec = study.spec.optimizer
     if spec.get("name") == "pso":
@@ -292,8 +292,8 @@ def _progress_bar(study: Study, enabled: bool):
     else:
         total = getattr(study.optimizer, "points", None)
         total = len(total) if total is not None else None
-    return tqdm(total=total, initial=len(study.records), desc=f"tune {study.spec.name}",
-                unit="eval", file=None, dynamic_ncols=True, leave=True)
+    return progress(total=total, initial=len(study.records), desc=f"tune {study.spec.name}",
+                    unit="eval", dynamic_ncols=True, leave=True)
 
 
 def _write_plots(study: Study, candidates: list[dict]) -> dict[str, bytes]:
