@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from servetune import ConfigError
-from servetune.tuner import import_auto_tuning_vllm, import_llmservingtuner, import_space
+from servetune.data.engines import get_engine
+from servetune.tuner import (import_auto_tuning_vllm, import_llmservingtuner, import_space,
+                             launch_args)
 
 DATA = Path(__file__).parent / "data" / "tuner"
+SPACES = Path(__file__).parent / "fixtures" / "spaces"
 
 
 def test_llmservingtuner_field_kinds_map_onto_the_space():
@@ -35,9 +38,10 @@ def test_llmservingtuner_field_kinds_map_onto_the_space():
 def test_llmservingtuner_engine_target_field_lists():
     space = import_llmservingtuner(DATA / "llmservingtuner_vllm.toml")
     assert space.engine == "vllm"
-    assert space.names == ("MAX_NUM_BATCHED_TOKENS", "MAX_NUM_SEQS")
+    assert space.names == ("max_num_batched_tokens", "max_num_seqs")  # upper-case names mapped
     assert space.fixed == {"CONCURRENCY": 100}
-    assert set(space.targets.values()) == {"env"}
+    assert space.targets == {"max_num_batched_tokens": "--max-num-batched-tokens",
+                             "max_num_seqs": "--max-num-seqs", "CONCURRENCY": "env"}
 
 
 def test_auto_tuning_vllm_parameters_map_onto_the_space():
@@ -71,4 +75,84 @@ def test_import_errors_name_the_file_and_field(tmp_path):
     yml = tmp_path / "bad.yaml"
     yml.write_text("parameters:\n  max_num_seqs:\n    enabled: true\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: parameters\.max_num_seqs: no 'options'"):
+        import_auto_tuning_vllm(yml)
+
+
+def _middle(space) -> dict:
+    return space.resolve(space.decode(np.full(space.dim, 0.5))).config
+
+
+def test_upstream_llmservingtuner_config_with_a_benchmark_list_needs_no_engine():
+    # engine (vllm), benchmark (vllm_benchmark) and an unused mindie list, as upstream ships it
+    space = import_space(SPACES / "llmservingtuner_vllm.toml")
+    assert space.engine == "vllm"
+    assert space.names == ("max_num_batched_tokens", "max_num_seqs", "CONCURRENCY",
+                           "REQUESTRATE")
+    params = {p.name: p for p in space.params}
+    assert (params["max_num_seqs"].low, params["max_num_seqs"].high) == (32, 512)
+    assert params["REQUESTRATE"].kind == "float"
+    launch = launch_args(space.engine, _middle(space), space.targets)
+    assert launch["command"].split()[2:5] == ["vllm", "serve", "MODEL"]
+    assert launch["cli"][0::2] == ["--max-num-batched-tokens", "--max-num-seqs"]
+    assert set(launch["env"]) == {"CONCURRENCY", "REQUESTRATE"}
+    assert launch["unused"] == []
+
+
+def test_llmservingtuner_benchmark_only_list_infers_vllm():
+    space = import_llmservingtuner(SPACES / "llmservingtuner_benchmark_only.toml")
+    assert (space.engine, space.names) == ("vllm", ("CONCURRENCY", "REQUESTRATE"))
+
+
+def test_llmservingtuner_engine_still_chosen_explicitly_when_ambiguous(tmp_path):
+    both = tmp_path / "both.toml"
+    both.write_text('[[mindie.target_field]]\nname = "max_batch_size"\nmin = 1\nmax = 9\n'
+                    'dtype = "int"\n[[vllm.target_field]]\nname = "MAX_NUM_SEQS"\nmin = 1\n'
+                    'max = 9\ndtype = "int"\n')
+    with pytest.raises(ConfigError, match=r"both\.toml: target_field lists for several engines"):
+        import_llmservingtuner(both)
+    assert import_llmservingtuner(both, engine="mindie").names == ("max_batch_size",)
+    assert import_llmservingtuner(both, engine="vllm").names == ("max_num_seqs",)
+
+
+def test_upstream_auto_tuning_vllm_study_launches_vllm_serve():
+    space = import_space(SPACES / "auto_tuning_vllm_study.yaml")
+    assert space.engine == "vllm" and get_engine(space.engine).program == ("vllm", "serve")
+    params = {p.name: p for p in space.params}
+    assert "max_num_seqs" not in params  # enabled: false
+    assert space.fixed == {"kv_cache_dtype": "fp8", "max_model_len": 8192, "VLLM_USE_V1": "1"}
+    assert params["gpu_memory_utilization"].kind == "float"
+    assert (params["max_num_batched_tokens"].kind, params["max_num_batched_tokens"].step) == (
+        "int", 2048)
+    assert params["enable_prefix_caching"].kind == "bool"  # options: [true, false]
+    assert params["block_size"].choices == (16, 32, 64)
+    assert space.targets["VLLM_ATTENTION_BACKEND"] == "env"
+    config = _middle(space)
+    launch = launch_args(space.engine, config, space.targets, model="Qwen/Qwen3-8B")
+    argv = launch["command"].split()
+    start = argv.index("vllm")
+    assert argv[start:start + 3] == ["vllm", "serve", "Qwen/Qwen3-8B"]
+    assert {"VLLM_USE_V1=1", f"VLLM_ATTENTION_BACKEND={config['VLLM_ATTENTION_BACKEND']}"} == set(
+        argv[:start])
+    assert launch["cli"][launch["cli"].index("--kv-cache-dtype") + 1] == "fp8"
+    assert launch["cli"][launch["cli"].index("--block-size") + 1] == str(config["block_size"])
+    assert "--max-model-len" in launch["cli"] and launch["unused"] == []
+
+
+def test_auto_tuning_vllm_bad_values_name_file_and_parameter(tmp_path):
+    cases = {
+        "options: []": r"parameters\.x: 'options' must be a non-empty list",
+        "min: 1": r"parameters\.x: a range needs min and max",
+        "min: a\n    max: 2": r"parameters\.x: min must be a number",
+        "options: [1, 1]": r"parameters\.x: 'options' lists a value twice",
+    }
+    for body, message in cases.items():
+        yml = tmp_path / "bad.yaml"
+        yml.write_text(f"parameters:\n  x:\n    {body}\n")
+        with pytest.raises(ConfigError, match=r"bad\.yaml: " + message):
+            import_auto_tuning_vllm(yml)
+    yml.write_text("parameters:\n  x:\n    options: [fp8]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: no enabled parameter with two or more"):
+        import_auto_tuning_vllm(yml)
+    yml.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: expected a mapping"):
         import_auto_tuning_vllm(yml)
