@@ -13,6 +13,7 @@ from servetune import ConfigError
 from servetune.cli._main import Context, emit_json
 from servetune.cli._simulate import _parse_sets
 from servetune.cli._table import candidates_text
+from servetune.data.engines import redact_document
 
 __all__ = ["command"]
 
@@ -140,6 +141,9 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
             exc.add_note(hint)  # printed by main after "interrupted"
         raise
     result.pop("table")  # the Markdown form (candidates.md); the terminal gets aligned text
+    # what is printed never holds a secret env.* value (the study's own files keep them: a
+    # verification launches with them)
+    result = redact_document(result)
     verification = None
     if verify:
         from servetune.data import TraceStore

@@ -240,5 +240,5 @@ def test_sigkill_mid_ingest_never_shows_partial_rows_and_next_ingest_recovers(tm
 def test_help_lists_formats_as_json(tmp_path):
     proc = run_cli("ingest", "--formats", "--json", workspace=tmp_path)
     names = [f["name"] for f in json.loads(proc.stdout)["formats"]]
-    assert names == ["servetune-parquet", "vllm-bench", "steps-csv", "steps-jsonl",
-                     "requests-csv", "requests-jsonl"]
+    assert names == ["servetune-parquet", "vllm-bench", "vllm-iteration-log", "vllm-sweep",
+                     "steps-csv", "steps-jsonl", "requests-csv", "requests-jsonl"]

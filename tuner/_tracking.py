@@ -15,14 +15,55 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["StudyTracker", "EXPERIMENT"]
+from servetune.data.engines import REDACTED, is_secret_name, redact_document
+
+__all__ = ["StudyTracker", "EXPERIMENT", "redacted_copy", "secret_values"]
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "servetune-tuning"
 _UID_TAG = "servetune.study_uid"
+
+
+def secret_values(document) -> set[str]:
+    """Every value held by a secret ``env.NAME`` entry of a JSON-like document, at any depth
+    (choices of a space parameter included), as text."""
+    found: set[str] = set()
+
+    def walk(value, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, secret or (isinstance(k, str) and k.startswith("env.")
+                                   and is_secret_name(k[4:])))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, secret)
+        elif secret and value not in (None, "", REDACTED) and not isinstance(value, bool):
+            found.add(str(value))
+
+    walk(document, False)
+    return found
+
+
+def redacted_copy(path: Path, directory: Path, secrets: set[str]) -> Path:
+    """``path`` copied into ``directory`` with secret ``env.*`` values replaced by ``***``: JSON
+    and JSON-lines documents through :func:`redact_document`, then any remaining occurrence of a
+    value in ``secrets`` (tables, launch lines) replaced in the text."""
+    out = directory / "redacted" / path.name
+    out.parent.mkdir(exist_ok=True)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".json":
+        text = json.dumps(redact_document(json.loads(text)), indent=1, default=str)
+    elif path.suffix == ".jsonl":
+        text = "".join(json.dumps(redact_document(json.loads(line)), default=str) + "\n"
+                       for line in text.splitlines() if line.strip())
+    for value in sorted(secrets, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    out.write_text(text)
+    return out
 
 
 class StudyTracker:
@@ -71,6 +112,7 @@ class StudyTracker:
                       **(extra_params or {})}
             from mlflow.entities import Param
 
+            params = redact_document(params)
             client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
         else:
             client.update_run(run_id, status="RUNNING")
@@ -115,7 +157,8 @@ class StudyTracker:
         if best is not None:
             from mlflow.entities import Metric, Param
 
-            params = [Param(f"best.{k}", str(v)[:500]) for k, v in best.config.items()]
+            params = [Param(f"best.{k}", str(v)[:500])
+                      for k, v in redact_document(best.config).items()]
             existing = client.get_run(self.run_id).data.params
             params = [p for p in params if p.key not in existing]
             client.log_batch(self.run_id, params=params,
@@ -123,14 +166,18 @@ class StudyTracker:
                                              study.iteration)])
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            (tmp / "best_config.json").write_text(json.dumps(best.config if best else None,
-                                                             indent=1, default=str))
+            (tmp / "best_config.json").write_text(json.dumps(
+                redact_document(best.config) if best else None, indent=1, default=str))
             client.log_artifact(self.run_id, str(tmp / "best_config.json"))
             for name, png in plots.items():
                 path = tmp / f"{name}.png"
                 path.write_bytes(png)
                 client.log_artifact(self.run_id, str(path), artifact_path="plots")
-        for path in files:
-            if Path(path).exists():
-                client.log_artifact(self.run_id, str(path), artifact_path="study")
+            secrets = secret_values([study.space.to_dict(), candidates,
+                                     [r.config for r in study.records]])
+            for path in files:
+                if Path(path).exists():
+                    client.log_artifact(self.run_id,
+                                        str(redacted_copy(Path(path), tmp, secrets)),
+                                        artifact_path="study")
         client.set_terminated(self.run_id, status="FINISHED")

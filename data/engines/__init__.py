@@ -19,17 +19,19 @@ from servetune.data.engines._knob import Knob
 from servetune.data.engines._others import SGLANG, STATIC
 from servetune.data.engines._spec import (
     ENV_NAME,
+    REDACTED,
     EngineSpec,
     KnobSplit,
     check_env_name,
     is_secret_name,
+    redact_document,
     redact_secrets,
 )
 from servetune.data.engines._transformers import TRANSFORMERS_CB
 from servetune.data.engines._vllm import VLLM
 
-__all__ = ["Knob", "EngineSpec", "KnobSplit", "ENV_NAME", "check_env_name",
-           "is_secret_name", "redact_secrets", "ENGINES", "get_engine", "engine_names",
+__all__ = ["Knob", "EngineSpec", "KnobSplit", "ENV_NAME", "REDACTED", "check_env_name",
+           "is_secret_name", "redact_document", "redact_secrets", "ENGINES", "get_engine", "engine_names",
            "canonical_engine_name", "TRANSFORMERS_CB", "VLLM", "SGLANG", "STATIC"]
 
 

@@ -48,6 +48,42 @@ def redact_secrets(config: Mapping[str, object]) -> dict:
             for k, v in config.items()}
 
 
+def redact_document(value):
+    """A JSON-like document (dicts, lists, scalars) with every secret ``env.NAME`` entry's value
+    replaced by ``***``, at any depth; also a space's ``[params."env.NAME"]`` choices, secret
+    names in an ``env`` mapping and a ``NAME=value`` string whose NAME is secret. What goes to
+    MLflow and ``--json`` output."""
+    if isinstance(value, Mapping):
+        return {k: _redact_item(k, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_document(v) for v in value]
+    if isinstance(value, str) and "=" in value:
+        name, _, _ = value.partition("=")
+        if ENV_NAME.fullmatch(name) and is_secret_name(name):
+            return f"{name}={REDACTED}"
+    return value
+
+
+def _redact_item(key, value):
+    """One mapping entry of :func:`redact_document`: ``env.NAME`` keys, and an ``env`` mapping
+    of variables (a launch's environment)."""
+    if isinstance(key, str) and key.startswith("env.") and is_secret_name(key[4:]):
+        return _redact_entry(value)
+    if key == "env" and isinstance(value, Mapping):
+        return {n: (REDACTED if isinstance(n, str) and is_secret_name(n) else redact_document(v))
+                for n, v in value.items()}
+    return redact_document(value)
+
+
+def _redact_entry(value):
+    """A secret entry: a value becomes ``***``; a space parameter keeps its shape (type,
+    choices become ``***``)."""
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if k in ("choices", "default", "low", "high", "value") else v)
+                for k, v in value.items()}
+    return REDACTED
+
+
 def check_env_name(name: str, where: str = "environment variable") -> str:
     """``name`` if it is a valid environment variable name, else ConfigError naming ``where``."""
     if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
