@@ -5,6 +5,9 @@ models are trained from them (:mod:`servetune.models`), a discrete-event simulat
 those models is searched with PSO (:mod:`servetune.tuner`), and the best candidates are
 verified on real hardware (:mod:`servetune.tuner.hardware`).
 
+The Python API (``load_workload``, ``train``, ``simulate``, ``tune``) and its result types are
+imported on first use, so ``import servetune`` stays fast; see ``docs/python_api.md``.
+
 Example:
     >>> import servetune
     >>> issubclass(servetune.InputError, servetune.ServetuneError)
@@ -16,6 +19,16 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = [
+    "load_workload",
+    "train",
+    "simulate",
+    "tune",
+    "Workspace",
+    "Workload",
+    "TrainResult",
+    "SimulationReport",
+    "Candidate",
+    "TuneResult",
     "ServetuneError",
     "InputError",
     "StoreError",
@@ -81,3 +94,32 @@ class ModelError(ServetuneError):
 
 class RemoteError(ServetuneError):
     """A remote host, transport or launched service failed."""
+
+
+#: lazily imported public names -> their private module
+_LAZY = {
+    "load_workload": "servetune._api",
+    "train": "servetune._api",
+    "simulate": "servetune._api",
+    "tune": "servetune._api",
+    "SimulationReport": "servetune._results",
+    "Candidate": "servetune._results",
+    "TuneResult": "servetune._results",
+    "Workspace": "servetune.data",
+    "Workload": "servetune.data",
+    "TrainResult": "servetune.models",
+}
+
+
+def __getattr__(name: str):
+    """Import the API's names on first use (``import servetune`` stays light)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'servetune' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -24,15 +24,6 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
     return config
 
 
-def _step_model(ctx: Context, engine: str, model_uri: str | None):
-    """The engine's step-time model (``models.step_model_for_engine``) and its URI."""
-    from servetune.models import step_model_for_engine
-
-    model = step_model_for_engine(ctx.workspace, engine, model_uri)
-    uri = model_uri or (f"models:/{model.name}@champion" if model.name else "")
-    return uri, model.compile()
-
-
 @click.command("simulate")
 @click.option("--engine", required=True,
               help="Engine: transformers-cb (alias transformers), vllm or static.")
@@ -64,33 +55,19 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
             slo_tpot_ms: float | None, out_dir: str | None, record_steps: bool,
             as_json: bool) -> None:
     """Simulate one engine configuration serving a workload with the learned step-time model."""
-    from servetune.data import resolve_workload
+    from servetune._simulation import run_simulation
     from servetune.models._domain import format_domain_warning
-    from servetune.tuner._intervals import format_interval, simulation_interval
-    from servetune.tuner.simulator import SLO, Simulator, get_policy
+    from servetune.tuner._intervals import format_interval
+    from servetune.tuner.simulator import SLO
 
     config = _parse_sets(sets)
     slo = SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms)
-    # validate the configuration's keys and values before any (possibly long) model training;
-    # sizes derived from the model's engine constants (the KV cache) are checked once it exists
-    get_policy(engine).resolve(config)
-    trace = resolve_workload(workload, seed=seed, qps=qps, limit=limit)
-    uri, step_model = _step_model(ctx, engine, model_uri)
-    simulator = Simulator(engine, config, step_model, slo=slo, labels={"model_uri": uri})
-    keep_steps = record_steps and out_dir is not None
-    # the domain check needs the steps: recorded whenever the model knows its domain (whole
-    # Splitwise trace: 5,724 steps, run time unchanged at ~0.08 s, check 0.5 ms), dropped
-    # again unless --record-steps asked for them
-    check_steps = getattr(step_model, "domain", None) is not None
-    result = simulator.run(trace, seed, record_steps=keep_steps or check_steps)
-    domain = simulator.domain_report(result)
-    calibrated = bool(domain.get("known")) and not domain.get("outside")
-    interval = simulation_interval(simulator, trace, seed, result.flat_metrics(), calibrated)
-    if not keep_steps:
-        result.steps = None
-    payload = {"engine": simulator.engine, "config": result.config, "seed": seed,
-               "workload": trace.descriptor, "model_uri": uri, "metrics": result.metrics,
-               "domain": domain, "interval": interval}
+    report = run_simulation(ctx.workspace, engine, config, workload, seed=seed,
+                            model_uri=model_uri, slo=slo,
+                            record_steps=record_steps and out_dir is not None,
+                            workload_options={"qps": qps, "limit": limit})
+    result, trace, uri, interval = report.result, report.trace, report.model_uri, report.interval
+    payload = report.to_dict()
     if out_dir is not None:
         written = result.write_parquet(out_dir)
         payload["files"] = {kind: str(path) for kind, path in written.items()}
@@ -99,7 +76,7 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
         return
     m = result.metrics
 
-    click.echo(f"engine {simulator.engine}  workload {trace.name} ({len(trace)} requests)  "
+    click.echo(f"engine {report.engine}  workload {trace.name} ({len(trace)} requests)  "
                f"model {uri}")
     click.echo(f"completed {m['completed']}/{m['num_requests']}  steps {m['steps']}  "
                f"preemptions {m['preemptions']}  duration {m['duration_s'] or 0:.1f} s")
@@ -113,7 +90,7 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
         for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_ms")]))
     if interval is not None:
         click.echo(format_interval(interval))
-    warning = format_domain_warning(domain)
+    warning = format_domain_warning(report.domain)
     if warning:
         click.echo(f"warning: {warning}")
     for kind, path in payload.get("files", {}).items():
