@@ -1,4 +1,4 @@
-"""Study plots as PNG bytes: convergence and the TTFT-vs-throughput Pareto view.
+"""Study plots as PNG (or SVG) bytes: convergence and the TTFT-vs-throughput Pareto view.
 
 Example:
     >>> png = convergence_png(study)  # doctest: +SKIP
@@ -25,15 +25,17 @@ def _figure():
     return plt
 
 
-def _png(fig, plt) -> bytes:
+def _png(fig, plt, fmt: str = "png") -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    extra = {"metadata": {"Date": None}} if fmt == "svg" else {}  # SVG: reproducible bytes
+    fig.savefig(buffer, format=fmt, dpi=110, bbox_inches="tight", **extra)
     plt.close(fig)
     return buffer.getvalue()
 
 
-def convergence_png(study) -> bytes:
-    """Every evaluation's score (dots) and the best so far (line) against evaluations."""
+def convergence_png(study, fmt: str = "png") -> bytes:
+    """Every evaluation's score (dots) and the best so far (line) against evaluations
+    (``fmt="svg"``: SVG text as bytes)."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     scored = [(r.index, r.score) for r in study.records if r.status == "ok"]
@@ -50,7 +52,7 @@ def convergence_png(study) -> bytes:
     ax.set_title(f"{study.spec.name}: convergence")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _png(fig, plt)
+    return _png(fig, plt, fmt)
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -66,8 +68,9 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
 
 def pareto_png(study, candidates: list[dict] | None = None,
                latency_key: str = "ttft_p90_ms",
-               throughput_key: str = "output_throughput_tok_s") -> bytes:
-    """p90 TTFT vs output throughput of every evaluated configuration, Pareto front marked."""
+               throughput_key: str = "output_throughput_tok_s", fmt: str = "png") -> bytes:
+    """p90 TTFT vs output throughput of every evaluated configuration, Pareto front marked
+    (``fmt="svg"``: SVG text as bytes)."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     rows = [(r.metrics.get(latency_key), r.metrics.get(throughput_key)) for r in study.records
@@ -93,4 +96,4 @@ def pareto_png(study, candidates: list[dict] | None = None,
     ax.set_title(f"{study.spec.name}: TTFT vs throughput")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _png(fig, plt)
+    return _png(fig, plt, fmt)
