@@ -30,7 +30,9 @@ def command(ctx: Context, study: str, output: str | None, as_json: bool) -> None
         names = sorted(p.parent.name for p in found)
         raise ConfigError(f"no study {study!r} in {ctx.workspace.studies_dir()}; studies: "
                           f"{', '.join(names) or 'none'}")
-    path = write_report(folder, output)
+    db = ctx.workspace.mlruns_dir() / "mlflow.db"  # the study's step model and its accuracy
+    path = write_report(folder, output,
+                        tracking_uri=ctx.workspace.tracking_uri if db.exists() else None)
     if as_json:
         emit_json({"study": folder.name, "report": str(path), "bytes": path.stat().st_size})
         return

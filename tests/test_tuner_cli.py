@@ -3,7 +3,9 @@ SQLite store with a trained champion, the real simulator, process pools."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -108,9 +110,10 @@ def test_report_is_self_contained_html(workspace, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert code == 0
     text = Path(payload["report"]).read_text()
-    assert text.count("src='data:image/png;base64,") == 2
-    assert "http://" not in text and "https://" not in text
-    assert result["candidates"][0]["launch"]["command"] in text
+    assert text.count("<svg") == 2 and "<img" not in text  # plots inline, as SVG
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)  # nothing fetched
+    assert html.escape(result["candidates"][0]["launch"]["command"]) in text
+    assert 'id="diff"' in text and 'id="launch"' in text
 
 
 @pytest.mark.parametrize("args, message", [
