@@ -125,11 +125,12 @@ def recommendation_diff(engine: str, default: dict | None, config: dict,
     """The knobs of ``config`` that differ from ``default``: ``{"knob", "default",
     "recommended", "help", "notes"}``; notes say when a knob has no modelled effect or cannot
     be set on the engine's command line."""
+    from servetune import ConfigError
     from servetune.data.engines import get_engine
 
     try:
         spec = get_engine(engine)
-    except Exception:  # a study of an engine this servetune no longer defines
+    except ConfigError:  # a study of an engine this servetune does not define
         spec = None
     if default is None:
         default = {} if spec is None else {
