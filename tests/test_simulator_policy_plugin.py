@@ -296,7 +296,7 @@ def _run_policy(policy, config, workload, model, seed=0):
         workload.output_tokens, model_knobs(policy, c), model.kernel, int(model.n_features),
         *arrays[:7], float(arrays[7]), model.base_arrays[0], float(model.base_arrays[1]),
         bool(model.log_target), forest_predict_row, none_i, none_f, none_i, 0, False,
-        np.zeros(model.n_features, dtype=np.uint8), 0.0, seed, True)
+        np.zeros(model.n_features, dtype=np.uint8), 0.0, seed, 1)
 
 
 def test_a_policy_is_one_schedule_function_and_an_entry(golden):

@@ -120,7 +120,8 @@ def _run_kernel(schedule, hook_init, step_hook, router, n_replicas, p, arrival, 
         ``(req_int, first_sched_s, first_token_s, finish_s, token_s, token_offset, steps,
         n_steps, total_steps)``: ``req_int`` (n, 4) = replica, status (3 ok, 4 failed),
         preemptions, generated tokens; ``token_s`` every output token's time, request ``i``'s at
-        ``token_offset[i]:token_offset[i+1]``; ``steps`` (n_steps, 11) when recorded.
+        ``token_offset[i]:token_offset[i+1]``; ``steps`` (n_steps, 11) when recorded:
+        ``record_steps`` is 0 (none) or a stride k (every k-th step, 1: all).
     """
     n = arrival.shape[0]
     n_rep = n_replicas
@@ -405,7 +406,7 @@ def _run_kernel(schedule, hook_init, step_hook, router, n_replicas, p, arrival, 
             rs[r, _BUSY] = 1
             rs[r, _NSTEPS] += 1
             total_steps += 1
-            if record_steps:
+            if record_steps > 0 and (total_steps - 1) % record_steps == 0:
                 if n_steps == steps.shape[0]:
                     grown = np.zeros((2 * n_steps, len(STEP_COLUMNS)))
                     grown[:n_steps] = steps

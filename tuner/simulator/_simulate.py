@@ -133,9 +133,12 @@ class Simulator:
         training domain; see :func:`simulation_domain`."""
         return simulation_domain(self, result)
 
-    def run(self, workload: Workload, seed: int = 0, *, record_steps: bool = False
-            ) -> SimulationResult:
-        """Simulate ``workload``; the same workload, configuration and seed give identical output."""
+    def run(self, workload: Workload, seed: int = 0, *, record_steps: bool = False,
+            step_stride: int = 1) -> SimulationResult:
+        """Simulate ``workload``; the same workload, configuration and seed give identical output.
+
+        ``record_steps`` keeps the steps (``result.steps``), every ``step_stride``-th one (1:
+        all; a larger stride bounds the memory of a domain check on a very long workload)."""
         if not isinstance(workload, Workload):
             raise ConfigError(f"workload must be a servetune.data.Workload, got "
                               f"{type(workload).__name__}")
@@ -156,7 +159,7 @@ class Simulator:
             sm.base_arrays[0], float(sm.base_arrays[1]), bool(sm.log_target),
             self.predict_row or forest_predict_row, *self._packed(knobs),
             float(c["step_noise_cv"]),
-            int(seed) & 0x7FFFFFFFFFFFFFFF, bool(record_steps))
+            int(seed) & 0x7FFFFFFFFFFFFFFF, _stride(record_steps, step_stride))
         log.debug("%d steps, %d step times reused from the last walk's input box", total_steps,
                   box_hits)
         failed = int((req[:, 1] != K._DONE).sum())
@@ -171,6 +174,15 @@ class Simulator:
             token_s=token_s, token_offset=token_offset, num_steps=int(total_steps),
             steps=steps if record_steps else None, labels=dict(self.labels),
             graph_captures=int(n_captures))
+
+
+def _stride(record_steps: bool, step_stride: int) -> int:
+    """The kernel's ``record_steps``: 0 (none) or the stride of the recorded steps."""
+    if not record_steps:
+        return 0
+    if int(step_stride) < 1:
+        raise ConfigError(f"step_stride must be >= 1; got {step_stride}")
+    return int(step_stride)
 
 
 def _rebuild_simulator(engine, config, forest, feature_set, slo, labels, fast_forest,
