@@ -44,6 +44,8 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
               help="Goodput bound on time to first token (ms); default: no TTFT bound.")
 @click.option("--slo-tpot-ms", type=float, default=None,
               help="Goodput bound on time per output token (ms); default: no TPOT bound.")
+@click.option("--slo-e2e-ms", type=float, default=None,
+              help="Goodput bound on end-to-end latency (ms); default: no end-to-end bound.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Also write requests/runs (and with --record-steps steps) Parquet files here "
                    "(source=simulated; `servetune ingest DIR/*.parquet` stores them).")
@@ -52,7 +54,8 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
 @click.pass_obj
 def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps: float | None,
             limit: int | None, seed: int, model_uri: str | None, slo_ttft_ms: float | None,
-            slo_tpot_ms: float | None, out_dir: str | None, record_steps: bool,
+            slo_tpot_ms: float | None, slo_e2e_ms: float | None, out_dir: str | None,
+            record_steps: bool,
             as_json: bool) -> None:
     """Simulate one engine configuration serving a workload with the learned step-time model."""
     from servetune._simulation import run_simulation
@@ -61,7 +64,7 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     from servetune.tuner.simulator import SLO
 
     config = _parse_sets(sets)
-    slo = SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms)
+    slo = SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms, e2e_ms=slo_e2e_ms)
     report = run_simulation(ctx.workspace, engine, config, workload, seed=seed,
                             model_uri=model_uri, slo=slo,
                             record_steps=record_steps and out_dir is not None,

@@ -125,6 +125,9 @@ def _study_dir(ctx: Context, study: str) -> Path:
 @click.option("--slo-tpot-ms", type=float, default=None,
               help="Goodput TPOT bound (ms); default with --candidates: the study objective's, "
                    "else none.")
+@click.option("--slo-e2e-ms", type=float, default=None,
+              help="Goodput end-to-end latency bound (ms); default with --candidates: the study "
+                   "objective's, else none.")
 @click.option("--ssh-user", default=None,
               help="Hostfile/node string: SSH user (a user@host entry wins); default: the "
                    "local user name.")
@@ -181,7 +184,8 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
             base_settings: tuple[str, ...], engine: str | None,
             model: str | None, workload: str, limit: int | None, qps: float | None, api: str,
             repeats: int, calibrate: bool, hardware: str, slo_ttft_ms: float | None,
-            slo_tpot_ms: float | None, ssh_user: str | None, ssh_key: str | None,
+            slo_tpot_ms: float | None, slo_e2e_ms: float | None, ssh_user: str | None,
+            ssh_key: str | None,
             ssh_port: int, known_hosts: str | None, trust_new_hosts: bool, service_port: int,
             work_dir: str, candidate_timeout_s: float | None, health_timeout_s: float | None,
             retries: int | None, unapplied: str, drift_threshold: float, every: str | None,
@@ -223,6 +227,7 @@ def command(ctx: Context, cluster_source: str, nodes_per_group: int, gpus_per_no
                            extra_body=dict(launcher.request_extras), seed=seed)
     options = DispatchOptions(repeats=repeats, calibrate=calibrate, hardware=hardware,
                               slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms,
+                              slo_e2e_ms=slo_e2e_ms,
                               study=study_dir.name if study_dir else None, seed=seed,
                               warmup_requests=warmup_requests,
                               engine_benchmark=EngineBenchmark(

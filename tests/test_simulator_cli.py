@@ -94,3 +94,26 @@ def test_unknown_key_exits_2_with_the_valid_keys(workspace):
     assert "max_num_batched_tokens" in out.stderr
     out = _simulate(ws, "--engine", "vllm", "--set", "novalue", "--workload", "x")
     assert out.returncode == 2 and "expects key=value" in out.stderr
+
+
+def test_an_end_to_end_slo_bounds_goodput(workspace):
+    """``--slo-e2e-ms`` (vLLM's ``--goodput e2el:``): a bound every request misses leaves no
+    goodput; without it the same TTFT/TPOT bounds keep every request good."""
+    ws, uri = workspace
+    args = ("--engine", "transformers-cb", "--workload", "poisson:rate=4,n=40", "--set",
+            "num_blocks=400", "--model-uri", uri, "--slo-ttft-ms", "60000", "--slo-tpot-ms",
+            "10000", "--json")
+    loose = json.loads(_simulate(ws, *args).stdout)["metrics"]
+    tight = _simulate(ws, *args, "--slo-e2e-ms", "0.001")
+    assert tight.returncode == 0, tight.stderr
+    tight = json.loads(tight.stdout)["metrics"]
+    assert loose["goodput_rps"] > 0 and tight["goodput_rps"] == 0
+    assert tight["slo"]["e2e_ms"] == 0.001 and loose["slo"]["e2e_ms"] is None
+
+
+def test_objective_specs_carry_the_end_to_end_bound():
+    from servetune.tuner._objective import parse_objective
+
+    goodput = parse_objective("goodput:ttft_ms=500,tpot_ms=50,e2e_ms=4000")
+    assert goodput.slo.e2e_ms == 4000.0 and parse_objective(goodput.spec()) == goodput
+    assert "e2e_ms" not in parse_objective("goodput").spec()  # unset: no bound, not "None"

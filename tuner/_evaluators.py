@@ -124,7 +124,7 @@ class SimulatorEvaluator:
         from servetune.tuner.simulator import Simulator
 
         return Simulator(self.engine, self.simulator_config(config), self.step_model,
-                         slo={"ttft_ms": self.slo.ttft_ms, "tpot_ms": self.slo.tpot_ms})
+                         slo=self.slo.as_dict())
 
     def __call__(self, config: dict) -> dict:
         """The run metrics of ``config`` and its ``DOMAIN_METRIC_KEYS`` (steps are recorded

@@ -62,15 +62,25 @@ DOMAIN_MODES = ("strict", "penalise", "ignore")
 
 @dataclass(frozen=True)
 class SLO:
-    """Latency targets of one request: time to first token and time per output token (ms)."""
+    """Latency targets of one request: time to first token, time per output token and, when
+    given, end-to-end latency (ms; ``e2e_ms=None``: no end-to-end bound, as vLLM's
+    ``--goodput e2el:`` left out)."""
 
     ttft_ms: float = 2000.0
     tpot_ms: float = 100.0
+    e2e_ms: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if not getattr(self, f.name) > 0:
-                raise ConfigError(f"SLO {f.name} must be > 0 ms; got {getattr(self, f.name)}")
+            value = getattr(self, f.name)
+            if f.name == "e2e_ms" and value is None:
+                continue
+            if not value > 0:
+                raise ConfigError(f"SLO {f.name} must be > 0 ms; got {value}")
+
+    def as_dict(self) -> dict:
+        """``{"ttft_ms", "tpot_ms", "e2e_ms"}`` (what ``servetune.data.run_metrics`` takes)."""
+        return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms}
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,7 @@ class Objective:
 
     def spec(self) -> str:
         """The spec string that rebuilds this objective with :func:`parse_objective`."""
-        params = {k: v for k, v in self.to_dict().items() if k != "name"}
+        params = {k: v for k, v in self.to_dict().items() if k != "name" and v is not None}
         return f"{self.name}:" + ",".join(f"{k}={v}" for k, v in params.items())
 
 

@@ -402,7 +402,8 @@ def verify_study(study: Study | str | Path, cluster: ClusterSpec, *,
     options = options or DispatchOptions()
     changes: dict = {} if options.study else {"study": name}
     if objective is not None and options.slo_ttft_ms is None and options.slo_tpot_ms is None:
-        changes.update(slo_ttft_ms=objective.slo.ttft_ms, slo_tpot_ms=objective.slo.tpot_ms)
+        changes.update(slo_ttft_ms=objective.slo.ttft_ms, slo_tpot_ms=objective.slo.tpot_ms,
+                       slo_e2e_ms=objective.slo.e2e_ms)
     options = dataclasses.replace(options, **changes)
     result = verify_candidates(
         candidates, cluster, launcher=launcher,

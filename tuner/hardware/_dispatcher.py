@@ -127,6 +127,7 @@ class DispatchOptions:
         hardware: the ``hardware`` value of the measured runs (GPU name).
         slo_ttft_ms: TTFT SLO for goodput (optional).
         slo_tpot_ms: TPOT SLO for goodput (optional).
+        slo_e2e_ms: end-to-end latency SLO for goodput (optional).
         study: study name recorded with each measurement.
         seed: seed of the retry jitter.
         warmup_requests: requests sent (and not recorded) after the service turns healthy,
@@ -141,6 +142,7 @@ class DispatchOptions:
     hardware: str = "unknown"
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
+    slo_e2e_ms: float | None = None
     study: str | None = None
     seed: int = 0
     warmup_requests: int = 2
@@ -612,7 +614,8 @@ class Dispatcher:
                  repeat: int, result, specs) -> None:
         opts = self.options
         metrics = aggregate_metrics(result.requests, {"ttft_ms": opts.slo_ttft_ms,
-                                                      "tpot_ms": opts.slo_tpot_ms})
+                                                      "tpot_ms": opts.slo_tpot_ms,
+                                                      "e2e_ms": opts.slo_e2e_ms})
         run_id = f"hw-{candidate.name}-{group.name}-r{repeat}-{uuid.uuid4().hex[:8]}"
         head = specs[0]
         extra = {"candidate": candidate.name, "group": group.name, "repeat": repeat,
