@@ -8,13 +8,13 @@ from servetune._results import SimulationReport
 __all__ = ["run_simulation", "DOMAIN_TOKENS"]
 
 #: output tokens whose steps the domain check looks at one by one; beyond, every k-th step
-DOMAIN_TOKENS = 20_000_000
+DOMAIN_TOKENS = 5_000_000
 
 
 def run_simulation(workspace, engine: str, config: dict, workload, *, seed: int = 0,
                    model_uri: str | None = None, slo=None, record_steps: bool = False,
-                   workload_options: dict | None = None, progress: bool | None = None
-                   ) -> SimulationReport:
+                   workload_options: dict | None = None, progress: bool | None = None,
+                   keep_result: bool = True) -> SimulationReport:
     """Simulate ``engine`` with ``config`` on ``workload`` using the engine's step-time model.
 
     Args:
@@ -23,6 +23,9 @@ def run_simulation(workspace, engine: str, config: dict, workload, *, seed: int 
             ``workload_options`` (``qps``, ``limit``) and ``seed``.
         slo: a :class:`~servetune.tuner.simulator.SLO` (goodput bounds) or ``None``.
         record_steps: keep every simulated step on ``report.result.steps``.
+        keep_result: keep the full result (per-request and per-token arrays) on
+            ``report.result``; ``False`` frees it once its metrics are taken, before the
+            interval's replays (a long workload's peak memory is then one run's).
 
     The configuration is validated before the (possibly long) first training of a model.
     """
@@ -43,8 +46,9 @@ def run_simulation(workspace, engine: str, config: dict, workload, *, seed: int 
     # Splitwise trace: 5,724 steps, run time unchanged at ~0.08 s, check 0.5 ms), dropped
     # again unless record_steps asked for them
     check_steps = getattr(simulator.step_model, "domain", None) is not None
-    # a very long workload's check looks at every k-th step: at most ~20 M output tokens' worth
-    # (1 M requests, 153 M tokens: every 8th of 21 M steps; 0.2 GiB instead of 2-3 GiB)
+    # a very long workload's check looks at every k-th step, at most DOMAIN_TOKENS output
+    # tokens' worth (BENCHMARKS.md "Simulator memory": 1 M requests peaked at 4.4 GiB with
+    # every step recorded; the whole Splitwise trace is checked on every 2nd step)
     stride = 1 if record_steps else max(1, -(-int(trace.output_tokens.sum()) // DOMAIN_TOKENS))
     result = simulator.run(trace, seed, record_steps=record_steps or check_steps,
                            step_stride=stride)
@@ -52,9 +56,12 @@ def run_simulation(workspace, engine: str, config: dict, workload, *, seed: int 
     if stride > 1 and domain.get("steps"):
         domain["steps"]["sampled_every"] = stride
     calibrated = bool(domain.get("known")) and not domain.get("outside")
-    interval = simulation_interval(simulator, trace, seed, result.flat_metrics(), calibrated)
     if not record_steps:
-        result.steps = None
-    return SimulationReport(engine=simulator.engine, config=result.config, seed=seed,
-                            workload=trace.descriptor, model_uri=uri, metrics=result.metrics,
+        result.steps = None  # before the metrics: their ITL pass is the run's memory peak
+    flat, metrics, resolved = result.flat_metrics(), result.metrics, result.config
+    if not keep_result:
+        result = None  # its arrays go before the interval's two replays allocate theirs
+    interval = simulation_interval(simulator, trace, seed, flat, calibrated)
+    return SimulationReport(engine=simulator.engine, config=resolved, seed=seed,
+                            workload=trace.descriptor, model_uri=uri, metrics=metrics,
                             domain=domain, interval=interval, result=result, trace=trace)

@@ -68,7 +68,8 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     report = run_simulation(ctx.workspace, engine, config, workload, seed=seed,
                             model_uri=model_uri, slo=slo,
                             record_steps=record_steps and out_dir is not None,
-                            workload_options={"qps": qps, "limit": limit})
+                            workload_options={"qps": qps, "limit": limit},
+                            keep_result=out_dir is not None)
     result, trace, uri, interval = report.result, report.trace, report.model_uri, report.interval
     payload = report.to_dict()
     if out_dir is not None:
@@ -77,7 +78,7 @@ def command(ctx: Context, engine: str, sets: tuple[str, ...], workload: str, qps
     if as_json:
         emit_json(payload)
         return
-    m = result.metrics
+    m = report.metrics
 
     click.echo(f"engine {report.engine}  workload {trace.name} ({len(trace)} requests)  "
                f"model {uri}")
