@@ -14,6 +14,7 @@ the expected values. Regenerate only for an intended change of simulated behavio
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import numba
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from _helpers_simulator import constant_step_model
 
+from servetune import ConfigError
 from servetune.data import Workload
 from servetune.features import make_feature_set
 from servetune.models import CompiledForest, CompiledStepTime, forest_predict_row
@@ -313,10 +315,17 @@ def test_a_policy_is_one_schedule_function_and_an_entry(golden):
                                     np.minimum(golden["workload__poisson__input"], 4096),
                                     golden["workload__poisson__output"], name="poisson")
     model = constant_step_model(4.0)
-    req, first_sched, first_tok, finish, *_ = _run_policy(
-        policy, {"block_size": 16, "num_blocks": 1500, "max_batch_size": 16}, workload, model)
+    config = {"block_size": 16, "num_blocks": 1500, "max_batch_size": 16}
+    req, first_sched, first_tok, finish, *_ = _run_policy(policy, config, workload, model)
     assert (req[:, 1] == 3).all() and (req[:, 3] == workload.output_tokens).all()
     assert (req[:, 2] == 0).all()  # no preemption
+    # the Simulator runs it as it runs a shipped policy: same event loop, same results
+    result = Simulator("static", config, model, policy=policy).run(workload)
+    assert np.array_equal(result.first_token_s, first_tok)
+    assert np.array_equal(result.first_scheduled_s, first_sched)
+    assert result.flat_metrics()["completed"] == len(workload)
+    with pytest.raises(ConfigError, match="runs in this process only"):
+        pickle.dumps(Simulator("static", config, model, policy=policy))
     # FCFS: requests start in arrival order; whole prompts: the first token comes one step later
     assert (np.diff(first_sched) >= 0).all()
     assert np.allclose(first_tok - first_sched, 0.004, rtol=0, atol=1e-12)

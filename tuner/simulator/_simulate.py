@@ -64,6 +64,9 @@ class Simulator:
             ``Booster.inplace_predict``); None for the normal path.
         fast_forest: evaluate the forest with the branch-free walk (bit-identical to
             ``forest_predict_row``; False forces the reference evaluator).
+        policy: an :class:`EnginePolicy` to simulate with instead of the engine's shipped one
+            (a new scheduler is one policy module plus its spec; ``engine`` then takes the
+            policy's engine name). Such a simulator runs in-process only.
     """
 
     engine: str
@@ -73,9 +76,13 @@ class Simulator:
     labels: Mapping[str, object] = field(default_factory=dict)
     predict_row: object = field(default=None, compare=False)
     fast_forest: bool = True
+    policy: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        policy = get_policy(self.engine)
+        policy = self.policy if self.policy is not None else get_policy(self.engine)
+        if not isinstance(policy, EnginePolicy):
+            raise ConfigError(f"policy must be an EnginePolicy; got {type(policy).__name__}")
+        object.__setattr__(self, "policy", policy)
         object.__setattr__(self, "engine", policy.name)
         for name in ("kernel", "arrays", "n_features", "log_target"):
             if not hasattr(self.step_model, name):
@@ -91,6 +98,9 @@ class Simulator:
     def __reduce__(self):
         """Pickle the step model as its forest plus the name of its (registered) feature set:
         feature-set kernels are numba closures that plain pickle cannot always carry."""
+        if self.policy is not get_policy(self.engine):
+            raise ConfigError(f"a simulator with its own {self.engine} policy runs in this "
+                              "process only (its compiled functions do not pickle)")
         sm = self.step_model
         forest, fs = getattr(sm, "forest", None), getattr(sm, "feature_set", None)
         if forest is not None and fs is not None:
@@ -142,7 +152,7 @@ class Simulator:
         if not isinstance(workload, Workload):
             raise ConfigError(f"workload must be a servetune.data.Workload, got "
                               f"{type(workload).__name__}")
-        policy = get_policy(self.engine)
+        policy = self.policy
         c = self.config
         params = policy.params(c)
         knobs = model_knobs(policy, c)
@@ -198,7 +208,7 @@ def simulation_domain(simulator: Simulator, result: SimulationResult | None = No
     checked against the step model's training domain (its ``domain`` attribute; a model without
     one reads "domain unknown") and, when ``result`` recorded its steps, the share of steps
     outside the trained ranges and the worst column."""
-    policy = get_policy(simulator.engine)
+    policy = simulator.policy
     params = policy.params(simulator.config)
     knobs = policy.model_knobs(simulator.config)
     steps = None
