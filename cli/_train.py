@@ -24,11 +24,16 @@ __all__ = ["command"]
               help="Calibrate this model (e.g. models:/NAME@champion) on the selected steps "
                    "instead of training from scratch: per-host calibration with --where "
                    "hardware=GPU; registered under the selected data's name.")
+@click.option("--source", type=click.Choice(["auto", "measured", "reconstructed"]),
+              default="auto", show_default=True,
+              help="Steps to train on: auto = each run's recorded steps, else those rebuilt from "
+                   "its token timings (a servetune validate measurement); measured or "
+                   "reconstructed only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def command(ctx: Context, where: tuple[str, ...], feature_set: str | None, trials: int | None,
-            test_fraction: float | None, calibrate_from: str | None, seed: int,
+            test_fraction: float | None, calibrate_from: str | None, source: str, seed: int,
             as_json: bool) -> None:
     """Train a step-time model on held-out-run evaluation; move `champion` if it is better.
 
@@ -42,7 +47,7 @@ def command(ctx: Context, where: tuple[str, ...], feature_set: str | None, trial
     from servetune.models._training import ingest_samples_if_empty
 
     filters = parse_where(where)
-    config = TrainConfig(seed=seed)
+    config = TrainConfig(seed=seed, source=source)
     if feature_set is not None:
         config = replace(config, feature_set=get_feature_set(feature_set).name)
     if trials is not None:

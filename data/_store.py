@@ -330,7 +330,9 @@ class TraceStore:
             if run_ids is not None:
                 mask = pc.is_in(table.column("run_id"), pa.array(run_ids, pa.string()))
             for name, value in (where or {}).items():
-                cond = pc.equal(table.column(name), pa.scalar(value))
+                cond = (pc.is_in(table.column(name), pa.array(list(value)))
+                        if isinstance(value, (list, tuple)) else
+                        pc.equal(table.column(name), pa.scalar(value)))
                 mask = cond if mask is None else pc.and_(mask, cond)
             if mask is not None:
                 table = table.filter(mask)

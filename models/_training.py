@@ -37,7 +37,7 @@ import pandas as pd
 from sklearn.base import clone
 from servetune._progress import progress as progress_lines
 
-from servetune import InputError, ModelError, ServetuneError
+from servetune import ConfigError, InputError, ModelError, ServetuneError
 from servetune.data import TraceStore, schema_for
 from servetune.data._schemas import PARTITION_COLUMNS, partition_value
 from servetune.features import (
@@ -107,7 +107,9 @@ class TrainConfig:
             from scratch: its trees are kept and a few shallow trees learn its error on the
             selected steps (per-host calibration: ``--where hardware=...``). No search; the
             estimator starts from ``CALIBRATION_PARAMS``; the domain is the union of both.
-        source: which steps to train on (``measured``; never the simulator's own output).
+        source: which steps to train on: ``auto`` (each run's recorded steps, else the
+            steps rebuilt from its token timings, e.g. a ``servetune validate`` measurement),
+            ``measured`` or ``reconstructed``; never the simulator's own output.
         n_jobs: XGBoost threads.
         seed: seeds every random choice.
         estimator_params: StepTimeRegressor parameters to start from (the search may override
@@ -125,7 +127,7 @@ class TrainConfig:
     interval_level: float = 0.8
     interval_splits: int = 5
     calibrate_from: str | None = None
-    source: str = "measured"
+    source: str = "auto"
     n_jobs: int = 1
     seed: int = 0
     estimator_params: Mapping[str, object] = field(default_factory=dict)
@@ -201,8 +203,22 @@ def _coerce(text: str, dtype, key: str):
     return text
 
 
+#: the step sources a model trains on: recorded (engine log, collector) or rebuilt from timings
+TRAINING_SOURCES = ("measured", "reconstructed")
+
+
+def source_values(source: str) -> list[str]:
+    """The ``steps.source`` values of a training ``source`` (``auto``: both)."""
+    if source == "auto":
+        return list(TRAINING_SOURCES)
+    if source not in TRAINING_SOURCES:
+        raise ConfigError(f"unknown step source {source!r}; expected auto, "
+                          f"{', '.join(TRAINING_SOURCES)}")
+    return [source]
+
+
 def load_training_frame(store: TraceStore, where: Mapping[str, object] | None = None, *,
-                        source: str = "measured") -> tuple[pd.DataFrame, dict]:
+                        source: str = "auto") -> tuple[pd.DataFrame, dict]:
     """Steps joined with their run knobs, sorted by (run, step), and their lineage record.
 
     ``where`` filters on partition keys, ``run_id``, steps columns, or runs columns (a runs
@@ -229,11 +245,15 @@ def _load_frames(store: TraceStore, where: Mapping[str, object] | None, *, sourc
         if not run_ids:
             raise InputError(f"no runs match {run_where}", field="--where")
     steps = store.query("steps", columns=_STEP_COLUMNS, run_id=run_ids,
-                        where={**step_where, "source": source}, **part)
+                        where={**step_where, "source": source_values(source)}, **part)
+    if source == "auto":  # a run's recorded steps win over the ones rebuilt from its timings
+        recorded = set(steps.run_id[steps.source == "measured"])
+        steps = steps[(steps.source == "measured") | ~steps.run_id.isin(recorded)]
     filters = {**part, **({"run_id": run_ids} if run_ids else {}), **step_where, **run_where,
                "source": source}
     if steps.empty:
-        raise ModelError(f"no {source} step traces match {filters or 'the store'}; ingest "
+        kind = "measured or reconstructed" if source == "auto" else source
+        raise ModelError(f"no {kind} step traces match {filters or 'the store'}; ingest "
                          "some with `servetune ingest` (or `servetune ingest --samples`)")
     runs = runs.drop_duplicates("run_id")
     # the previous step is taken before any step is dropped: it is the batch the engine ran
@@ -579,7 +599,7 @@ def ensure_champion(workspace, where: Mapping[str, object] | None = None, *,
     # simulator's own output, which a workspace may also hold)
     source = (config or TrainConfig()).source
     measured = store.query_table(
-        "steps", columns=list(PARTITION_COLUMNS), where={"source": source},
+        "steps", columns=list(PARTITION_COLUMNS), where={"source": source_values(source)},
         **{k: partition_value(str(v)) for k, v in part.items()})
     if measured.num_rows:
         distinct = {c: sorted(set(measured.column(c).unique().to_pylist()))
@@ -610,11 +630,12 @@ def champion_for_engine(workspace, engine: str, *, progress: bool | None = None)
     ingest_samples_if_empty(store)
     if not spec.program:
         return ensure_champion(workspace, progress=progress)
-    steps = store.query_table("steps", columns=["engine"], where={"source": "measured"},
+    steps = store.query_table("steps", columns=["engine"],
+                              where={"source": list(TRAINING_SOURCES)},
                               engine=partition_value(spec.name))
     if not steps.num_rows:
         raise ModelError(
-            f"no step-time model for {spec.name}: the trace store has no measured {spec.name} "
+            f"no step-time model for {spec.name}: the trace store has no {spec.name} "
             f"steps. Get some (servetune ingest of {spec.name}'s own logs or benchmark "
             f"results, or servetune validate / collect on your hardware), then servetune "
             f"train --where engine={spec.name}; or pass --model-uri to simulate with another "

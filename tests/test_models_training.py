@@ -150,7 +150,7 @@ def test_lineage_hash_is_deterministic_and_filters_apply(trained):
     assert sub_lineage["content_sha256"] != lineage["content_sha256"]
     one, _ = load_training_frame(store, parse_where([f"run_id={frame.run_id.iloc[0]}"]))
     assert one.run_id.nunique() == 1
-    with pytest.raises(ModelError, match="no measured step traces"):
+    with pytest.raises(ModelError, match="no measured or reconstructed step traces"):
         load_training_frame(store, parse_where(["engine=vllm"]))
 
 
