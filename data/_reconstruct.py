@@ -36,7 +36,7 @@ from servetune import InputError
 from servetune.data._schemas import conform
 from servetune.data.engines import EngineSpec, get_engine
 
-__all__ = ["reconstruct_steps", "compare_reconstruction", "ReconstructionPolicy",
+__all__ = ["reconstruct_steps", "compare_reconstruction", "match_steps", "ReconstructionPolicy",
            "RECONSTRUCTED_SOURCE"]
 
 RECONSTRUCTED_SOURCE = "reconstructed"
@@ -105,6 +105,8 @@ def reconstruct_steps(requests: pd.DataFrame, run: Mapping | pd.Series, *,
     clusters = _cluster(timings, tolerance_ms)
     batches = _place_prefills(timings, clusters, policy)
     steps = _compose(timings, clusters, batches, policy)
+    if policy.cuda_graph:
+        steps["extra"] = _mark_captures(steps, _captures(steps, run, spec))
     return _steps_frame(steps, run, spec)
 
 
@@ -419,8 +421,7 @@ def _compose(timings: _Timings, clusters: _Clusters, placed: tuple, policy) -> d
     cols["num_seqs"] = cols["num_prefill_seqs"] + cols["num_decode_seqs"]
     start, duration = _timing(batches, clusters, cols, policy)
     cols["start_s"], cols["duration_ms"] = start, duration
-    captured = _suspected_captures(duration) if policy.cuda_graph else np.zeros(n_b, dtype=bool)
-    cols["extra"] = _extras(batches, clusters, timings, rq, captured, policy)
+    cols["extra"] = _extras(batches, clusters, timings, rq, policy)
     return cols
 
 
@@ -502,14 +503,117 @@ def _fill_ends(end: np.ndarray, weight: np.ndarray, floor: np.ndarray) -> np.nda
     return end
 
 
-def _suspected_captures(duration_ms: np.ndarray) -> np.ndarray:
-    """Steps far slower than their neighbours in a CUDA-graph run: one-off graph captures
-    (marked ``graph_captured`` as the collector does, so training leaves them out)."""
+# ---------------------------------------------------------------------------------------------
+# CUDA-graph captures: the engine policy's step hook replayed over the rebuilt batches
+# ---------------------------------------------------------------------------------------------
+
+def _captures(cols: dict, run: Mapping, spec: EngineSpec) -> np.ndarray:
+    """Per step, whether it captured a CUDA graph: the first step of each graph key, as the
+    simulator policy's step hook keys them (padded query tokens, KV read, ...) for the run's
+    configuration; where the engine has no policy or the run no usable configuration, steps
+    far slower than their neighbours."""
+    replay = _capture_replay(run, spec)
+    if replay is None:
+        return _slow_steps(cols["duration_ms"])
+    hook, params, state, replica = replay
+    n_steps, fast_path = _replica_columns()
+    q = cols["prefill_tokens"] + cols["decode_tokens"]
+    kv_read = cols["kv_tokens_sum"] - q
+    out = np.zeros(len(q), dtype=bool)
+    for k in range(len(q)):
+        replica[0, n_steps] = k  # the engine's step count (async IO pair = its parity)
+        replica[0, fast_path] = 0  # the decode fast path is not visible in the timings
+        out[k] = hook(state, 0, params, replica, cols["num_seqs"][k], q[k], kv_read[k],
+                      cols["kv_tokens_max"][k])[0]
+    return out
+
+
+def _capture_replay(run: Mapping, spec: EngineSpec):
+    """(step hook, kernel parameters, hook state, replica state) of the run's engine policy,
+    or ``None`` when the engine has no simulator policy or the configuration does not resolve."""
+    from servetune import ConfigError
+    from servetune.tuner.simulator._policies import get_policy
+    from servetune.tuner.simulator._state import _NRCOL, no_step_hook
+
+    if spec.policy is None:
+        return None
+    sim = get_policy(spec.policy)
+    if sim.step_hook is no_step_hook:
+        return None
+    try:
+        params = sim.params(sim.resolve(_policy_config(run, spec, sim)))
+    except (ConfigError, InputError, KeyError, TypeError, ValueError):
+        return None
+    return sim.step_hook, params, sim.hook_init(params, 1, 0), np.zeros((1, _NRCOL), np.int64)
+
+
+def _replica_columns() -> tuple[int, int]:
+    from servetune.tuner.simulator._state import _FASTPATH, _NSTEPS
+    return _NSTEPS, _FASTPATH
+
+
+def _policy_config(run: Mapping, spec: EngineSpec, sim) -> dict:
+    """The simulator configuration of a ``runs`` row: its JSON ``config`` (the keys the policy
+    accepts, in a form its knobs take), overlaid with the row's knob columns; simulation-only
+    keys left unset take their least valid value (costs and hardware sizes do not change
+    which step captures)."""
+    config = _json_config(run.get("config"))
+    accepted = set(sim.keys()) | set(sim.aliases)
+    knobs = {k.name: k for k in spec.knobs}
+    out = {}
+    for key, value in config.items():
+        name = spec.spellings.get(key, key)
+        if key in accepted and value is not None and _coerces(knobs.get(name), value, spec):
+            out[name] = value
+    for knob in spec.knobs:
+        if knob.runs_column and knob.name in accepted and _known(run.get(knob.runs_column)):
+            value = run[knob.runs_column]
+            out[knob.name] = value.item() if hasattr(value, "item") else value
+    unset = {k.name: k.minimum for k in sim.knobs
+             if k.default is None and k.minimum is not None and k.name not in out}
+    return {**unset, **out}
+
+
+def _json_config(value) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and value:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def _coerces(knob, value, spec: EngineSpec) -> bool:
+    if knob is None:
+        return True
+    try:
+        knob.coerce(value, spec.name)
+    except Exception:  # noqa: BLE001 - a value the knob refuses is left to the runs columns
+        return False
+    return True
+
+
+def _slow_steps(duration_ms: np.ndarray) -> np.ndarray:
+    """Steps far slower than their neighbours: suspected one-off graph captures."""
     local = pd.Series(duration_ms).rolling(_CAPTURE_WINDOW, center=True, min_periods=1).median()
     return duration_ms > _CAPTURE_FACTOR * local.to_numpy()
 
 
-def _extras(batches, clusters: _Clusters, timings: _Timings, rq: _Requests, captured, policy):
+def _mark_captures(cols: dict, captured: np.ndarray) -> list:
+    """The steps' ``extra`` with ``graph_captured`` set as the collector sets it (training
+    leaves these steps out; the next step reads ``prev_graph_captured``)."""
+    out = list(cols["extra"])
+    for k in np.flatnonzero(captured):
+        record = json.loads(out[k])
+        record["graph_captured"] = True
+        out[k] = json.dumps(record, separators=(",", ":"))
+    return out
+
+
+def _extras(batches, clusters: _Clusters, timings: _Timings, rq: _Requests, policy):
     n_c = len(clusters.time)
     emitting = np.bincount(clusters.of_emission, minlength=n_c)
     gap_prev = np.diff(clusters.time, prepend=-np.inf)
@@ -540,8 +644,6 @@ def _extras(batches, clusters: _Clusters, timings: _Timings, rq: _Requests, capt
                                               "after_invisible", "missed_step") for f in flags)
         record = {"confidence": round(conf, 3), "emitting": int(emitting[c]) if c >= 0 else 0,
                   "invisible": c < 0, "flags": flags}
-        if captured[b]:
-            record["graph_captured"] = True
         out.append(json.dumps(record, separators=(",", ":")))
     return out
 
@@ -590,32 +692,40 @@ def _has_choice(spec: EngineSpec, value: str) -> bool:
     return any(value in (knob.choices or ()) for knob in spec.knobs)
 
 
+def match_steps(real: pd.DataFrame, rebuilt: pd.DataFrame, *,
+                tolerance_ms: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of matched step pairs: each recorded step and the rebuilt step whose end is
+    nearest, where that is within ``tolerance_ms``. Returns ``(real_rows, rebuilt_rows)``."""
+    real_end = (real["start_s"] + real["duration_ms"] / 1e3).to_numpy()
+    rebuilt_end = (rebuilt["start_s"] + rebuilt["duration_ms"] / 1e3).to_numpy()
+    if not len(real_end) or not len(rebuilt_end):
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    order = np.argsort(rebuilt_end, kind="stable")
+    sorted_end = rebuilt_end[order]
+    pos = np.clip(np.searchsorted(sorted_end, real_end), 1, max(len(sorted_end) - 1, 1))
+    left, right = pos - 1, np.minimum(pos, len(sorted_end) - 1)
+    nearest = np.where(np.abs(sorted_end[left] - real_end)
+                       <= np.abs(sorted_end[right] - real_end), left, right)
+    matched = np.abs(sorted_end[nearest] - real_end) <= tolerance_ms / 1e3
+    return np.flatnonzero(matched), order[nearest[matched]]
+
+
 def compare_reconstruction(real: pd.DataFrame, rebuilt: pd.DataFrame, *,
                            tolerance_ms: float = 1.0) -> dict:
     """How well one run's rebuilt steps match its recorded ones, matched by step end time.
 
-    A recorded step is matched to the rebuilt step whose end is nearest, if within
-    ``tolerance_ms``. Returns the step count ratio, the matched share, the median and p90
-    relative duration error of matched steps, the share of matched steps with the same number
-    of decode sequences, and both prefill token totals.
+    Steps are paired by :func:`match_steps`. Returns the step count ratio, the matched share,
+    the median and p90 relative duration error of matched steps, the share of matched steps
+    with the same number of decode sequences, and both prefill token totals.
     """
-    real_end = (real["start_s"] + real["duration_ms"] / 1e3).to_numpy()
-    rebuilt_end = (rebuilt["start_s"] + rebuilt["duration_ms"] / 1e3).to_numpy()
-    order = np.argsort(rebuilt_end)
-    rebuilt_end = rebuilt_end[order]
-    pos = np.clip(np.searchsorted(rebuilt_end, real_end), 1, max(len(rebuilt_end) - 1, 1))
-    left, right = pos - 1, np.minimum(pos, len(rebuilt_end) - 1)
-    nearest = np.where(np.abs(rebuilt_end[left] - real_end) <= np.abs(rebuilt_end[right]
-                                                                       - real_end), left, right)
-    matched = np.abs(rebuilt_end[nearest] - real_end) <= tolerance_ms / 1e3
-    twin = order[nearest[matched]]
-    true_ms = real["duration_ms"].to_numpy()[matched]
+    rows, twin = match_steps(real, rebuilt, tolerance_ms=tolerance_ms)
+    true_ms = real["duration_ms"].to_numpy()[rows]
     error = np.abs(rebuilt["duration_ms"].to_numpy()[twin] - true_ms) / true_ms
     same_decodes = (rebuilt["num_decode_seqs"].to_numpy()[twin]
-                    == real["num_decode_seqs"].to_numpy()[matched])
+                    == real["num_decode_seqs"].to_numpy()[rows])
     return {"real_steps": len(real), "rebuilt_steps": len(rebuilt),
             "count_ratio": len(rebuilt) / max(len(real), 1),
-            "matched_share": float(matched.mean()) if len(real) else 0.0,
+            "matched_share": len(rows) / len(real) if len(real) else 0.0,
             "duration_error_p50": float(np.median(error)) if len(error) else float("nan"),
             "duration_error_p90": float(np.percentile(error, 90)) if len(error) else float("nan"),
             "decode_exact_share": float(same_decodes.mean()) if len(error) else float("nan"),
