@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from _helpers_models import synthetic_traces
+from _helpers_models import synthetic_traces, trained_synthetic_workspace
 
 from servetune import ConfigError
-from servetune.data import TraceStore, Workspace
-from servetune.models import StepTimeModel, StepTimeRegressor, TrainConfig, train_step_time_model
+from servetune.data import TraceStore
+from servetune.models import StepTimeModel, StepTimeRegressor, TrainConfig
 from servetune.models._evaluation import held_out_runs
 
 FAST = TrainConfig(n_trials=1, cv_splits=2, search_budget_s=20)
@@ -37,13 +37,9 @@ def _host_traces(seed: int):
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    ws = Workspace.resolve(tmp_path_factory.mktemp("calibration") / "ws")
+    ws, base = trained_synthetic_workspace(tmp_path_factory.mktemp("calibration"), n_runs=10,
+                                           seed=1)
     store = TraceStore.for_workspace(ws)
-    steps, runs = synthetic_traces(n_runs=10, steps_per_run=200, seed=1)
-    runs["num_blocks"] = 512
-    store.ingest({"steps": steps, "runs": runs}, source="generated", sha256="base-host",
-                 format="test")
-    base = train_step_time_model(ws, {"hardware": "CPU"}, FAST, progress=False)
     host_steps, host_runs = _host_traces(seed=2)
     store.ingest({"steps": host_steps, "runs": host_runs}, source="generated",
                  sha256="host-b", format="test")

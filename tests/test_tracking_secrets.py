@@ -12,10 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _helpers_models import synthetic_traces
+from _helpers_models import trained_synthetic_workspace
 
-from servetune.data import TraceStore, Workspace
-from servetune.models import TrainConfig, train_step_time_model
 from servetune.tuner._job import TuneSettings, run_tune
 
 TOKEN, KEY_A = "hf_s3cr3tT0ken", "sk-first-4c9e"
@@ -36,13 +34,7 @@ WORKLOAD = "poisson:rate=10,n=40,input=uniform:100:300,output=uniform:10:30"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("secrets")
-    ws = Workspace.resolve(root / "ws")
-    steps, runs = synthetic_traces(n_runs=6, steps_per_run=150, seed=5)
-    runs["num_blocks"] = 512
-    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="generated",
-                                        sha256="secrets", format="test")
-    model = train_step_time_model(ws, config=TrainConfig(n_trials=1, cv_splits=2),
-                                  progress=False)
+    ws, model = trained_synthetic_workspace(root, steps_per_run=150, seed=5)
     space = root / "space.toml"
     space.write_text(SPACE)
     return ws, model.model_uri, space

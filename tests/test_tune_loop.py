@@ -18,10 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _helpers_hardware import free_port, make_tiny_model, session_alive  # noqa: E402
-from _helpers_models import synthetic_traces  # noqa: E402
+from _helpers_models import trained_synthetic_workspace  # noqa: E402
 
-from servetune.data import TraceStore, Workspace  # noqa: E402
-from servetune.models import StepTimeModel, TrainConfig, train_step_time_model  # noqa: E402
+from servetune.data import TraceStore  # noqa: E402
+from servetune.models import StepTimeModel  # noqa: E402
 from servetune.tuner._job import TuneSettings  # noqa: E402
 from servetune.tuner import tune_verify_loop  # noqa: E402
 from servetune.tuner.hardware import (  # noqa: E402
@@ -50,18 +50,9 @@ WORKLOAD = "poisson:rate=6,n=8,input=const:24,output=const:12"
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
-    ws = Workspace.resolve(root / "ws")
-    steps, runs = synthetic_traces(n_runs=8, steps_per_run=200, seed=4)
-    steps["duration_ms"] *= 20.0  # far slower than this CPU: the calibration has work to do
-    for frame in (steps, runs):
-        frame["model"] = "tiny"
-    runs["num_blocks"] = 128
-    runs["block_size"] = 16
-    steps["block_size"] = 16
-    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="generated",
-                                        sha256="loop-base", format="test")
-    base = train_step_time_model(ws, config=TrainConfig(n_trials=1, cv_splits=2),
-                                 progress=False)
+    # 20x slower than anything this CPU runs: the calibration has work to do
+    ws, base = trained_synthetic_workspace(root, n_runs=8, seed=4, scale=20.0, num_blocks=128,
+                                           model="tiny")
     space = root / "space.toml"
     space.write_text(SPACE)
     model = make_tiny_model(root / "tiny")
