@@ -45,6 +45,9 @@ _PREFILL_FIRST = "prefill_first"  # transformers-cb's PrefillFirstScheduler (a k
 _SPLIT_PENALTY, _PLACE_PENALTY, _COALESCED_PENALTY = 0.8, 0.7, 0.9
 _INVISIBLE_CONFIDENCE = 0.4
 _CAPTURE_WINDOW, _CAPTURE_FACTOR = 9, 3.0  # a step 3x its 9-step local median: a capture
+# what a step's cost is fitted on, per run, to split a gap between steps that emitted nothing
+_COST_COLUMNS = ("prefill_tokens", "decode_tokens", "prefill_attn_work", "kv_tokens_sum")
+_MIN_COST_FIT = 20
 
 
 @dataclass(frozen=True)
@@ -463,25 +466,55 @@ def _add_prefills(cols, batches: list[_Batch]) -> None:
 def _timing(batches: list[_Batch], clusters: _Clusters, cols, policy):
     """Start (s) and duration (ms) per step. A step ends at its batch's emission (sync) or at
     the previous batch's (async: the step that launches batch N+1 reads batch N back); ends no
-    emission shows are spread over their gap in proportion to the steps' tokens."""
+    emission shows are spread over their gap in proportion to the steps' expected costs
+    (:func:`_step_cost`)."""
     n_b = len(batches)
     emitted = np.array([clusters.time[b.cluster] if b.cluster >= 0 else np.nan for b in batches])
     lag = 1 if policy.async_batching else 0
     end = np.concatenate((np.full(lag, np.nan), emitted[:n_b - lag]))
-    work = (cols["prefill_tokens"] + cols["decode_tokens"]).astype(np.float64)
-    weight = work + max(float(np.median(work)), 1.0)
     floor = np.array([b.start for b in batches])
-    if lag:  # launch-to-launch: a step holds the previous batch's GPU work, unless it follows
-        # an idle engine (it then holds its own, and the next step only its launch)
-        restart = np.array([b == 0 or "idle_restart" in batch.flags
-                            for b, batch in enumerate(batches)])
-        shifted = np.concatenate(([weight[0]], weight[:-1]))
-        after = np.concatenate(([False], restart[:-1]))
-        weight = np.where(restart, weight, np.where(after, 1.0, shifted))
+    weight = _step_cost(cols, _held_batches(batches, lag), end, floor)
     end = _fill_ends(end, weight, floor)
     start = np.maximum(np.concatenate(([floor[0]], end[:-1])), floor)
     start = np.minimum(start, end)
     return start, (end - start) * 1e3
+
+
+def _held_batches(batches: list[_Batch], lag: int) -> np.ndarray:
+    """Per step, the batch whose GPU work its duration holds (-1: only a launch). Async steps
+    run launch to launch and hold the previous batch's work, unless they follow an idle engine
+    (they then hold their own, and the next step only its launch)."""
+    rows = np.arange(len(batches))
+    if not lag:
+        return rows
+    restart = np.array([b == 0 or "idle_restart" in batch.flags
+                        for b, batch in enumerate(batches)])
+    after = np.concatenate(([False], restart[:-1]))
+    return np.where(restart, rows, np.where(after, -1, rows - 1))
+
+
+def _step_cost(cols, held: np.ndarray, end: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Per step, its expected duration (relative units): a linear cost of the batch it holds
+    (``_COST_COLUMNS``), fitted by non-negative least squares in relative error on the steps
+    whose start and end both show in the timings; tokens plus the median step's tokens where
+    fewer than ``_MIN_COST_FIT`` steps show both."""
+    from scipy.optimize import nnls
+
+    own = np.column_stack([np.ones(len(held))] + [cols[c] for c in _COST_COLUMNS]).astype(float)
+    x = np.where(held[:, None] >= 0, own[np.maximum(held, 0)], 0.0)
+    x[:, 0] = 1.0
+    duration = np.diff(end, prepend=np.nan)
+    previous = np.concatenate(([np.nan], end[:-1]))
+    known = np.isfinite(duration) & (duration > 0) & (held >= 0) & (previous >= floor - 1e-9)
+    if known.sum() >= _MIN_COST_FIT:
+        scale = np.maximum(np.abs(x[known]).max(axis=0), 1.0)
+        a = x[known] / scale / duration[known, None]
+        coef, _ = nnls(a, np.ones(int(known.sum())))
+        cost = x @ (coef / scale)
+        if np.all(np.isfinite(cost)) and cost.max() > 0:
+            return np.maximum(cost, cost.max() * 1e-6)
+    tokens = x[:, 1] + x[:, 2]
+    return np.where(held >= 0, tokens + max(float(np.median(tokens)), 1.0), 1.0)
 
 
 def _fill_ends(end: np.ndarray, weight: np.ndarray, floor: np.ndarray) -> np.ndarray:
