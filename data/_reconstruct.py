@@ -108,8 +108,13 @@ def reconstruct_steps(requests: pd.DataFrame, run: Mapping | pd.Series, *,
     clusters = _cluster(timings, tolerance_ms)
     batches = _place_prefills(timings, clusters, policy)
     steps = _compose(timings, clusters, batches, policy)
+    captured = _replayed_captures(steps, run, spec) if policy.cuda_graph else None
+    steps["start_s"], steps["duration_ms"] = _timing(batches[0], clusters, steps, policy,
+                                                     captured)
     if policy.cuda_graph:
-        steps["extra"] = _mark_captures(steps, _captures(steps, run, spec))
+        if captured is None:  # no policy to replay: steps far slower than their neighbours
+            captured = _slow_steps(steps["duration_ms"])
+        steps["extra"] = _mark_captures(steps, captured)
     return _steps_frame(steps, run, spec)
 
 
@@ -422,8 +427,6 @@ def _compose(timings: _Timings, clusters: _Clusters, placed: tuple, policy) -> d
     _add_decodes(cols, timings, rq, batch_of_cluster, n_b, policy)
     _add_prefills(cols, batches)
     cols["num_seqs"] = cols["num_prefill_seqs"] + cols["num_decode_seqs"]
-    start, duration = _timing(batches, clusters, cols, policy)
-    cols["start_s"], cols["duration_ms"] = start, duration
     cols["extra"] = _extras(batches, clusters, timings, rq, policy)
     return cols
 
@@ -463,46 +466,50 @@ def _add_prefills(cols, batches: list[_Batch]) -> None:
     np.maximum.at(cols["kv_tokens_max"], b, context)
 
 
-def _timing(batches: list[_Batch], clusters: _Clusters, cols, policy):
+def _timing(batches: list[_Batch], clusters: _Clusters, cols, policy, captured):
     """Start (s) and duration (ms) per step. A step ends at its batch's emission (sync) or at
     the previous batch's (async: the step that launches batch N+1 reads batch N back); ends no
     emission shows are spread over their gap in proportion to the steps' expected costs
-    (:func:`_step_cost`)."""
+    (:func:`_step_cost`; ``captured``: the graph-capture steps, or ``None``)."""
     n_b = len(batches)
     emitted = np.array([clusters.time[b.cluster] if b.cluster >= 0 else np.nan for b in batches])
     lag = 1 if policy.async_batching else 0
     end = np.concatenate((np.full(lag, np.nan), emitted[:n_b - lag]))
     floor = np.array([b.start for b in batches])
-    weight = _step_cost(cols, _held_batches(batches, lag), end, floor)
+    captured = np.zeros(n_b, dtype=bool) if captured is None else captured
+    weight = _step_cost(cols, _held_batches(batches, lag, captured), captured, end, floor)
     end = _fill_ends(end, weight, floor)
     start = np.maximum(np.concatenate(([floor[0]], end[:-1])), floor)
     start = np.minimum(start, end)
     return start, (end - start) * 1e3
 
 
-def _held_batches(batches: list[_Batch], lag: int) -> np.ndarray:
+def _held_batches(batches: list[_Batch], lag: int, captured: np.ndarray) -> np.ndarray:
     """Per step, the batch whose GPU work its duration holds (-1: only a launch). Async steps
     run launch to launch and hold the previous batch's work, unless they follow an idle engine
-    (they then hold their own, and the next step only its launch)."""
+    (they then hold their own, and the next step only its launch) or a graph capture (whose
+    step ran its batch: the next one holds only its launch)."""
     rows = np.arange(len(batches))
     if not lag:
         return rows
     restart = np.array([b == 0 or "idle_restart" in batch.flags
                         for b, batch in enumerate(batches)])
-    after = np.concatenate(([False], restart[:-1]))
+    after = np.concatenate(([False], restart[:-1] | captured[:-1]))
     return np.where(restart, rows, np.where(after, -1, rows - 1))
 
 
-def _step_cost(cols, held: np.ndarray, end: np.ndarray, floor: np.ndarray) -> np.ndarray:
+def _step_cost(cols, held: np.ndarray, captured: np.ndarray, end: np.ndarray,
+               floor: np.ndarray) -> np.ndarray:
     """Per step, its expected duration (relative units): a linear cost of the batch it holds
-    (``_COST_COLUMNS``), fitted by non-negative least squares in relative error on the steps
-    whose start and end both show in the timings; tokens plus the median step's tokens where
-    fewer than ``_MIN_COST_FIT`` steps show both."""
+    (``_COST_COLUMNS``) plus a graph-capture term, fitted by non-negative least squares in
+    relative error on the steps whose start and end both show in the timings; tokens plus the
+    median step's tokens where fewer than ``_MIN_COST_FIT`` steps show both."""
     from scipy.optimize import nnls
 
     own = np.column_stack([np.ones(len(held))] + [cols[c] for c in _COST_COLUMNS]).astype(float)
     x = np.where(held[:, None] >= 0, own[np.maximum(held, 0)], 0.0)
     x[:, 0] = 1.0
+    x = np.column_stack((x, captured.astype(float)))
     duration = np.diff(end, prepend=np.nan)
     previous = np.concatenate(([np.nan], end[:-1]))
     known = np.isfinite(duration) & (duration > 0) & (held >= 0) & (previous >= floor - 1e-9)
@@ -540,14 +547,13 @@ def _fill_ends(end: np.ndarray, weight: np.ndarray, floor: np.ndarray) -> np.nda
 # CUDA-graph captures: the engine policy's step hook replayed over the rebuilt batches
 # ---------------------------------------------------------------------------------------------
 
-def _captures(cols: dict, run: Mapping, spec: EngineSpec) -> np.ndarray:
+def _replayed_captures(cols: dict, run: Mapping, spec: EngineSpec) -> np.ndarray | None:
     """Per step, whether it captured a CUDA graph: the first step of each graph key, as the
     simulator policy's step hook keys them (padded query tokens, KV read, ...) for the run's
-    configuration; where the engine has no policy or the run no usable configuration, steps
-    far slower than their neighbours."""
+    configuration; ``None`` where the engine has no policy or the run no usable configuration."""
     replay = _capture_replay(run, spec)
     if replay is None:
-        return _slow_steps(cols["duration_ms"])
+        return None
     hook, params, state, replica = replay
     n_steps, fast_path = _replica_columns()
     q = cols["prefill_tokens"] + cols["decode_tokens"]
