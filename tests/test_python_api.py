@@ -1,4 +1,4 @@
-"""The Python API: docs/python_api.md's example runs as written (real workspace, real training,
+"""The Python API: the README's example runs as written (real workspace, real training,
 real MLflow store); results are typed and agree with the CLI; ``import servetune`` stays light."""
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import pytest
 import servetune
 from servetune import ConfigError
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "python_api.md"
+DOC = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _example_code() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
-    assert len(blocks) == 1, "docs/python_api.md should have exactly one Python example"
-    return blocks[0]
+    block = re.search(r"<!-- python-example -->\s*```python\n(.*?)```",
+                      DOC.read_text(encoding="utf-8"), re.S)
+    assert block, "README.md has no <!-- python-example --> Python block"
+    return block.group(1)
 
 
 @pytest.fixture(scope="module")
