@@ -152,16 +152,18 @@ def swapped(rebuilt, real, pairs, names) -> pd.DataFrame:
     return out
 
 
-def training_frame(steps: pd.DataFrame, runs: pd.DataFrame, *, min_confidence: float = 0.0
-                   ) -> pd.DataFrame:
+def training_frame(steps: pd.DataFrame, runs: pd.DataFrame, *, min_confidence: float = 0.0,
+                   keep: np.ndarray | None = None) -> pd.DataFrame:
     """Steps with their run knobs and previous step, graph-capture steps dropped (as
-    ``load_training_frame`` does), and rebuilt steps below ``min_confidence`` (after the
-    previous step is taken, so it stays the batch the engine ran)."""
+    ``load_training_frame`` does), and rebuilt steps below ``min_confidence`` or outside
+    ``keep`` (after the previous step is taken, so it stays the batch the engine ran)."""
     frame = add_previous_step(join_knobs(steps, runs[["run_id", *RUN_KNOB_COLUMNS]]))
-    keep = (frame.duration_ms > 0) & ~pd.Series(graph_captured(frame), index=frame.index)
+    kept = (frame.duration_ms > 0).to_numpy() & ~graph_captured(frame)
     if min_confidence > 0:
-        keep &= confidence(frame) >= min_confidence
-    return frame[keep].reset_index(drop=True)
+        kept &= confidence(frame) >= min_confidence
+    if keep is not None:
+        kept &= keep
+    return frame[kept].reset_index(drop=True)
 
 
 def confidence(steps: pd.DataFrame) -> np.ndarray:
@@ -209,6 +211,11 @@ def column_ablation(steps, rebuilt, runs, test, test_runs) -> dict:
     for label, names in variants.items():
         frame = swapped(ours, real, pairs, names).drop(columns=list(PREV_COLUMNS))
         out[label] = fit_and_score(training_frame(frame, runs), test, test_runs)["mape"]
+    matched = np.zeros(len(ours), dtype=bool)
+    matched[pairs[1]] = True
+    frame = swapped(ours, real, pairs, SWAPPED_COLUMNS).drop(columns=list(PREV_COLUMNS))
+    out["all of them, unmatched steps left out"] = fit_and_score(
+        training_frame(frame, runs, keep=matched), test, test_runs)["mape"]
     return out
 
 
