@@ -5,8 +5,10 @@ An engine emits the tokens of one step together, so the emission instants of all
 A cluster's members are that step's batch: a request emitting its first token finished its
 prompt there, the others decoded. Steps that emit nothing (prefill chunks that finish no prompt
 while no sequence decodes, or while prefill-first starves the decodes) are inserted where the
-prompts placed by the engine's policy need more budget than the visible steps had; they share
-the duration of the gap they fall in, with a low confidence.
+prompts placed by the engine's policy need more budget than the visible steps had; the gap they
+fall in is split by a per-run linear step cost fitted on the steps whose both ends show, and they
+get a low confidence. With CUDA graphs, the steps that captured one are those the engine
+policy's step hook (the simulator's) calls new graph keys, replayed over the rebuilt batches.
 
 Assumes no preemption (a recomputed request decodes again, which the timings cannot show).
 
