@@ -38,7 +38,8 @@ def command() -> None:
 @click.option("--model", default="llama-1b-like", show_default=True,
               help="Architecture preset (random weights, no download) or a local model directory.")
 @click.option("--dtype", default="bfloat16", show_default=True,
-              type=click.Choice(["bfloat16", "float16", "float32"]))
+              type=click.Choice(["bfloat16", "float16", "float32"]),
+              help="Weights and activations dtype of the model.")
 @click.option("--attn", "attn_implementation", default="paged|sdpa", show_default=True,
               help="Attention implementation (transformers name).")
 @click.option("--device", default="cuda", show_default=True, help="torch device (cuda, cuda:1, cpu).")
@@ -130,7 +131,9 @@ def build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed
 
 @command.command("merge")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory the merged steps/requests/runs.parquet are written to "
+                   "(created if missing).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def merge(dirs: tuple[str, ...], out_dir: str, as_json: bool) -> None:
     """Concatenate collector outputs (DIRS) into one set of three Parquet files in --out."""
