@@ -1,12 +1,12 @@
 """Parallel dispatch efficiency: 8 candidates over 4 service groups vs 2 candidates on 1 group.
 
 Both configurations run side by side in one process, interleaved ``--rounds`` times, against
-real sshd test hosts on loopback (one per group; tests/_helpers_hardware.py). Each candidate is
+real sshd test hosts on loopback (one per group; ``servetune.testing.SshKit``). Each candidate is
 started over SSH in its own session, health-checked, warmed up, benchmarked with the first
 ``--requests`` requests of the real Splitwise conversation trace (rescaled to ``--qps``, output
-lengths capped at ``--max-output``), and stopped. The served process is the helper's scripted
-OpenAI-compatible streaming server (fixed TTFT and per-token pace, no model computation): this
-machine has 2 CPU cores, so real model servers in 4 groups would measure CPU contention rather
+lengths capped at ``--max-output``), and stopped. The served process is the scripted
+OpenAI-compatible streaming server (``python -m servetune.testing.scripted_server``: fixed TTFT
+and per-token pace, no model computation): this machine has 2 CPU cores, so real model servers in 4 groups would measure CPU contention rather
 than the dispatcher, whereas on a GPU cluster every group has its own hardware.
 
 With perfect parallelism 8 candidates over 4 groups take as long as 2 candidates on 1 group;
@@ -30,14 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import servetune  # noqa: E402
-from _helpers_hardware import SshKit, free_port, session_alive, sshd_unavailable_reason  # noqa: E402
-from servetune.data import Workload, resolve_workload  # noqa: E402
-from servetune.data._benchmark_record import RESULTS_DIR, write_record  # noqa: E402
-from servetune.tuner.hardware import (  # noqa: E402
+import servetune
+from servetune.data import Workload, resolve_workload
+from servetune.data._benchmark_record import RESULTS_DIR, write_record
+from servetune.testing import SshKit, free_port, session_alive, sshd_unavailable_reason
+from servetune.tuner.hardware import (
     Candidate,
     ClientOptions,
     ClusterSpec,
@@ -50,7 +47,7 @@ from servetune.tuner.hardware import (  # noqa: E402
 )
 
 TRACE = Path(servetune.__file__).resolve().parent.parent / "shared/workloads/splitwise_conv.csv"
-HELPER = str(ROOT / "tests" / "_helpers_hardware.py")
+SERVER = (sys.executable, "-m", "servetune.testing.scripted_server")
 
 
 def workload(requests: int, qps: float, max_output: int) -> Workload:
@@ -66,7 +63,7 @@ def run_once(kit: SshKit, hosts, n_groups: int, n_candidates: int, work: Path, w
         ServiceGroupSpec(f"g{i}", (NodeSpec("127.0.0.1", port=hosts[i].port, user="root",
                                             key=kit.user_key, work_dir=str(work / f"g{i}")),),
                          service_port=free_port(),
-                         start_command=(sys.executable, HELPER, "--ttft-ms", str(args.ttft_ms),
+                         start_command=(*SERVER, "--ttft-ms", str(args.ttft_ms),
                                         "--token-ms", str(args.token_ms)))
         for i in range(n_groups))
     cluster = ClusterSpec(groups=groups, engine="script", model="m", health_timeout_s=30,

@@ -1,10 +1,10 @@
 """Ingest a 1,000,000-request ``vllm bench serve --save-detailed`` result through the real CLI.
 
-The result file is generated in vLLM's layout (tests/_helpers_data.py: request lengths drawn
-from the real Splitwise conversation trace, ~12.5 ms gamma-distributed ITLs, generated texts),
-then ``servetune --workspace W ingest FILE --json`` runs as a child process; its wall time and
-peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``; the generator runs in this process, so the
-children's figure is the ingest alone) are reported. Side by side, on a 100,000-request file,
+The result file is generated in vLLM's layout (``servetune.testing.write_vllm_result``: request
+lengths drawn from the real Splitwise conversation trace, ~12.5 ms gamma-distributed ITLs,
+generated texts), then ``servetune --workspace W ingest FILE --json`` runs as a child process;
+its wall time and peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``; the generator runs in this
+process, so the children's figure is the ingest alone) are reported. Side by side, on a 100,000-request file,
 the same ingest is compared with a plain ``json.load`` of that file (the naive approach).
 
 Usage:
@@ -25,10 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from _helpers_data import servetune_command, write_vllm_result  # noqa: E402
+from servetune.testing import servetune_command, write_vllm_result
 
 GIB = 1 << 30
 

@@ -18,7 +18,7 @@ Usage:
     python benchmarks/train_step_time.py [--json-out results.json] [--feature-set NAME]
                                          [--synthetic]
 
-``--synthetic`` uses generated traces (tests/_helpers_models.py) and exists only to develop this
+``--synthetic`` uses generated traces (``servetune.testing.synthetic_traces``) and exists only to develop this
 script; its numbers are not a measurement of anything real.
 """
 
@@ -217,8 +217,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="servetune-bench-") as tmp:
         tmp = Path(tmp)
         if args.synthetic:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from _helpers_models import synthetic_traces
+            from servetune.testing import synthetic_traces
 
             ws = _workspace_with(synthetic_traces(n_runs=24, steps_per_run=900), tmp / "ws")
         else:
