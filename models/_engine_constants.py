@@ -97,6 +97,9 @@ class EngineConstants:
         kv_bytes_per_token: KV cache bytes per token per device.
         h2d_gb_per_s: the host-to-device bandwidth of async batching's per-step copy of its
             static inputs (:func:`fit_h2d_bandwidth`); None when no training run copied enough.
+        activation_gib: the activation peak the engine reserves before sizing its KV cache
+            (vLLM's profiling run; GiB per device); None unless the training runs record it
+            (transformers sizes its cache without this term).
         sources: per value above, where it came from (or why it is None).
         n_runs: training runs it was computed from.
     """
@@ -108,6 +111,7 @@ class EngineConstants:
     model_weights_gib: float | None = None
     kv_bytes_per_token: int | None = None
     h2d_gb_per_s: float | None = None
+    activation_gib: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     n_runs: int = 0
 
@@ -117,7 +121,7 @@ class EngineConstants:
         if other is None:
             return self
         names = ("capture_sync", "capture_async", "gpu_name", "gpu_memory_gib",
-                 "model_weights_gib", "kv_bytes_per_token", "h2d_gb_per_s")
+                 "model_weights_gib", "kv_bytes_per_token", "h2d_gb_per_s", "activation_gib")
         taken = {n: getattr(other, n) for n in names
                  if getattr(self, n) is None and getattr(other, n) is not None}
         sources = {**self.sources, **{n: "from the base model (calibration data lacks it)"
@@ -135,7 +139,7 @@ class EngineConstants:
 
     def memory_config(self) -> dict:
         """The known ``MEMORY_KEYS`` values and the H2D bandwidth (simulation keys)."""
-        return {k: getattr(self, k) for k in (*MEMORY_KEYS, "h2d_gb_per_s")
+        return {k: getattr(self, k) for k in (*MEMORY_KEYS, "h2d_gb_per_s", "activation_gib")
                 if getattr(self, k) is not None}
 
     def hardware(self) -> dict:
@@ -154,7 +158,7 @@ class EngineConstants:
                 "gpu_name": self.gpu_name, "gpu_memory_gib": self.gpu_memory_gib,
                 "model_weights_gib": self.model_weights_gib,
                 "kv_bytes_per_token": self.kv_bytes_per_token,
-                "h2d_gb_per_s": self.h2d_gb_per_s,
+                "h2d_gb_per_s": self.h2d_gb_per_s, "activation_gib": self.activation_gib,
                 "sources": dict(self.sources), "n_runs": self.n_runs}
 
     @classmethod
@@ -171,6 +175,7 @@ class EngineConstants:
                    model_weights_gib=data.get("model_weights_gib"),
                    kv_bytes_per_token=None if kv is None else int(kv),
                    h2d_gb_per_s=data.get("h2d_gb_per_s"),
+                   activation_gib=data.get("activation_gib"),
                    sources=dict(data.get("sources") or {}), n_runs=int(data.get("n_runs", 0)))
 
     @classmethod

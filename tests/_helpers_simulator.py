@@ -30,7 +30,7 @@ SAMPLE_CONSTANTS = EngineConstants(
     capture_sync=CaptureCost(59.8, 0.0060, 0.000079, 0.00074, 0.32),
     capture_async=CaptureCost(66.2, 0.0195, 0.00041, 0.0, 0.57),
     gpu_name="NVIDIA H200", gpu_memory_gib=140.0, model_weights_gib=2.3,
-    kv_bytes_per_token=32768)
+    kv_bytes_per_token=32768, activation_gib=2.0)
 
 
 def with_constants(model: CompiledStepTime, constants: EngineConstants | None

@@ -161,14 +161,15 @@ def test_a_model_without_constants_is_refused_with_the_keys_to_set():
                                           r"--set cuda_graph_capture_ms=VALUE.*servetune train"):
         Simulator("transformers", {"num_blocks": 100, "use_cuda_graph": True,
                                    "use_async_batching": True}, old)
-    with pytest.raises(ConfigError, match=r"vllm: .*--set kv_bytes_per_token=VALUE"):
+    with pytest.raises(ConfigError, match=r"vllm: .*--set kv_bytes_per_token=VALUE "
+                                          r"--set activation_gib=VALUE"):
         Simulator("vllm", {}, old)
     # explicit values are enough, and eager runs need no capture cost
     Simulator("transformers", {"num_blocks": 100}, old)
     explicit = dict(zip(CAPTURE_KEYS, (50.0, 0.0, 0.0, 1.0)))
     Simulator("transformers", {"num_blocks": 100, "use_cuda_graph": True, **explicit}, old)
     Simulator("vllm", {"gpu_memory_gib": 80, "model_weights_gib": 16,
-                       "kv_bytes_per_token": 131072}, old)
+                       "kv_bytes_per_token": 131072, "activation_gib": 2.0}, old)
 
 
 def test_an_older_registry_entry_loads_without_constants(trained):

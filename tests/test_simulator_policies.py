@@ -85,4 +85,9 @@ def test_vllm_blocks_from_memory_or_override():
     assert policy.params(policy.resolve({"num_gpu_blocks_override": 77}))[1] == 77
     with pytest.raises(ConfigError, match="no memory left for the KV cache"):
         policy.params(policy.resolve({"gpu_memory_utilization": 0.01, "gpu_memory_gib": 140,
-                                      "model_weights_gib": 2.5, "kv_bytes_per_token": 32768}))
+                                      "model_weights_gib": 2.5, "kv_bytes_per_token": 32768,
+                                      "activation_gib": 2.0}))
+    # no activation peak in the code: the configuration or the model's constants give it
+    with pytest.raises(ConfigError, match="needs activation_gib"):
+        policy.params(policy.resolve({"gpu_memory_gib": 140, "model_weights_gib": 2.5,
+                                      "kv_bytes_per_token": 32768}))

@@ -377,8 +377,9 @@ _VLLM_SIM_KNOBS = (
          "model's training GPU)", minimum=0.1, nullable=True),
     Knob("model_weights_gib", float, None, "model weights per device (GiB; default: the "
          "step-time model's training model)", minimum=0.0, nullable=True),
-    Knob("activation_gib", float, 2.0, "activation peak reserved at profiling (GiB)",
-         minimum=0.0),
+    Knob("activation_gib", float, None, "activation peak vLLM's profiling run reserves "
+         "(GiB; it depends on the model and max_num_batched_tokens: the server log's memory "
+         "profiling line gives it)", minimum=0.0, nullable=True),
     Knob("kv_bytes_per_token", int, None, "KV cache bytes per token per device (layers x 2 x "
          "kv_heads x head_dim x dtype bytes / tp; default: the step-time model's training "
          "model)", minimum=1, nullable=True),
@@ -391,7 +392,8 @@ def vllm_num_blocks(c: Mapping[str, object]) -> int:
     """KV blocks per replica: the override, else what fits in the memory vLLM may use."""
     if c["num_gpu_blocks_override"] is not None:
         return int(c["num_gpu_blocks_override"])
-    _require("vllm", c, ("gpu_memory_gib", "model_weights_gib", "kv_bytes_per_token"),
+    _require("vllm", c, ("gpu_memory_gib", "model_weights_gib", "kv_bytes_per_token",
+                         "activation_gib"),
              "the KV cache size", " (or --set num_gpu_blocks_override=N)")
     free = (c["gpu_memory_gib"] * c["gpu_memory_utilization"] - c["model_weights_gib"]
             - c["activation_gib"]) * 2**30
