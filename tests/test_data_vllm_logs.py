@@ -249,3 +249,28 @@ def test_data_parallel_ranks_keep_their_own_counters_and_bad_utf8_names_its_line
     with pytest.raises(InputError, match=r"\(line 8\)") as caught:
         ingest_paths(store, [bad], default_registry())
     assert caught.value.row == 8
+
+
+# Three lines of a real vLLM server's output, as posted by the author of the feature in
+# vllm-project/vllm pull request #31193 ("[Feature] Add iteration level logging and enhance nvtx
+# marker", 2025-12-23): the engine-core variant, from a real run, not built from the format.
+REAL_LINES = """\
+(EngineCore_DP0 pid=2010410) INFO 12-22 21:44:40 [core.py:349] Iteration(515): 0 context requests, 0 context tokens, 20 generation requests, 20 generation tokens, iteration elapsed time: 10.99 ms
+(EngineCore_DP0 pid=2010410) INFO 12-22 21:44:40 [core.py:349] Iteration(516): 0 context requests, 0 context tokens, 20 generation requests, 20 generation tokens, iteration elapsed time: 10.95 ms
+(EngineCore_DP0 pid=2010410) INFO 12-22 21:44:40 [core.py:349] Iteration(517): 0 context requests, 0 context tokens, 20 generation requests, 20 generation tokens, iteration elapsed time: 10.79 ms
+"""
+
+
+def test_lines_of_a_real_vllm_server_parse():
+    from servetune.data.adapters._vllm_log_lines import parse_iteration, split_line
+
+    parsed = []
+    for text in REAL_LINES.splitlines():
+        line = split_line(text)
+        assert line.process == "EngineCore_DP0"
+        assert (line.time.month, line.time.day, line.time.hour) == (12, 22, 21)
+        parsed.append(parse_iteration(line.message))
+    assert [p.index for p in parsed] == [515, 516, 517]
+    assert [p.elapsed_ms for p in parsed] == [10.99, 10.95, 10.79]
+    assert all(p.ctx_requests == 0 and p.ctx_tokens == 0 and p.gen_requests == 20
+               and p.gen_tokens == 20 and not p.dummy for p in parsed)
