@@ -10,12 +10,11 @@ import time
 
 import pytest
 from _helpers_data import servetune_command
-from _helpers_models import synthetic_traces
+from _helpers_models import trained_synthetic_workspace
 from _helpers_tuner import BowlEvaluator
 
 from servetune.cli._table import format_table, short_header
-from servetune.data import TraceStore, Workspace
-from servetune.models import TrainConfig, train_step_time_model
+from servetune.data import Workspace
 from servetune.tuner import SearchSpace, Study
 
 WORKLOAD = "poisson:rate=40,n=150,input=lognormal:600:0.8:3000,output=lognormal:80:0.6:400"
@@ -30,13 +29,9 @@ def _servetune(*args: str) -> subprocess.CompletedProcess:
 def workspace(tmp_path_factory) -> Workspace:
     """A trained workspace with a finished study ``done`` (servetune tune) and an unfinished
     one ``half`` (2 of 12 iterations)."""
-    ws = Workspace.resolve(tmp_path_factory.mktemp("studies") / "ws")
-    steps, runs = synthetic_traces(n_runs=8, steps_per_run=250, seed=0)
-    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="generated",
-                                        sha256="generated-0", format="test")
-    train_step_time_model(ws, config=TrainConfig(n_trials=1, n_jobs=1,
-                                                 estimator_params={"n_estimators": 60}),
-                          progress=False)
+    ws, _ = trained_synthetic_workspace(tmp_path_factory.mktemp("studies"), n_runs=8,
+                                        steps_per_run=250, num_blocks=None, n_jobs=1,
+                                        estimator_params={"n_estimators": 60})
     out = _servetune("--workspace", str(ws.root), "tune", "--workload", WORKLOAD, "--particles",
                      "5", "--iterations", "3", "--top-k", "3", "--study", "done", "--set",
                      "num_blocks=4096", "--no-mlflow")

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from _helpers_models import synthetic_traces
+from _helpers_models import trained_synthetic_workspace
 
 from servetune import ConfigError
-from servetune.data import TraceStore, Workspace
-from servetune.models import TrainConfig, train_step_time_model
+from servetune.data import Workspace
 from servetune.tuner import Study
 from servetune.tuner._job import load_space
 from servetune.tuner._limits import MAX_EVALUATIONS
@@ -82,13 +81,9 @@ def test_grid_within_the_limit_is_built(tmp_path):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Workspace:
-    ws = Workspace.resolve(tmp_path_factory.mktemp("grid") / "ws")
-    steps, runs = synthetic_traces(n_runs=6, steps_per_run=200, seed=0)
-    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="generated",
-                                        sha256="generated-0", format="test")
-    train_step_time_model(ws, config=TrainConfig(n_trials=1, n_jobs=1,
-                                                 estimator_params={"n_estimators": 30}),
-                          progress=False)
+    ws, _ = trained_synthetic_workspace(tmp_path_factory.mktemp("grid"), n_runs=6,
+                                        steps_per_run=200, num_blocks=None, n_jobs=1,
+                                        estimator_params={"n_estimators": 30})
     return ws
 
 

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from _helpers_models import synthetic_traces
+from _helpers_models import trained_synthetic_workspace
 
 from servetune import ConfigError, ServetuneError
-from servetune.data import TraceStore, Workspace
-from servetune.models import TrainConfig, train_step_time_model
+from servetune.data import Workspace
 from servetune.tuner import SearchSpace, Study
 from servetune.tuner._job import require_result
 
@@ -37,13 +36,9 @@ on_violation = "penalise"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Workspace:
-    ws = Workspace.resolve(tmp_path_factory.mktemp("infeasible") / "ws")
-    steps, runs = synthetic_traces(n_runs=6, steps_per_run=200, seed=0)
-    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="generated",
-                                        sha256="generated-0", format="test")
-    train_step_time_model(ws, config=TrainConfig(n_trials=1, n_jobs=1,
-                                                 estimator_params={"n_estimators": 30}),
-                          progress=False)
+    ws, _ = trained_synthetic_workspace(tmp_path_factory.mktemp("infeasible"), n_runs=6,
+                                        steps_per_run=200, num_blocks=None, n_jobs=1,
+                                        estimator_params={"n_estimators": 30})
     return ws
 
 

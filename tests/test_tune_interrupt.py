@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 from _helpers_data import servetune_command
-from _helpers_models import synthetic_traces
+from _helpers_models import trained_synthetic_workspace
 
-from servetune.data import TraceStore, Workspace
-from servetune.models import TrainConfig, train_step_time_model
 from servetune.tuner import Study
 
 # 30 x 200 = 6,000 simulations of the default 2,000-request workload: minutes, never done
@@ -27,13 +25,9 @@ EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A workspace with a champion step-time model (trained once for the module)."""
-    ws = Workspace.resolve(tmp_path_factory.mktemp("interrupt") / "trained")
-    steps, runs = synthetic_traces(n_runs=8, steps_per_run=250, seed=0)
-    TraceStore.for_workspace(ws).ingest({"steps": steps, "runs": runs}, source="generated",
-                                        sha256="generated-0", format="test")
-    train_step_time_model(ws, config=TrainConfig(n_trials=1, n_jobs=1,
-                                                 estimator_params={"n_estimators": 60}),
-                          progress=False)
+    ws, _ = trained_synthetic_workspace(tmp_path_factory.mktemp("interrupt"), n_runs=8,
+                                        steps_per_run=250, num_blocks=None, n_jobs=1,
+                                        estimator_params={"n_estimators": 60})
     return ws.root
 
 
