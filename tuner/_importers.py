@@ -30,11 +30,10 @@ Example:
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from servetune import ConfigError
-from servetune.tuner._space import SearchSpace
+from servetune.tuner._space import SearchSpace, read_toml
 
 __all__ = ["import_llmservingtuner", "import_auto_tuning_vllm", "import_space", "IMPORT_FORMATS"]
 
@@ -53,7 +52,7 @@ def import_llmservingtuner(path: str | Path, *, engine: str | None = None,
         name: the space name (default: the file stem).
     """
     path = Path(path)
-    data = _read_toml(path)
+    data = read_toml(path)
     engine_name, sources = _lst_sources(data, engine, path)
     params: dict = {}
     fixed: dict = {}
@@ -259,7 +258,7 @@ def import_space(path: str | Path, fmt: str | None = None) -> SearchSpace:
 def _guess_format(path: Path) -> str:
     if path.suffix in (".yaml", ".yml"):
         return "auto-tuning-vllm"
-    data = _read_toml(path)
+    data = read_toml(path)
     if "params" in data:
         return "servetune"
     if "optimizer_config_field" in data or any(
@@ -267,19 +266,6 @@ def _guess_format(path: Path) -> str:
         return "llmservingtuner"
     raise ConfigError(f"{path}: not a servetune space ([params]) nor an LLMServingTuner config "
                       "([[optimizer_config_field]]); pass the format explicitly")
-
-
-def _read_toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
 
 
 #: upstream ``Settings`` sections: engines (``-e``) and benchmarks (``-b``) with a target_field

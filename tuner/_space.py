@@ -59,7 +59,7 @@ from servetune.tuner._expr import Expression
 from servetune.tuner._limits import check_grid_size
 
 __all__ = ["Param", "Constraint", "Point", "SearchSpace", "PARAM_KINDS", "builtin_spaces",
-           "FIELD_NAME"]
+           "FIELD_NAME", "read_toml"]
 
 PARAM_KINDS = ("int", "float", "bool", "enum")
 _GRID_LIMIT = 2_000_000
@@ -69,6 +69,21 @@ _FEASIBILITY_SAMPLES = 512
 #: what a field name may look like (a knob, ``env.NAME``, a dotted config key)
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
+
+
+def read_toml(path: Path, what: str = "file") -> dict:
+    """The TOML document at ``path``; ConfigError naming the file for a missing, unreadable,
+    malformed or too deeply nested one (``what`` names the file's role)."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
 
 @dataclass(frozen=True)
 class Param:
@@ -416,17 +431,7 @@ class SearchSpace:
     def from_toml(cls, path: str | Path) -> "SearchSpace":
         """Read a space from a TOML file."""
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: search space file not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the search space ({exc.strerror})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_toml(path, "search space file"), source=str(path))
 
     @classmethod
     def builtin(cls, name: str) -> "SearchSpace":
