@@ -35,14 +35,17 @@ import time
 from pathlib import Path
 
 # the collector's sample configuration g-fifo-512-bs64-sync (fifo, sync, CUDA graphs), which
-# `transformers serve` can express with its --cb-* flags
+# `transformers serve` can express with its --cb-* flags (rendered by the engine spec)
 CONFIG = {"max_batch_tokens": 512, "block_size": 64, "num_blocks": 4096, "use_cuda_graph": True}
-SERVE_FLAGS = ["--cb-max-batch-tokens", "512", "--cb-block-size", "64", "--cb-num-blocks",
-               "4096", "--cb-use-cuda-graph"]
 WORKLOAD = "poisson:rate=12,n=100,input=lognormal:384:0.8:3072,output=uniform:32:256"
 SEED = 11
 VOCAB = 32000
 PORT = 8321
+
+
+def served_config(device: str) -> dict:
+    """:data:`CONFIG`, without CUDA graphs on a CPU (the smoke run)."""
+    return CONFIG if device != "cpu" else {**CONFIG, "use_cuda_graph": False}
 
 
 def build_model(directory: Path, *, tiny: bool = False) -> Path:
@@ -84,11 +87,15 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
     from servetune.data import synthetic_workload
     from servetune.tuner.hardware._client import ClientOptions, replay
 
-    program = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
-    argv = [program, "serve", str(model_dir), "--continuous-batching", "--host",
+    from servetune.data.engines import TRANSFORMERS_CB
+
+    flags = list(TRANSFORMERS_CB.check_launchable(served_config(device), unapplied="error").flags)
+    name, *sub = TRANSFORMERS_CB.program
+    program = shutil.which(name) or str(Path(sys.executable).parent / name)
+    argv = [program, *sub, str(model_dir), *TRANSFORMERS_CB.fixed_args, "--host",
             "127.0.0.1", "--port", str(PORT), "--dtype", "bfloat16", "--device", device,
             "--attn-implementation", "sdpa",  # CB serves it through the paged cache
-            *(SERVE_FLAGS if device != "cpu" else SERVE_FLAGS[:-1])]
+            *flags]
     log = open(out / "serve.log", "w")
     server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -127,8 +134,7 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
 def collect(model_dir: Path, out: Path, device: str) -> None:
     """The collector on the same model directory, configuration and workload."""
     sweep = out / "sweep.toml"
-    config = CONFIG if device != "cpu" else {**CONFIG, "use_cuda_graph": False}
-    knobs = "\n".join(f"{k} = {json.dumps(v)}" for k, v in config.items())
+    knobs = "\n".join(f"{k} = {json.dumps(v)}" for k, v in served_config(device).items())
     sweep.write_text(f'[[config]]\nname = "served-config"\nscheduler_type = "fifo"\n'
                      f'use_async_batching = false\n{knobs}\n\n[[workload]]\nname = "poisson12"\n'
                      f'spec = "{WORKLOAD}"\nseed = {SEED}\n')
