@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 # the collector's sample configuration g-fifo-512-bs64-sync (fifo, sync, CUDA graphs), which
 # `transformers serve` can express with its --cb-* flags (rendered by the engine spec)
 CONFIG = {"max_batch_tokens": 512, "block_size": 64, "num_blocks": 4096, "use_cuda_graph": True}
-WORKLOAD = "poisson:rate=12,n=100,input=lognormal:384:0.8:3072,output=uniform:32:256"
+WORKLOAD = os.environ.get("HTTP_RECON_WORKLOAD", "poisson:rate=12,n=100,input=lognormal:384:0.8:3072,output=uniform:32:256")
 SEED = 11
 VOCAB = 32000
 PORT = 8321
@@ -91,11 +90,14 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
 
     flags = list(TRANSFORMERS_CB.check_launchable(served_config(device), unapplied="error").flags)
     name, *sub = TRANSFORMERS_CB.program
-    program = shutil.which(name) or str(Path(sys.executable).parent / name)
-    argv = [program, *sub, str(model_dir), *TRANSFORMERS_CB.fixed_args, "--host",
-            "127.0.0.1", "--port", str(PORT), "--dtype", "bfloat16", "--device", device,
-            "--attn-implementation", "sdpa",  # CB serves it through the paged cache
-            *flags]
+    serve_args = [str(model_dir), *TRANSFORMERS_CB.fixed_args, "--host", "127.0.0.1", "--port",
+                  str(PORT), "--dtype", "bfloat16", "--device", device,
+                  "--attn-implementation", "sdpa",  # CB serves it through the paged cache
+                  *flags]
+    # the same `transformers serve` command line, run by the collector's launcher that records
+    # the engine's steps in the server process (servetune.data.collect serve-recorded)
+    argv = [sys.executable, "-m", "servetune.data.collect", "serve-recorded", "--steps-out",
+            str(out / "served_steps.parquet"), "--", *serve_args]
     log = open(out / "serve.log", "w")
     server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -115,11 +117,12 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
         warm = synthetic_workload("poisson:rate=20,n=8,input=const:32,output=const:8", 1)
         asyncio.run(replay(base, warm, options))
         workload = synthetic_workload(WORKLOAD, SEED)
+        replay_start_unix = time.time()
         result = asyncio.run(replay(base, workload, options))
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            server.wait(timeout=120)
         log.close()
     rows = [{"request_id": r.request_id, "arrival_s": r.arrival_s, "sent_s": r.sent_s,
              "input_tokens": r.input_tokens, "prompt_tokens": r.prompt_tokens,
@@ -128,12 +131,13 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
             for r in result.requests]
     pd.DataFrame(rows).to_parquet(out / "http_requests.parquet")
     return {"requests": len(rows), "ok": sum(r.status == "ok" for r in result.requests),
-            "duration_s": result.duration_s}
+            "duration_s": result.duration_s, "replay_start_unix": replay_start_unix,
+            "program": [name, *sub]}
 
 
 def collect(model_dir: Path, out: Path, device: str) -> None:
     """The collector on the same model directory, configuration and workload."""
-    sweep = out / "sweep.toml"
+    sweep = model_dir / "sweep.toml"  # not in --out: the device returns only a few files
     knobs = "\n".join(f"{k} = {json.dumps(v)}" for k, v in served_config(device).items())
     sweep.write_text(f'[[config]]\nname = "served-config"\nscheduler_type = "fifo"\n'
                      f'use_async_batching = false\n{knobs}\n\n[[workload]]\nname = "poisson12"\n'
@@ -164,13 +168,14 @@ def compare(args) -> None:
     import numpy as np
     import pandas as pd
 
-    from servetune.data import reconstruct_steps
+    from servetune.data import compare_reconstruction, reconstruct_steps
     from servetune.data._benchmark_record import write_record
 
     root = Path(args.gpu_dir)
     info = json.loads((root / "info.json").read_text())
     runs = pd.read_parquet(root / "collector" / "runs.parquet")
-    recorded = pd.read_parquet(root / "collector" / "steps.parquet")
+    steps_path = root / "collector" / "steps.parquet"
+    recorded = pd.read_parquet(steps_path) if steps_path.exists() else None
     in_process = pd.read_parquet(root / "collector" / "requests.parquet")
     http = pd.read_parquet(root / "http_requests.parquet")
     run = runs.iloc[0]
@@ -185,13 +190,98 @@ def compare(args) -> None:
     figures = {"gpu": info["gpu"], "serve": info["serve"],
                "prompt_tokens_equal_requested": bool((http.prompt_tokens == http.input_tokens)
                                                      .all()),
-               "recorded": summary(recorded), "rebuilt_from_http": summary(from_http),
+               "rebuilt_from_http": summary(from_http),
                "rebuilt_in_process": summary(from_process)}
-    for name in ("rebuilt_from_http", "rebuilt_in_process"):
-        figures[f"{name}_vs_recorded"] = ratios(figures[name], figures["recorded"])
+    if recorded is not None:  # the collector's own steps (a separate run, same config/workload)
+        figures["recorded"] = summary(recorded)
+        for name in ("rebuilt_from_http", "rebuilt_in_process"):
+            figures[f"{name}_vs_recorded"] = ratios(figures[name], figures["recorded"])
+    served_path = root / "served_steps.parquet"
+    if served_path.exists():  # the same server's own steps, recorded in its process
+        served = served_window(pd.read_parquet(served_path), info["serve"]["replay_start_unix"])
+        figures["served_recorded"] = summary(served)
+        figures["rebuilt_from_http_vs_served"] = ratios(figures["rebuilt_from_http"],
+                                                        figures["served_recorded"])
+        # the served run against the collector's run of the same config and workload
+        figures["collector_reference"] = ("recorded steps" if recorded is not None else
+                                          "steps rebuilt from the collector's own requests "
+                                          "(its steps file was not brought back)")
+        figures["served_vs_collector"] = ratios(figures["served_recorded"],
+                                                figures.get("recorded",
+                                                            figures["rebuilt_in_process"]))
+        figures["in_order"] = in_order(served, from_http)
+        figures["step_by_step"] = {}
+        for tol in (1.0, 3.0):
+            shifted, lags = track_delivery_lag(served, from_http, tolerance_ms=tol)
+            figures["step_by_step"][f"{tol:g}ms"] = {
+                **compare_reconstruction(served, shifted, tolerance_ms=tol),
+                "client_lag_ms": {q: float(np.percentile(lags, q)) for q in (10, 50, 90)}}
     print(json.dumps(figures, indent=1, default=str))
     write_record("http_reconstruction", figures, args=args,
                  measured_on=[info["gpu"]])
+
+
+def served_window(steps, replay_start_unix: float):
+    """The served steps that started after the measured replay began, on its clock."""
+    window = steps[steps.start_unix >= replay_start_unix].copy()
+    window["start_s"] = window.start_unix - replay_start_unix
+    return window.reset_index(drop=True)
+
+
+def track_delivery_lag(served, rebuilt, *, tolerance_ms: float = 1.0):
+    """Each rebuilt step's end on the server's clock, following the client's lag as it drifts.
+
+    The rebuilt clock is the client's: tokens seen over HTTP, counted from the replay's start.
+    It lags the server's by the replay's start offset plus the delivery delay, which grows with
+    load, so one offset does not fit a whole run. The first lag is the one that lines up the
+    most of the first 50 step ends within ``tolerance_ms``; then, in time order, each rebuilt
+    end is moved by the current lag, and a match within ``tolerance_ms`` updates the lag.
+    Returns the shifted rebuilt steps and the lags at each match (ms)."""
+    import numpy as np
+
+    real_end = np.sort((served.start_s + served.duration_ms / 1e3).to_numpy())
+    ends = (rebuilt.start_s + rebuilt.duration_ms / 1e3).to_numpy()
+    order = np.argsort(ends, kind="stable")
+    tol = tolerance_ms / 1e3
+
+    def nearest(t):
+        pos = int(np.clip(np.searchsorted(real_end, t), 1, len(real_end) - 1))
+        return min(real_end[pos - 1], real_end[pos], key=lambda r: abs(r - t))
+
+    head = ends[order[:50]]
+    candidates = (head[:, None] - real_end[None, :50]).ravel()
+    score = [np.sum(np.abs(np.array([nearest(t) for t in head - c]) - (head - c)) <= tol)
+             for c in candidates]
+    lag = float(candidates[int(np.argmax(score))])
+    shifted, lags = ends.copy(), []
+    for i in order:
+        t = ends[i] - lag
+        r = nearest(t)
+        if abs(r - t) <= tol:
+            lag = 0.8 * lag + 0.2 * (ends[i] - r)
+            lags.append((ends[i] - r) * 1e3)
+        shifted[i] = t
+    moved = rebuilt.assign(start_s=shifted - rebuilt.duration_ms / 1e3)
+    return moved, np.array(lags)
+
+
+def in_order(served, rebuilt) -> dict | None:
+    """Step i against step i (both in time order), when the two counts are equal: the share of
+    steps with the same decode count and prefill tokens, the duration error, and the client's
+    lag behind the server at each step end (the replay's start offset plus delivery delay)."""
+    import numpy as np
+
+    if len(served) != len(rebuilt):
+        return None
+    a = served.sort_values("start_s").reset_index(drop=True)
+    b = rebuilt.sort_values("start_s").reset_index(drop=True)
+    error = np.abs(b.duration_ms - a.duration_ms) / a.duration_ms
+    lag = ((b.start_s + b.duration_ms / 1e3) - (a.start_s + a.duration_ms / 1e3)) * 1e3
+    return {"steps": len(a),
+            "decode_exact_share": float((a.num_decode_seqs == b.num_decode_seqs).mean()),
+            "prefill_exact_share": float((a.prefill_tokens == b.prefill_tokens).mean()),
+            "duration_error": {q: float(np.percentile(error, q)) for q in (50, 90, 99)},
+            "client_lag_ms": {q: float(np.percentile(lag, q)) for q in (1, 10, 50, 90, 99)}}
 
 
 def summary(steps) -> dict:

@@ -129,6 +129,22 @@ def build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed
     return SweepPlan(tuple(configs), tuple(workloads))
 
 
+@command.command("serve-recorded", context_settings={"ignore_unknown_options": True,
+                                                      "allow_interspersed_args": False})
+@click.option("--steps-out", required=True, type=click.Path(dir_okay=False),
+              help="Parquet file the recorded steps are written to when the server stops.")
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED)
+def serve_recorded_command(steps_out: str, serve_args: tuple[str, ...]) -> None:
+    """Run ``transformers serve SERVE_ARGS`` with every engine step recorded in-process.
+
+    The server is the unchanged ``transformers serve`` command line; on SIGTERM/SIGINT it shuts
+    down and the steps (with their wall-clock start) are written to --steps-out.
+    """
+    from servetune.data.collect._served import serve_recorded
+
+    serve_recorded(list(serve_args), steps_out)
+
+
 @command.command("merge")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
