@@ -106,7 +106,7 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
         deadline = time.time() + 300
         while time.time() < deadline:
             try:
-                if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

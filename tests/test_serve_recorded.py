@@ -1,0 +1,96 @@
+"""``python -m servetune.data.collect serve-recorded``: a real ``transformers serve`` (tiny random
+Llama on this CPU) with its engine steps recorded in the server process, stopped by SIGTERM.
+
+Requests go through servetune's streaming client over HTTP. The recorded steps must account for
+every prompt token the server reports, lie inside the wall-clock window of the replay, and the
+server must leave no process behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _helpers_hardware import free_port, make_tiny_model, session_alive  # noqa: E402
+
+from servetune.data import synthetic_workload  # noqa: E402
+from servetune.tuner.hardware._client import ClientOptions, replay  # noqa: E402
+
+pytest.importorskip("uvicorn")
+WORKLOAD = "poisson:rate=20,n=10,input=const:24,output=const:8"
+
+
+def wait_ready(base: str, server: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"serve-recorded exited early with {server.returncode}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("serve-recorded did not answer /health in time")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    model = make_tiny_model(root / "tiny")
+    port = free_port()
+    steps_out = root / "steps.parquet"
+    log = open(root / "serve.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "servetune.data.collect", "serve-recorded", "--steps-out",
+         str(steps_out), "--", str(model), "--continuous-batching", "--host", "127.0.0.1",
+         "--port", str(port), "--device", "cpu", "--dtype", "float32",
+         "--attn-implementation", "sdpa", "--cb-block-size", "16", "--cb-num-blocks", "256",
+         "--no-cb-use-cuda-graph"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, server)
+        began = time.time()
+        result = asyncio.run(replay(base, synthetic_workload(WORKLOAD, 3),
+                                    ClientOptions(model=str(model), seed=3)))
+        ended = time.time()
+        os.killpg(server.pid, signal.SIGTERM)
+        code = server.wait(timeout=120)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+    return {"result": result, "steps_out": steps_out, "began": began, "ended": ended,
+            "code": code, "pid": server.pid, "log": (root / "serve.log").read_text()}
+
+
+def test_sigterm_writes_the_steps_and_exits_cleanly(served):
+    assert served["code"] == 0, served["log"][-2000:]
+    assert served["steps_out"].exists()
+    assert session_alive(served["pid"]) == []
+
+
+def test_recorded_steps_account_for_every_prompt_token(served):
+    ok = [r for r in served["result"].requests if r.status == "ok"]
+    assert len(ok) == 10
+    steps = pd.read_parquet(served["steps_out"])
+    # the engine is created lazily by the first request, so every recorded step is a request's
+    assert steps.prefill_tokens.sum() == sum(r.prompt_tokens for r in ok)
+    assert (steps.num_prefill_seqs + steps.num_decode_seqs == steps.num_seqs).all()
+    assert steps.decode_tokens.sum() > 0
+    assert steps.start_unix.min() >= served["began"] - 1.0
+    assert steps.start_unix.max() <= served["ended"]
+    assert (steps.duration_ms > 0).all()
+    assert steps.start_s.is_monotonic_increasing
