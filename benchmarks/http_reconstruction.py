@@ -19,7 +19,7 @@ same way as the in-process reference.
     # GPU host, repository at /tmp/p/servetune:
     PYTHONPATH=/tmp/p python3 benchmarks/http_reconstruction.py gpu --out $OUT/http
     # here:
-    python benchmarks/http_reconstruction.py compare --gpu-dir DIR
+    python benchmarks/http_reconstruction.py compare --gpu-dir DIR [DIR ...]
 """
 
 from __future__ import annotations
@@ -165,13 +165,26 @@ def gpu(args) -> None:
 
 
 def compare(args) -> None:
+    """Every ``--gpu-dir`` (one GPU host's run each) compared; one record for all of them."""
+    from servetune.data._benchmark_record import write_record
+
+    hosts, gpus = {}, []
+    for directory in args.gpu_dir:
+        figures = host_figures(Path(directory))
+        hosts[Path(directory).name] = figures
+        gpus.append(figures["gpu"])
+    print(json.dumps(hosts, indent=1, default=str))
+    write_record("http_reconstruction", {"hosts": hosts}, args=args, measured_on=gpus)
+
+
+def host_figures(root: Path) -> dict:
+    """One host's figures: the HTTP rebuild against the served run's recorded steps, the
+    collector's run, and both rebuilds against the collector's recorded steps."""
     import numpy as np
     import pandas as pd
 
     from servetune.data import compare_reconstruction, reconstruct_steps
-    from servetune.data._benchmark_record import write_record
 
-    root = Path(args.gpu_dir)
     info = json.loads((root / "info.json").read_text())
     runs = pd.read_parquet(root / "collector" / "runs.parquet")
     steps_path = root / "collector" / "steps.parquet"
@@ -216,9 +229,23 @@ def compare(args) -> None:
             figures["step_by_step"][f"{tol:g}ms"] = {
                 **compare_reconstruction(served, shifted, tolerance_ms=tol),
                 "client_lag_ms": {q: float(np.percentile(lags, q)) for q in (10, 50, 90)}}
-    print(json.dumps(figures, indent=1, default=str))
-    write_record("http_reconstruction", figures, args=args,
-                 measured_on=[info["gpu"]])
+        collector = ("collector run, recorded in-process" if recorded is not None else
+                     "collector run, rebuilt from its requests")
+        figures["rows"] = {
+            "recorded in the served process": table_row(figures["served_recorded"],
+                                                        figures["served_recorded"]),
+            "rebuilt from the HTTP client's per-token times": table_row(
+                figures["rebuilt_from_http"], figures["served_recorded"]),
+            collector: table_row(figures.get("recorded", figures["rebuilt_in_process"]),
+                                 figures["served_recorded"])}
+    figures["host"] = root.name
+    return figures
+
+
+def table_row(steps_summary: dict, served: dict) -> dict:
+    """BENCHMARKS.md's row: a summary and its ratios to the served run's recorded steps."""
+    return {**steps_summary, "median_ms": steps_summary["duration_ms"][0.5],
+            "busy_s": steps_summary["total_ms"] / 1e3, "vs_served": ratios(steps_summary, served)}
 
 
 def served_window(steps, replay_start_unix: float):
@@ -315,7 +342,8 @@ def main() -> None:
     g.add_argument("--model-dir", default="/tmp/http-recon-model")
     g.add_argument("--device", default="cuda", help="cuda; cpu: a smoke run with a tiny model")
     c = sub.add_parser("compare")
-    c.add_argument("--gpu-dir", required=True)
+    c.add_argument("--gpu-dir", required=True, nargs="+",
+                   help="the gpu phase's --out of each host")
     args = parser.parse_args()
     (gpu if args.phase == "gpu" else compare)(args)
 

@@ -51,6 +51,15 @@ TABLES: dict[str, dict] = {
                     ("p50", "{held_out[p50_ape]:.2f}", "r"),
                     ("p90", "{held_out[p90_ape]:.2f}", "r"),
                     ("R²", "{held_out[r2]:.3f}", "r")]},
+    "http_reconstruction": {
+        "sources": [{"record": "http_reconstruction", "rows": "hosts/*/rows/*"}],
+        "columns": [("host", "{_up[host]}"), ("steps", "{_key}"),
+                    ("count", "{steps} ({vs_served[steps]:.3f})", "r"),
+                    ("median step ms", "{median_ms:.1f} ({vs_served[median_duration]:.3f})", "r"),
+                    ("busy time", "{busy_s:.2f} s ({vs_served[total_time]:.3f})", "r"),
+                    ("mean decoding sequences",
+                     "{decode_seqs_mean:.1f} ({vs_served[decode_seqs_mean]:.3f})", "r"),
+                    ("prefill tokens", "{prefill_tokens:,}", "r")]},
     "payoff": {
         "sources": [{"record": "payoff", "rows": "workloads/*/configs/*"}],
         "columns": [("workload", "{_up[workload]}"), ("config", "{_key}"),
