@@ -60,6 +60,21 @@ TABLES: dict[str, dict] = {
                     ("mean decoding sequences",
                      "{decode_seqs_mean:.1f} ({vs_served[decode_seqs_mean]:.3f})", "r"),
                     ("prefill tokens", "{prefill_tokens:,}", "r")]},
+    "gpu_loop": {
+        "sources": [{"record": "gpu_loop", "rows": "workloads/*/rounds/*/candidates/*"}],
+        "columns": [("workload", "{workload}"), ("round", "{round}", "r"), ("candidate", "{_key}"),
+                    ("goodput req/s pred. / meas.",
+                     "{goodput_rps[predicted]:.2f} / {goodput_rps[measured]:.2f}", "r"),
+                    ("mean TTFT ms pred. / meas. (error)",
+                     "{ttft_mean_ms[predicted]:.0f} / {ttft_mean_ms[measured]:.0f} "
+                     "({ttft_mean_ms[error]:+.0%})", "r"),
+                    ("mean TPOT ms pred. / meas. (error)",
+                     "{tpot_mean_ms[predicted]:.1f} / {tpot_mean_ms[measured]:.1f} "
+                     "({tpot_mean_ms[error]:+.0%})", "r"),
+                    ("output tok/s pred. / meas. (error)",
+                     "{output_throughput_tok_s[predicted]:.0f} / "
+                     "{output_throughput_tok_s[measured]:.0f} "
+                     "({output_throughput_tok_s[error]:+.0%})", "r")]},
     "payoff": {
         "sources": [{"record": "payoff", "rows": "workloads/*/configs/*"}],
         "columns": [("workload", "{_up[workload]}"), ("config", "{_key}"),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from servetune import ModelError
 from servetune.tuner._job import TuneSettings, run_tune
-from servetune.tuner._verify import VerificationResult, verify_study
+from servetune.tuner._verify import VERIFY_METRICS, VerificationResult, verify_study
 
 __all__ = ["LoopRound", "LoopResult", "tune_verify_loop", "calibrate_on_runs"]
 
@@ -53,7 +53,10 @@ class LoopRound:
                                 "status": c.status,
                                 "predicted_objective": c.predicted_objective,
                                 "measured_objective": c.measured_objective,
-                                "objective_error": c.objective_error}
+                                "objective_error": c.objective_error,
+                                "metrics": {key: {"predicted": (c.predicted or {}).get(key),
+                                                  "measured": (c.measured or {}).get(key)}
+                                            for key in VERIFY_METRICS}}
                                for c in self.verification.candidates]}
 
 
