@@ -118,7 +118,8 @@ def _study_dir(ctx: Context, study: str) -> Path:
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
               help="Measure the baseline first on each group for a per-host correction.")
 @click.option("--hardware", default="unknown", show_default=True,
-              help="Hardware label of the measured runs (GPU name).")
+              help="Hardware label of the measured runs (GPU name); unknown: read from each "
+                   "group's nodes with nvidia-smi (stays unknown on a node without it).")
 @click.option("--slo-ttft-ms", type=float, default=None,
               help="Goodput TTFT bound (ms); default with --candidates: the study objective's, "
                    "else none.")

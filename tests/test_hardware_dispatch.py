@@ -306,3 +306,38 @@ def test_cancel_stops_the_running_service_and_fails_with_reason(tmp_path):
     assert outcome.status == "failed" and outcome.error_kind == "cancelled"
     assert time.monotonic() - started < 8  # the 8 s benchmark did not run to its end
     no_survivors(result)
+
+
+def fake_nvidia_smi(directory: Path, lines: str) -> Path:
+    """A stand-in for ``nvidia-smi`` (no GPU exists on this CPU machine): prints ``lines`` for the
+    dispatcher's ``--query-gpu=index,name`` query and fails on anything else."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "nvidia-smi"
+    script.write_text("#!/bin/sh\n"
+                      "[ \"$1 $2\" = \"--query-gpu=index,name --format=csv,noheader\" ] || exit 9\n"
+                      f"printf '{lines}'\n")
+    script.chmod(0o755)
+    return directory
+
+
+def test_measured_runs_carry_the_gpu_names_read_from_the_nodes(tmp_path, monkeypatch):
+    bin_dir = fake_nvidia_smi(tmp_path / "bin", "0, NVIDIA H200\\n1, NVIDIA H100 80GB HBM3\\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    group = local_group("g0", tmp_path)
+    group = ServiceGroupSpec(group.name, (NodeSpec("local", work_dir=str(tmp_path / "g0"),
+                                                   gpus=(1,)),),
+                             service_port=group.service_port, start_command=group.start_command)
+    result = run([group], [Candidate("c", {})], tmp_path)
+    assert result.outcomes[0].status == "measured"
+    runs = TraceStore(tmp_path / "traces").query("runs")
+    # the node's assigned GPU only, as the store writes identity values (spaces to dashes)
+    assert set(runs["hardware"]) == {"NVIDIA-H100-80GB-HBM3"}
+
+
+def test_without_nvidia_smi_the_hardware_stays_unknown(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    if any((Path(d) / "nvidia-smi").exists() for d in ("/usr/bin", "/bin")):
+        pytest.skip("this machine has a real nvidia-smi")
+    result = run([local_group("g0", tmp_path)], [Candidate("c", {})], tmp_path)
+    assert result.outcomes[0].status == "measured"
+    assert set(TraceStore(tmp_path / "traces").query("runs")["hardware"]) == {"unknown"}

@@ -51,6 +51,11 @@ from servetune.tuner.hardware._errors import (
     BenchmarkTimeout,
     HardwareError,
 )
+from servetune.tuner.hardware._gpu_names import (
+    UNKNOWN_HARDWARE,
+    hardware_label,
+    query_gpu_names,
+)
 from servetune.tuner.hardware._launchers import EngineLauncher
 from servetune.tuner.hardware._records import (
     REPORT_METRICS,
@@ -124,7 +129,8 @@ class DispatchOptions:
         repeats: benchmark replays per candidate (mean and spread are reported).
         calibrate: measure the baseline candidate first on every group (per-host correction).
         min_success_rate: below this fraction of successful requests a replay fails.
-        hardware: the ``hardware`` value of the measured runs (GPU name).
+        hardware: the ``hardware`` value of the measured runs (GPU name); ``unknown`` (the
+            default): read from each group's nodes with ``nvidia-smi`` (``._gpu_names``).
         slo_ttft_ms: TTFT SLO for goodput (optional).
         slo_tpot_ms: TPOT SLO for goodput (optional).
         slo_e2e_ms: end-to-end latency SLO for goodput (optional).
@@ -281,6 +287,7 @@ class Dispatcher:
         self._rng = np.random.default_rng(self.options.seed)
         self._lock = threading.Condition()
         self._store_lock = threading.Lock()
+        self._hardware: dict[str, str] = {}  # group -> its GPU names (read once per group)
         self._outcomes = [CandidateOutcome(c) for c in candidates]
         self._in_flight = 0
         self._breakers = {g.name: CircuitBreaker(threshold=self.cluster.breaker_threshold,
@@ -513,6 +520,7 @@ class Dispatcher:
         try:
             for transport in transports:
                 transport.connect()
+            self._read_hardware(group, transports)
             service.start(specs)
             attempt.sessions = [(p.node.label, p.sid) for p in service.started]
             remaining = deadline - time.monotonic()
@@ -539,6 +547,19 @@ class Dispatcher:
             if attempt.stop_problems:
                 log.error("%s: %s", group.name, "; ".join(attempt.stop_problems))
 
+    def _read_hardware(self, group: ServiceGroupSpec, transports: list[Transport]) -> None:
+        """Name the group's GPUs once, unless the options name the hardware."""
+        if self.options.hardware != UNKNOWN_HARDWARE or group.name in self._hardware:
+            return
+        label = hardware_label([query_gpu_names(t) for t in transports],
+                               [node.gpus for node in group.nodes])
+        with self._lock:
+            self._hardware[group.name] = label
+
+    def hardware_of(self, group: ServiceGroupSpec) -> str:
+        """The ``hardware`` value stored with the group's measurements."""
+        return self._hardware.get(group.name, self.options.hardware)
+
     def _engine_measure(self, service: ServiceRun, head: Transport, remaining: float,
                         outcome: CandidateOutcome, group: ServiceGroupSpec, repeat: int) -> None:
         candidate = outcome.candidate
@@ -552,7 +573,7 @@ class Dispatcher:
                 metadata=metadata_for(candidate.name, group.name, repeat, candidate.predicted),
                 timeout_s=remaining, store=self.store,
                 overrides={"engine": self.launcher.engine_label,
-                           "hardware": self.options.hardware,
+                           "hardware": self.hardware_of(group),
                            "model": model_label(self.cluster.model or self.client.model)})
         except BenchmarkFailed:
             service.check_alive()
@@ -627,7 +648,7 @@ class Dispatcher:
         tables, digest = measurement_tables(
             result, run_id=run_id, engine=self.launcher.engine_label,
             model=model_label(self.cluster.model or self.client.model),
-            hardware=opts.hardware, config=candidate.config, workload=self.workload,
+            hardware=self.hardware_of(group), config=candidate.config, workload=self.workload,
             host=group.head.host, command=head.argv,
             gpu_count=sum(len(n.gpus) for n in group.nodes), metrics=metrics, extra=extra,
             provenance=provenance)
