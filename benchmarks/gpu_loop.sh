@@ -12,8 +12,7 @@ export PYTHONPATH=/tmp/p:/tmp/site HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd /tmp/p/servetune
 nvidia-smi --query-gpu=name,uuid --format=csv,noheader > "$OUT/gpu.txt"
 # the served model: llama-1b-like, random weights, a word-level tokenizer, no EOS
-python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
-from http_reconstruction import build_model; build_model(Path('/tmp/m'))"
+python3 -c "from servetune.testing import word_level_model; word_level_model('/tmp/m')"
 WORKLOAD=${WORKLOAD:-"poisson:rate=3,n=80,input=lognormal:512:0.6:2048,output=uniform:32:160"}
 timeout "${LOOP_TIMEOUT:-530}" python3 -c "import sys; from servetune.cli import main; sys.exit(main())" --workspace /tmp/ws \
   tune --space transformers-cb --workload "$WORKLOAD" --particles 8 --iterations 5 --top-k 1 \

@@ -47,35 +47,6 @@ def served_config(device: str) -> dict:
     return CONFIG if device != "cpu" else {**CONFIG, "use_cuda_graph": False}
 
 
-def build_model(directory: Path, *, tiny: bool = False) -> Path:
-    """The llama-1b-like preset with a word-level tokenizer (client words first) and no EOS."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from servetune.data.collect import PRESETS
-    from servetune.tuner.hardware._client import _WORDS
-
-    words = list(dict.fromkeys(_WORDS))
-    vocab = {"<unk>": 0, **{w: i + 1 for i, w in enumerate(words)}}
-    vocab.update({f"w{i}": i for i in range(len(vocab), VOCAB)})
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>")
-    fast.save_pretrained(directory)
-    shape = dict(PRESETS["llama-1b-like"].kwargs)
-    if tiny:  # a smoke run on a CPU
-        shape.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    config = LlamaConfig(**{**shape, "vocab_size": VOCAB, "eos_token_id": None,
-                            "bos_token_id": None, "pad_token_id": 0})
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.generation_config.eos_token_id = None
-    model.save_pretrained(directory)
-    return directory
-
-
 def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
     """`transformers serve` in its own session, the client's replay, the server stopped."""
     import asyncio
@@ -151,7 +122,9 @@ def collect(model_dir: Path, out: Path, device: str) -> None:
 def gpu(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = build_model(Path(args.model_dir), tiny=args.device == "cpu")
+    from servetune.testing import word_level_model
+
+    model_dir = word_level_model(args.model_dir, vocab_size=VOCAB, tiny=args.device == "cpu")
     try:
         gpu_name = subprocess.run(["nvidia-smi", "--query-gpu=name,uuid", "--format=csv,noheader"],
                                   capture_output=True, text=True).stdout.strip()

@@ -11,7 +11,9 @@ package instead of the tests:
   ARGS`` for a stand-in of ``vllm bench serve``); :data:`SCRIPTED_SERVER` is its file;
 - :func:`write_vllm_result`: a synthetic ``vllm bench serve`` result in vLLM's own layout;
 - :func:`synthetic_traces`: small generated step traces with a plausible step-time law;
-- :func:`servetune_command`: this environment's ``servetune`` console script.
+- :func:`servetune_command`: this environment's ``servetune`` console script;
+- :func:`word_level_model`: a served model for GPU benchmarks (a preset's shape, random
+  weights, a word-level tokenizer of the client's prompt words, no EOS).
 
 Names are imported on first use, so starting the scripted server stays light (no numpy/pandas).
 
@@ -36,6 +38,7 @@ __all__ = [
     "sample_lengths",
     "synthetic_traces",
     "servetune_command",
+    "word_level_model",
 ]
 
 #: lazily imported public names -> their module
@@ -52,6 +55,7 @@ _LAZY = {
     "sample_lengths": "servetune.testing._vllm_results",
     "synthetic_traces": "servetune.testing._traces",
     "servetune_command": "servetune.testing._cli",
+    "word_level_model": "servetune.testing._models",
 }
 
 
