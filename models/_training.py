@@ -610,6 +610,13 @@ def ensure_champion(workspace, where: Mapping[str, object] | None = None, *,
             [part["hardware"]] if "hardware" in part else distinct["hardware"])
         if champion_version(workspace_client(workspace), name) is not None:
             return f"models:/{name}@{CHAMPION}"
+        if "hardware" not in part and len(distinct["hardware"]) > 1:
+            log.warning(
+                "training the champion %s on the steps of %d hardware together (%s): one model "
+                "for all of them, without a feature that tells them apart. For one host, "
+                "calibrate a model on it (servetune train --calibrate-from MODEL_URI --where "
+                "hardware=NAME) and tune with --model-uri", name, len(distinct["hardware"]),
+                ", ".join(distinct["hardware"]))
     result = train_step_time_model(workspace, where, config, progress=progress)
     return f"models:/{result.registered_model}@{CHAMPION}"
 
