@@ -73,8 +73,8 @@ def serve_recorded(serve_args: list[str], steps_out: str | Path) -> int:
     from transformers.generation.continuous_batching.continuous_api import ContinuousMixin
 
     path = Path(steps_out)
-    recorders: list[tuple[StepRecorder, float]] = []
-    managers: list = []
+    # (recorder, its t0 on the wall clock, the manager it records)
+    engines: list[tuple[StepRecorder, float, object]] = []
     original = ContinuousMixin.init_continuous_batching
 
     def init_continuous_batching(model, *args, **kwargs):
@@ -82,8 +82,7 @@ def serve_recorded(serve_args: list[str], steps_out: str | Path) -> int:
         recorder = StepRecorder()
         recorder.install(manager)
         t0 = recorder.begin()
-        recorders.append((recorder, time.time() - (time.perf_counter() - t0)))
-        managers.append(manager)
+        engines.append((recorder, time.time() - (time.perf_counter() - t0), manager))
         return manager
 
     ContinuousMixin.init_continuous_batching = init_continuous_batching
@@ -103,11 +102,11 @@ def serve_recorded(serve_args: list[str], steps_out: str | Path) -> int:
         signal.signal(signal.SIGTERM, previous)
         sys.argv = argv
         ContinuousMixin.init_continuous_batching = original
-        for recorder, _ in recorders:
+        for recorder, _, _ in engines:
             recorder.end()
-        written = _write(recorders, path)
+        written = _write([(recorder, t0) for recorder, t0, _ in engines], path)
         log.info("wrote %d recorded steps to %s", written, path)
-        for manager in managers:  # its generation thread would keep the process alive
+        for _, _, manager in engines:  # its generation thread would keep the process alive
             if manager.is_running():
                 manager.stop(block=True, timeout=30, hard_stop=True)
     return written
