@@ -68,7 +68,8 @@ __all__ = ["command"]
               default="strict", show_default=True,
               help="Candidates outside the step-time model's training data: strict = refused "
                    "unless none is inside, penalise = ranked by a pessimistic estimate "
-                   "(objective x 0.5), ignore = labelled only.")
+                   "(the lower of objective x 0.5 and the objective with step times at the "
+                   "prediction interval's slow end), ignore = labelled only.")
 @click.option("--verify", is_flag=True,
               help="Then measure the candidates on real hardware and recommend the best by "
                    "measurement: needs --cluster; knobs the engine's CLI cannot express are "

@@ -151,7 +151,12 @@ def test_penalise_ranks_by_the_pessimistic_estimate(workspace):
     tuned = [c for c in result["candidates"] if not c["baseline"]]
     assert any(_outside(c) for c in tuned) and not _outside(tuned[0])
     for c in tuned:
-        expected = c["objective"] * 0.5 if _outside(c) else c["objective"]
+        if _outside(c):  # the lower of half and the objective at the interval's slow end
+            assert c["slow_end_objective"] is not None
+            expected = min(c["objective"] * 0.5, c["slow_end_objective"])
+        else:
+            assert c["slow_end_objective"] is None
+            expected = c["objective"]
         assert c["ranked_objective"] == pytest.approx(expected)
     ranked = [c["ranked_objective"] for c in tuned]
     assert ranked == sorted(ranked, reverse=True)
@@ -228,3 +233,36 @@ def test_the_default_workload_is_served_by_the_engine_default(tmp_path):
     assert metrics["ttft_p90_ms"] < 5000.0, metrics
     assert metrics["tpot_p90_ms"] < objective.slo.tpot_ms, metrics
     assert metrics["goodput_rps"] > 0.9 * rate, (metrics["goodput_rps"], rate)
+
+
+def test_best_first_refines_only_the_outside_evaluations_that_reach_the_front():
+    """The slow-end objective is simulated lazily; the order is the one of refining them all."""
+    from types import SimpleNamespace
+
+    from servetune.tuner._candidates import _best_first
+
+    outside = {"domain_extrapolations": 1.0}
+    inside = {"domain_extrapolations": 0.0, "domain_share_outside": 0.0}
+    records = [SimpleNamespace(index=i, score=s, metrics=m, config={"i": i})
+               for i, (s, m) in enumerate([(10.0, outside), (8.0, outside), (4.5, inside),
+                                           (3.0, outside), (1.0, inside)])]
+    # evaluation 0 collapses at the slow end (near saturation), 1 barely moves
+    slow_end = {0: 2.0, 1: 7.0, 3: 2.9}
+    calls = []
+
+    def slow_objective(config):
+        calls.append(config["i"])
+        return slow_end[config["i"]]
+
+    rule = DomainRule("penalise")
+    ranked = [(r, rule.status(r.metrics), rule.ranked(r.score, r.metrics)) for r in records]
+    first = []
+    for record, status, score, slow in _best_first(ranked, rule, slow_objective):
+        first.append((record.index, score, slow))
+        if len(first) == 2:
+            break
+    # 1: min(8 x 0.5, 7) = 4.0 is below the inside 4.5; 0: min(5, 2) = 2
+    assert first == [(2, 4.5, None), (1, 4.0, 7.0)]
+    assert sorted(calls) == [0, 1]  # evaluation 3 (at most 1.5) never reached the front
+    full = [(r.index, s) for r, _, s, _ in _best_first(ranked, rule, slow_objective)]
+    assert full == [(2, 4.5), (1, 4.0), (0, 2.0), (3, 1.5), (4, 1.0)]

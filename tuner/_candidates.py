@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import heapq
+
 import json
 from pathlib import Path
 from typing import Callable
@@ -36,7 +38,9 @@ NO_EFFECT = "no modelled effect"
 
 def build_candidates(study, k: int, baseline: tuple[dict, dict, float | None] | None = None,
                      *, rule: DomainRule | None = None,
-                     domain_of: Callable[[dict], dict] | None = None) -> list[dict]:
+                     domain_of: Callable[[dict], dict] | None = None,
+                     slow_objective: Callable[[dict], float | None] | None = None
+                     ) -> list[dict]:
     """``k`` best distinct candidates (rank 1..k) under ``rule`` and, if given, the baseline.
 
     Args:
@@ -46,6 +50,10 @@ def build_candidates(study, k: int, baseline: tuple[dict, dict, float | None] | 
         rule: how out-of-domain evaluations are ranked (default: ``DomainRule()``, strict).
         domain_of: ``config -> domain report`` (the evaluator's ``domain_report``) for the
             labels' reasons; without it the labels carry the metrics only.
+        slow_objective: ``config -> objective`` with every step time at the model's interval
+            slow end (:func:`~servetune.tuner._intervals.slow_end_objective`); an outside
+            evaluation is then ranked by the lower of that and the flat penalty. It is computed
+            only for the outside evaluations that reach the front of the ranking.
     """
     rule = rule or DomainRule()
     space = study.space
@@ -56,9 +64,8 @@ def build_candidates(study, k: int, baseline: tuple[dict, dict, float | None] | 
     inside = [x for x in ranked if x[1] != "outside"]
     if rule.mode == "strict" and inside:
         ranked = inside
-    ranked.sort(key=lambda x: (-x[2], x[0].index))
     groups: list[dict] = []
-    for record, status, score in ranked:
+    for record, status, score, slow in _best_first(ranked, rule, slow_objective):
         group = next((g for g in groups if g["domain"]["status"] == status
                       and _same_effect(g, record, unmodelled)), None)
         if group is not None:
@@ -70,6 +77,7 @@ def build_candidates(study, k: int, baseline: tuple[dict, dict, float | None] | 
         groups.append({"name": f"rank{rank}", "label": f"#{rank}", "rank": rank,
                        "baseline": False, "config": record.config,
                        "objective": record.score, "ranked_objective": score,
+                       "slow_end_objective": slow,
                        "metrics": record.metrics, "evaluation": record.index,
                        "domain": domain_label(record.config, record.metrics, rule, domain_of),
                        "merged": [], "no_effect": {},
@@ -78,15 +86,43 @@ def build_candidates(study, k: int, baseline: tuple[dict, dict, float | None] | 
         g["no_effect"] = _differing(g["config"], g["merged"])
     if baseline is not None:
         config, metrics, score = baseline
+        slow = None if score is None else _slow(slow_objective, config, rule, metrics)
         groups.append({"name": "default", "label": "baseline", "rank": None, "baseline": True,
                        "config": config, "objective": score,
-                       "ranked_objective": None if score is None else rule.ranked(score,
-                                                                                  metrics),
+                       "ranked_objective": None if score is None else rule.ranked(score, metrics,
+                                                                                  slow),
+                       "slow_end_objective": slow,
                        "metrics": metrics, "evaluation": None,
                        "domain": domain_label(config, metrics, rule, domain_of),
                        "merged": [], "no_effect": {},
                        "launch": launch_args(space.engine, config, targets)})
     return groups
+
+
+def _slow(slow_objective, config: dict, rule: DomainRule, metrics: dict) -> float | None:
+    """The slow-end objective of an evaluation the rule ranks pessimistically (else None)."""
+    if slow_objective is None or not rule.needs_slow_score(metrics):
+        return None
+    return slow_objective(config)
+
+
+def _best_first(ranked: list, rule: DomainRule, slow_objective):
+    """``ranked`` (record, status, ranked objective) in descending ranked objective, ties by
+    evaluation order, each with its slow-end objective (``None`` when not computed). An outside evaluation's slow-end objective can only lower its score, so
+    it is computed when the evaluation first reaches the front, and the evaluation goes back
+    into the queue with the refined score: the order is the one of refining them all."""
+    queue = [(-score, record.index, False, None, record, status)
+             for record, status, score in ranked]
+    heapq.heapify(queue)
+    while queue:
+        negative, index, refined, slow, record, status = heapq.heappop(queue)
+        if not refined and status == "outside":
+            slow = _slow(slow_objective, record.config, rule, record.metrics)
+            if slow is not None:
+                score = rule.ranked(record.score, record.metrics, slow)
+                heapq.heappush(queue, (-score, index, True, slow, record, status))
+                continue
+        yield record, status, -negative, slow
 
 
 def domain_label(config: dict, metrics: dict, rule: DomainRule,
@@ -133,7 +169,9 @@ def candidate_notes(candidates: list[dict], rule: DomainRule | None = None,
                      f"{format_cell(base['objective'])} is {within}")
     if evaluations and outside_evaluations:
         action = {"strict": "refused as candidates while any inside one exists",
-                  "penalise": f"ranked by a pessimistic estimate (objective x {rule.penalty:g})",
+                  "penalise": f"ranked by a pessimistic estimate (objective x {rule.penalty:g}, "
+                              "or lower: the objective with step times at the model's "
+                              "interval slow end)",
                   "ignore": "ranked on their raw objective (--domain ignore)"}[rule.mode]
         notes.append(f"{outside_evaluations} of {evaluations} evaluated configurations are "
                      f"outside the model's training data: {action}")

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable
 
 __all__ = ["INTERVAL_METRICS", "attach_intervals", "bounds", "interval_cell",
-           "simulation_interval", "format_interval"]
+           "scaled_evaluators", "simulation_interval", "slow_end_objective", "format_interval"]
 
 #: the metrics that get a low-mid-high (the objective always does)
 INTERVAL_METRICS = ("ttft_mean_ms", "ttft_p90_ms", "tpot_mean_ms", "tpot_p90_ms",
@@ -36,16 +36,36 @@ def bounds(mid: dict, fast: dict, slow: dict, keys) -> dict:
     return out
 
 
+def scaled_evaluators(evaluator):
+    """``(interval, fast, slow)``: the evaluator with every step time at its model's interval
+    low and high ratio; ``None`` when the model has no interval."""
+    model = getattr(evaluator, "step_model", None)
+    interval = getattr(model, "interval", None)
+    if interval is None or not hasattr(model, "scaled"):
+        return None
+    return (interval, dataclasses.replace(evaluator, step_model=model.scaled(interval.low)),
+            dataclasses.replace(evaluator, step_model=model.scaled(interval.high)))
+
+
+def slow_end_objective(evaluator, score: Callable[[dict], float]
+                       ) -> Callable[[dict], float] | None:
+    """``config -> objective`` with every step time at the interval's slow end (the
+    pessimistic estimate of :class:`~servetune.tuner.DomainRule`); ``None`` without one."""
+    scaled = scaled_evaluators(evaluator)
+    if scaled is None:
+        return None
+    slow = scaled[2]
+    return lambda config: score(slow(config))
+
+
 def attach_intervals(candidates: list[dict], evaluator, score: Callable[[dict], float]) -> None:
     """Add ``interval`` to every candidate (in place) when the evaluator's step model has one:
     ``{"level", "ratios": [low, high], "n_runs", "calibrated", "objective": [lo, mid, hi],
     "metrics": {key: [lo, mid, hi]}}``."""
-    model = getattr(evaluator, "step_model", None)
-    interval = getattr(model, "interval", None)
-    if interval is None or not hasattr(model, "scaled"):
+    scaled = scaled_evaluators(evaluator)
+    if scaled is None:
         return
-    fast = dataclasses.replace(evaluator, step_model=model.scaled(interval.low))
-    slow = dataclasses.replace(evaluator, step_model=model.scaled(interval.high))
+    interval, fast, slow = scaled
     for c in candidates:
         lo_metrics, hi_metrics = fast(c["config"]), slow(c["config"])
         scores = [score(lo_metrics), c["objective"], score(hi_metrics)]

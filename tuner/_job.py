@@ -35,7 +35,7 @@ from servetune.tuner._candidates import (
 from servetune.tuner._evaluators import SimulatorEvaluator, engine_defaults
 from servetune.tuner._executors import describe_executor, open_executor
 from servetune.tuner._importers import import_space
-from servetune.tuner._intervals import attach_intervals
+from servetune.tuner._intervals import attach_intervals, slow_end_objective
 from servetune.tuner._objective import DomainRule, parse_objective
 from servetune.tuner._space import SearchSpace, builtin_spaces
 from servetune.tuner._study import Study
@@ -231,7 +231,8 @@ def run_tune(workspace: Workspace, settings: TuneSettings, *, resume: str | None
 
     candidates = build_candidates(study, top_k, (baseline_config, baseline_metrics,
                                                  baseline_score),
-                                  rule=rule, domain_of=evaluator.domain_report)
+                                  rule=rule, domain_of=evaluator.domain_report,
+                                  slow_objective=slow_end_objective(evaluator, objective.score))
     attach_intervals(candidates, evaluator, objective.score)
     notes = study_notes(study, candidates, rule, tolerance)
     files = write_candidates(study.directory, candidates, space.names, notes)

@@ -184,9 +184,10 @@ class DomainRule:
     Attributes:
         mode: ``strict`` (default): outside evaluations are excluded from the candidates
             unless no inside one exists, then ranked by the pessimistic estimate;
-            ``penalise``: they are ranked by the pessimistic estimate (objective x
-            ``penalty``; a negative objective / ``penalty``); ``ignore``: raw objective,
-            labels only.
+            ``penalise``: they are ranked by the pessimistic estimate (the lower of the
+            objective x ``penalty`` -- a negative one / ``penalty`` -- and, when the model has a
+            prediction interval, the objective with every step time at its slow end);
+            ``ignore``: raw objective, labels only.
         max_share: share of steps outside tolerated (0.05).
         penalty: factor of the pessimistic estimate (0.5).
     """
@@ -214,16 +215,23 @@ class DomainRule:
             return "outside"
         return "inside"
 
-    def pessimistic(self, score: float) -> float:
-        """The pessimistic estimate of an outside evaluation's objective."""
-        return score * self.penalty if score >= 0 else score / self.penalty
+    def pessimistic(self, score: float, slow_score: float | None = None) -> float:
+        """The pessimistic estimate of an outside evaluation's objective: ``score`` x
+        ``penalty`` (divided when negative), or ``slow_score`` (the objective with every step
+        time at the model's interval slow end) when that is lower."""
+        flat = score * self.penalty if score >= 0 else score / self.penalty
+        return flat if slow_score is None else min(flat, slow_score)
 
-    def ranked(self, score: float, metrics: dict) -> float:
+    def ranked(self, score: float, metrics: dict, slow_score: float | None = None) -> float:
         """The objective a candidate is ranked by (the raw one unless outside and not
         ``ignore``)."""
         if self.mode == "ignore" or self.status(metrics) != "outside":
             return score
-        return self.pessimistic(score)
+        return self.pessimistic(score, slow_score)
+
+    def needs_slow_score(self, metrics: dict) -> bool:
+        """Whether :meth:`ranked` would use a slow-end objective for these metrics."""
+        return self.mode != "ignore" and self.status(metrics) == "outside"
 
     def to_dict(self) -> dict:
         """Plain data (the study records it)."""
