@@ -86,12 +86,19 @@ __all__ = ["command"]
                    "--cluster).")
 @click.option("--model", "served_model", default=None,
               help="With --verify: the model path or id the engine serves.")
+@click.option("--repeats", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="With --verify: replays per measured candidate (their spread widens the "
+                   "agreement of a prediction: within 2 repeat spreads also agrees).")
+@click.option("--threshold", type=click.FloatRange(0, 10), default=0.15, show_default=True,
+              help="With --verify: relative objective error under which a prediction agrees "
+                   "with its measurement (the loop stops on agreement).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print study, best, baseline, candidates and evaluations as JSON.")
 @click.pass_obj
 def command(ctx: Context, space, workload, qps, limit, objective, optimizer, particles,
             iterations, top_k, seed, sim_seed, study_name, resume, jobs, executor, model_uri,
-            sets, no_mlflow, domain, verify, rounds, cluster, served_model, as_json) -> None:
+            sets, no_mlflow, domain, verify, rounds, cluster, served_model, repeats, threshold,
+            as_json) -> None:
     """Tune an engine's configuration against a workload in simulation (PSO by default).
 
     On a fresh workspace this ingests the bundled samples and trains the champion step-time
@@ -111,6 +118,13 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
                           "the candidates on)")
     if cluster and not verify:
         raise ConfigError("--cluster is only used with --verify")
+    if not verify and (repeats != 1 or threshold != 0.15):
+        raise ConfigError("--repeats and --threshold are only used with --verify")
+    verify_options = {"unapplied": "record", "threshold": threshold}
+    if repeats != 1:
+        from servetune.tuner.hardware import DispatchOptions
+
+        verify_options["options"] = DispatchOptions(repeats=repeats)
 
     if resume and (space or workload or study_name or objective):
         raise ConfigError("--resume continues a study with its own space, workload, objective "
@@ -129,7 +143,7 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
         if not verify or resume:
             raise ConfigError("--rounds needs --verify (each round measures on the cluster) "
                               "and cannot --resume")
-        _loop(ctx, settings, rounds, cluster, served_model, as_json)
+        _loop(ctx, settings, rounds, cluster, served_model, verify_options, as_json)
         return
     started = time.time()
     try:
@@ -150,7 +164,7 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
         from servetune.data import TraceStore
 
         verification = _verify(result, cluster, served_model,
-                               TraceStore.for_workspace(ctx.workspace))
+                               TraceStore.for_workspace(ctx.workspace), verify_options)
     if as_json:
         emit_json(result)
         _exit_with(verification)
@@ -184,7 +198,8 @@ def command(ctx: Context, space, workload, qps, limit, objective, optimizer, par
     _exit_with(verification)
 
 
-def _loop(ctx: Context, settings, rounds: int, cluster_source: str, served_model, as_json):
+def _loop(ctx: Context, settings, rounds: int, cluster_source: str, served_model,
+          verify_options: dict, as_json):
     """``--verify --rounds N``: :func:`servetune.tuner.tune_verify_loop`, a line per round."""
     from servetune.data import TraceStore
     from servetune.tuner._loop import tune_verify_loop
@@ -205,7 +220,7 @@ def _loop(ctx: Context, settings, rounds: int, cluster_source: str, served_model
     result = tune_verify_loop(
         ctx.workspace, settings, load_cluster(cluster_source, model=served_model),
         rounds=rounds, store=TraceStore.for_workspace(ctx.workspace),
-        verify_options={"unapplied": "record"}, on_round=report)
+        verify_options=verify_options, on_round=report)
     doc = result.to_dict()
     if as_json:
         emit_json(doc)
@@ -242,7 +257,8 @@ def _exit_with(verification) -> None:
         raise ValidationOutcome(verification.exit_code, verification.summary())
 
 
-def _verify(result: dict, cluster_source: str, served_model: str | None, store):
+def _verify(result: dict, cluster_source: str, served_model: str | None, store,
+            verify_options: dict):
     """Measure the study's candidates on the cluster with the tuned workload
     (:func:`servetune.tuner.verify_study`): the measurements land in the trace store and
     ``<study>/measurements.json``; ``result`` gains ``verification`` and the measured-best
@@ -260,8 +276,7 @@ def _verify(result: dict, cluster_source: str, served_model: str | None, store):
                file=sys.stderr, disable=None)
     with bar:
         verification = verify_study(result["study"]["path"], cluster, store=store,
-                                    unapplied="record",
-                                    on_outcome=lambda outcome: bar.update(1))
+                                    on_outcome=lambda outcome: bar.update(1), **verify_options)
     result["verification"] = verification.to_dict()
     recommendation = verification.recommendation()
     if recommendation is not None:

@@ -218,6 +218,24 @@ def test_verify_prints_the_recommendation_chosen_on_measurements(workspace, caps
     assert out.out.index("study verified-text") < out.out.index("measured best on")
 
 
+def test_verify_repeats_each_candidate_and_takes_the_threshold(workspace, capsys, tmp_path):
+    code = main(["--workspace", str(workspace.root), "tune", "--workload", VERIFY_WORKLOAD,
+                 "--particles", "2", "--iterations", "1", "--top-k", "1", "--study",
+                 "verified-repeats", "--no-mlflow", *MEMORY, "--verify", "--cluster",
+                 str(_script_cluster(tmp_path)), "--repeats", "2", "--threshold", "0.4",
+                 "--json"])
+    out = capsys.readouterr()
+    assert code in (0, 3), out.err
+    verification = json.loads(out.out)["verification"]
+    assert verification["threshold"] == 0.4
+    assert [len(o["measurements"]) for o in verification["outcomes"]] == [2, 2]
+
+
+def test_repeats_and_threshold_need_verify(workspace, capsys):
+    code = main(["--workspace", str(workspace.root), "tune", "--repeats", "3", "--no-mlflow"])
+    assert code == 2 and "only used with --verify" in capsys.readouterr().err
+
+
 def test_verify_needs_a_cluster(workspace, capsys):
     code = main(["--workspace", str(workspace.root), "tune", "--verify", "--no-mlflow"])
     assert code == 2 and "--verify needs --cluster" in capsys.readouterr().err

@@ -261,7 +261,8 @@ class VerificationResult:
                                for c in self.candidates],
                 "measured_best": None if best is None else best.name,
                 "predicted_best": None if predicted is None else predicted.name,
-                "agrees": self.agrees, "recommendation": self.recommendation()}
+                "agrees": self.agrees, "threshold": self.threshold,
+                "noise_factor": self.noise_factor, "recommendation": self.recommendation()}
 
 
 def _study_json(directory: Path) -> dict:
