@@ -12,8 +12,9 @@ package instead of the tests:
 - :func:`write_vllm_result`: a synthetic ``vllm bench serve`` result in vLLM's own layout;
 - :func:`synthetic_traces`: small generated step traces with a plausible step-time law;
 - :func:`servetune_command`: this environment's ``servetune`` console script;
-- :func:`word_level_model`: a served model for GPU benchmarks (a preset's shape, random
-  weights, a word-level tokenizer of the client's prompt words, no EOS).
+- :func:`word_level_model` (from ``servetune.data.collect``): a served model for GPU benchmarks
+  (a preset's shape, random weights, a word-level tokenizer of the client's prompt words, no
+  EOS).
 
 Names are imported on first use, so starting the scripted server stays light (no numpy/pandas).
 
@@ -55,7 +56,7 @@ _LAZY = {
     "sample_lengths": "servetune.testing._vllm_results",
     "synthetic_traces": "servetune.testing._traces",
     "servetune_command": "servetune.testing._cli",
-    "word_level_model": "servetune.testing._models",
+    "word_level_model": "servetune.data.collect",
 }
 
 

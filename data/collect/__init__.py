@@ -3,6 +3,9 @@
 ``servetune collect transformers-cb`` drives transformers' continuous-batching engine online
 (requests submitted at their arrival times) and records every engine step's batch composition and
 wall time through a :class:`StepRecorder` installed on the live manager instance.
+``servetune collect transformers-serve`` (:class:`ServedCollector`) measures the engine users
+deploy, ``transformers serve``, over HTTP with the same recorder in the server process
+(``collect serve-recorded``).
 
 torch and transformers are imported only when a collector runs (the ``collect`` extra).
 """
@@ -22,6 +25,8 @@ from servetune.data.collect._plan import (
 from servetune.data.collect._presets import PRESETS, ModelPreset, build_model
 from servetune.data.collect._provenance import cpu_model, machine_fingerprint
 from servetune.data.collect._recorder import StepRecord, StepRecorder
+from servetune.data.collect._served_model import word_level_model
+from servetune.data.collect._served_runner import ServedCollector, ServedOptions
 from servetune.data.collect._runner import (
     ENGINE,
     CollectorOptions,
@@ -30,6 +35,9 @@ from servetune.data.collect._runner import (
 )
 
 __all__ = [
+    "ServedCollector",
+    "ServedOptions",
+    "word_level_model",
     "ENGINE",
     "PRESETS",
     "CollectSummary",

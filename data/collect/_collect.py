@@ -39,10 +39,13 @@ def resolve_spec(spec: WorkloadSpec) -> Workload:
     return resolve_workload(spec.text, seed=spec.seed, qps=spec.qps, limit=spec.limit)
 
 
-def collect_sweep(plan: SweepPlan, options: CollectorOptions, out_dir: str | Path, *,
-                  progress: bool | None = None,
-                  collector: TransformersCBCollector | None = None) -> CollectSummary:
-    """Measure every run of ``plan``; ``out_dir`` holds the three Parquet files after each run."""
+def collect_sweep(plan: SweepPlan, options: CollectorOptions | None, out_dir: str | Path, *,
+                  progress: bool | None = None, collector=None) -> CollectSummary:
+    """Measure every run of ``plan``; ``out_dir`` holds the three Parquet files after each run.
+
+    ``collector`` (default: a :class:`TransformersCBCollector` of ``options``) is anything with
+    ``load()``, ``valid_knobs()`` and ``run(config, workload, workload_name=, repeat=)``
+    returning a :class:`RunResult`, such as the served collector."""
     from tqdm.auto import tqdm
 
     collector = collector or TransformersCBCollector(options)

@@ -129,6 +129,81 @@ def build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed
     return SweepPlan(tuple(configs), tuple(workloads))
 
 
+@command.command("transformers-serve")
+@click.option("--model", default="llama-1b-like", show_default=True,
+              help="A local model directory, or a preset (random weights with a word-level "
+                   "tokenizer of the client's prompt words, no EOS, saved under --work-dir).")
+@click.option("--dtype", default="bfloat16", show_default=True,
+              type=click.Choice(["bfloat16", "float16", "float32"]),
+              help="transformers serve --dtype.")
+@click.option("--attn", "attn_implementation", default="sdpa", show_default=True,
+              help="transformers serve --attn-implementation (continuous batching pages it).")
+@click.option("--device", default="cuda", show_default=True,
+              help="transformers serve --device (cuda, cuda:1, cpu).")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="A ContinuousBatchingConfig knob for every configuration (repeatable).")
+@click.option("--config", "config_items", multiple=True, metavar="K=V,K=V",
+              help="One configuration (repeatable; keys name= and repeat= are special).")
+@click.option("--sweep", "sweep_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML sweep file: [defaults], [[config]], [[workload]].")
+@click.option("--workload", "workload_texts", multiple=True, metavar="FILE|SPEC",
+              help="A trace file or a synthetic spec (as transformers-cb).")
+@click.option("--only-workload", "only_workloads", multiple=True, metavar="NAME",
+              help="Run only these workloads of the sweep (repeatable).")
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1),
+              help="Measurements per configuration and workload (for --config/--set runs).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seeds the prompt words, synthetic workloads and a preset's weights.")
+@click.option("--warmup-requests", default=4, show_default=True, type=click.IntRange(0),
+              help="Unrecorded requests sent once the server is healthy.")
+@click.option("--slo-ttft-ms", type=float, default=None, help="TTFT SLO for goodput.")
+@click.option("--slo-tpot-ms", type=float, default=None, help="TPOT SLO for goodput.")
+@click.option("--run-timeout", "run_timeout_s", default=900.0, show_default=True, type=float,
+              help="Seconds for one replay (the run fails past it; the sweep goes on).")
+@click.option("--port", default=8321, show_default=True, type=click.IntRange(1, 65535),
+              help="The server's port on 127.0.0.1.")
+@click.option("--label", default="", help="Prefix of every run id.")
+@click.option("--work-dir", default=None, type=click.Path(file_okay=False),
+              help="Server logs, recorded steps and a preset's model (default: --out/served).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for steps.parquet, requests.parquet and runs.parquet.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def transformers_serve(model, dtype, attn_implementation, device, set_items, config_items,
+                       sweep_file, workload_texts, only_workloads, repeat, seed,
+                       warmup_requests, slo_ttft_ms, slo_tpot_ms, run_timeout_s, port, label,
+                       work_dir, out_dir, as_json) -> None:
+    """Measure `transformers serve` (the engine users deploy) with its own steps recorded.
+
+    Per run the server is started by `serve-recorded` with the configuration's --cb-* flags, the
+    workload is replayed through servetune's streaming client over HTTP, and the server is
+    stopped: requests and runs as the client measured them, steps as the served engine recorded
+    them. A knob the serve command line cannot express is refused before any server starts.
+    """
+    from servetune.data.collect._collect import collect_sweep
+    from servetune.data.collect._served_runner import ServedCollector, ServedOptions
+    from servetune.data.engines import TRANSFORMERS_CB
+
+    plan = build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed)
+    if only_workloads:
+        plan = plan.only_workloads(only_workloads)
+    for config in plan.configs:  # every configuration launchable, before anything starts
+        TRANSFORMERS_CB.check_launchable(config.knobs, unapplied="error")
+    options = ServedOptions(model=model, work_dir=work_dir or str(Path(out_dir) / "served"),
+                            device=device, dtype=dtype,
+                            attn_implementation=attn_implementation, port=port, seed=seed,
+                            warmup_requests=warmup_requests, run_timeout_s=run_timeout_s,
+                            slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, label=label)
+    summary = collect_sweep(plan, None, Path(out_dir), progress=True,
+                            collector=ServedCollector(options))
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    for run in summary.runs:
+        click.echo(f"{run['run_id']}: {run['steps']} steps, {run['completed']}/{run['requests']} "
+                   f"requests ok, {run['output_throughput_tok_s'] or 0:.0f} output tok/s")
+    click.echo(f"wrote {', '.join(summary.files.values())}")
+
+
 @command.command("serve-recorded", context_settings={"ignore_unknown_options": True,
                                                       "allow_interspersed_args": False})
 @click.option("--steps-out", required=True, type=click.Path(dir_okay=False),

@@ -18,11 +18,13 @@ new tokens are computed; a sequence is a prefill chunk while ``past < len(state.
 
 from __future__ import annotations
 
+import json
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from time import perf_counter
 
-__all__ = ["StepRecord", "StepRecorder"]
+__all__ = ["StepRecord", "StepRecorder", "STEP_FIELDS", "step_columns", "records_from_rows"]
 
 
 @dataclass(slots=True)
@@ -43,6 +45,30 @@ class StepRecord:
     active: int
     decode_fast_path: bool
     graph_captured: bool = False
+
+
+#: the steps-table columns a record fills directly
+STEP_FIELDS = ("start_s", "duration_ms", "num_seqs", "num_prefill_seqs", "num_decode_seqs",
+               "prefill_tokens", "decode_tokens", "kv_tokens_sum", "kv_tokens_max",
+               "prefill_attn_work")
+
+
+def step_columns(records: Sequence[StepRecord]) -> dict[str, list]:
+    """The steps-table columns of ``records``: :data:`STEP_FIELDS`, ``step_index`` and ``extra``
+    (scheduler queue sizes, decode fast path, a CUDA-graph capture)."""
+    columns = {name: [getattr(r, name) for r in records] for name in STEP_FIELDS}
+    columns["step_index"] = list(range(len(records)))
+    columns["extra"] = [json.dumps({"waiting": r.waiting, "active": r.active,
+                                    "decode_fast_path": r.decode_fast_path,
+                                    **({"graph_captured": True} if r.graph_captured else {})},
+                                   separators=(",", ":")) for r in records]
+    return columns
+
+
+def records_from_rows(rows: Sequence[dict]) -> list[StepRecord]:
+    """:class:`StepRecord` objects from dict rows holding (at least) its fields."""
+    names = [f.name for f in fields(StepRecord)]
+    return [StepRecord(**{n: row[n] for n in names}) for row in rows]
 
 
 @dataclass

@@ -38,7 +38,7 @@ from servetune.data.engines import TRANSFORMERS_CB
 from servetune.data.collect._plan import EngineConfig, knob_names
 from servetune.data.collect._presets import build_model
 from servetune.data.collect._provenance import machine_fingerprint
-from servetune.data.collect._recorder import StepRecorder
+from servetune.data.collect._recorder import StepRecorder, step_columns
 
 __all__ = ["CollectorOptions", "RunResult", "TransformersCBCollector", "ENGINE"]
 
@@ -261,16 +261,8 @@ class TransformersCBCollector:
         n = len(records)
         rows = self._identity(run_id, n)
         rows.update({"gpu_count": [1] * n, "tp_size": [1] * n, "pp_size": [1] * n,
-                     "dp_rank": [0] * n, "step_index": list(range(n)),
-                     "block_size": [resolved.get("block_size")] * n})
-        for name in ("start_s", "duration_ms", "num_seqs", "num_prefill_seqs", "num_decode_seqs",
-                     "prefill_tokens", "decode_tokens", "kv_tokens_sum", "kv_tokens_max",
-                     "prefill_attn_work"):
-            rows[name] = [getattr(r, name) for r in records]
-        rows["extra"] = [json.dumps({"waiting": r.waiting, "active": r.active,
-                                     "decode_fast_path": r.decode_fast_path,
-                                     **({"graph_captured": True} if r.graph_captured else {})},
-                                    separators=(",", ":")) for r in records]
+                     "dp_rank": [0] * n, "block_size": [resolved.get("block_size")] * n})
+        rows.update(step_columns(records))
         return rows
 
     def _request_rows(self, run_id, workload, recorder, submit, results, outputs):
