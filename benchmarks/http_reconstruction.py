@@ -88,7 +88,7 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
         warm = synthetic_workload("poisson:rate=20,n=8,input=const:32,output=const:8", 1)
         asyncio.run(replay(base, warm, options))
         workload = synthetic_workload(WORKLOAD, SEED)
-        replay_start_unix = time.time()
+        replay_start_unix, replay_start_monotonic = time.time(), time.perf_counter()
         result = asyncio.run(replay(base, workload, options))
     finally:
         if server.poll() is None:
@@ -103,6 +103,7 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
     pd.DataFrame(rows).to_parquet(out / "http_requests.parquet")
     return {"requests": len(rows), "ok": sum(r.status == "ok" for r in result.requests),
             "duration_s": result.duration_s, "replay_start_unix": replay_start_unix,
+            "replay_start_monotonic": replay_start_monotonic,
             "program": [name, *sub]}
 
 
@@ -184,7 +185,7 @@ def host_figures(root: Path) -> dict:
             figures[f"{name}_vs_recorded"] = ratios(figures[name], figures["recorded"])
     served_path = root / "served_steps.parquet"
     if served_path.exists():  # the same server's own steps, recorded in its process
-        served = served_window(pd.read_parquet(served_path), info["serve"]["replay_start_unix"])
+        served = served_window(pd.read_parquet(served_path), info["serve"])
         figures["served_recorded"] = summary(served)
         figures["rebuilt_from_http_vs_served"] = ratios(figures["rebuilt_from_http"],
                                                         figures["served_recorded"])
@@ -221,10 +222,15 @@ def table_row(steps_summary: dict, served: dict) -> dict:
             "busy_s": steps_summary["total_ms"] / 1e3, "vs_served": ratios(steps_summary, served)}
 
 
-def served_window(steps, replay_start_unix: float):
-    """The served steps that started after the measured replay began, on its clock."""
-    window = steps[steps.start_unix >= replay_start_unix].copy()
-    window["start_s"] = window.start_unix - replay_start_unix
+def served_window(steps, serve: dict):
+    """The served steps that started after the measured replay began, on its clock: the
+    host's monotonic clock where both sides recorded it (runs from before it was recorded
+    have the wall clock only)."""
+    column, start = (("start_monotonic", serve["replay_start_monotonic"])
+                     if "replay_start_monotonic" in serve and "start_monotonic" in steps
+                     else ("start_unix", serve["replay_start_unix"]))
+    window = steps[steps[column] >= start].copy()
+    window["start_s"] = window[column] - start
     return window.reset_index(drop=True)
 
 

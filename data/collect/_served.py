@@ -4,8 +4,9 @@
 ``transformers`` command line, unchanged arguments) in this process with one addition: every
 continuous-batching manager that a model creates gets a :class:`StepRecorder` before it starts.
 When the server stops (SIGTERM or SIGINT: uvicorn shuts down gracefully and returns), the steps
-are written to one Parquet file: the recorder's columns plus ``start_unix``, the step's start on
-the wall clock, so that the steps can be lined up with what an HTTP client saw on the same host.
+are written to one Parquet file: the recorder's columns plus the step's start on the wall clock
+(``start_unix``) and on the host's monotonic clock (``start_monotonic``, ``time.perf_counter``),
+so that the steps can be lined up with what an HTTP client saw on the same host.
 
 The wrapper is installed on ``ContinuousMixin.init_continuous_batching`` *of this process only*
 (a process that exists to run this server); the installed package is not edited.
@@ -29,12 +30,16 @@ log = logging.getLogger(__name__)
 
 
 def steps_table(recorder: StepRecorder, t0_unix: float):
-    """The recorder's steps as a pyarrow table with a wall-clock ``start_unix`` column."""
+    """The recorder's steps as a pyarrow table with each step's start on the wall clock
+    (``start_unix``) and on ``time.perf_counter`` (``start_monotonic``: CLOCK_MONOTONIC on
+    Linux, the same clock in every process of the host, unlike a wall clock that can be
+    stepped)."""
     import pyarrow as pa
 
     names = [f.name for f in dataclasses.fields(StepRecord)]
     columns = {name: [getattr(r, name) for r in recorder.steps] for name in names}
     columns["start_unix"] = [t0_unix + s for s in columns["start_s"]]
+    columns["start_monotonic"] = [recorder.t0 + s for s in columns["start_s"]]
     return pa.table(columns)
 
 
@@ -44,7 +49,8 @@ def _write(recorders: list[tuple[StepRecorder, float]], path: Path) -> int:
 
     tables = [steps_table(r, t0) for r, t0 in recorders]
     if not tables:
-        names = [f.name for f in dataclasses.fields(StepRecord)] + ["start_unix"]
+        names = [f.name for f in dataclasses.fields(StepRecord)] + ["start_unix",
+                                                                     "start_monotonic"]
         table = pa.table({n: pa.array([], pa.float64()) for n in names})
     else:
         table = pa.concat_tables(tables)

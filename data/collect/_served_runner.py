@@ -127,11 +127,13 @@ class ServedCollector:
         arguments of ``knobs`` (refused when the serve command line cannot express one)."""
         from servetune.data.engines import TRANSFORMERS_CB
 
-        flags = list(TRANSFORMERS_CB.check_launchable(knobs, unapplied="error").flags)
         o = self.options
+        # the model-level knobs go through the engine spec like the configuration's own
+        launch = {**knobs, "dtype": o.dtype, "device": o.device,
+                  "attn_implementation": o.attn_implementation}
+        flags = list(TRANSFORMERS_CB.check_launchable(launch, unapplied="error").flags)
         serve_args = [str(self.model_dir()), *TRANSFORMERS_CB.fixed_args, "--host", "127.0.0.1",
-                      "--port", str(o.port), "--dtype", o.dtype, "--device", o.device,
-                      "--attn-implementation", o.attn_implementation, *flags]
+                      "--port", str(o.port), *flags]
         return [sys.executable, "-m", "servetune.data.collect", "serve-recorded", "--steps-out",
                 str(steps_out), "--", *serve_args]
 
@@ -178,7 +180,9 @@ class ServedCollector:
                     warm = Workload.from_arrays([0.0] * n, head.input_tokens, head.output_tokens,
                                                 name="warmup")
                     asyncio.run(replay(base, warm, client))
-                replay_start = time.time()
+                # CLOCK_MONOTONIC (perf_counter on Linux): the server's steps carry the same
+                # clock, so the window holds even when the wall clock is stepped meanwhile
+                replay_start = time.perf_counter()
                 result = asyncio.run(asyncio.wait_for(replay(base, workload, client),
                                                       timeout=o.run_timeout_s))
             finally:
@@ -227,9 +231,9 @@ class ServedCollector:
                         "warmup_requests": o.warmup_requests,
                         "steps": "recorded in the server process (serve-recorded)"})
         rows = [r for r in pq.read_table(steps_path).to_pylist()
-                if r["start_unix"] >= replay_start]
+                if r["start_monotonic"] >= replay_start]
         for r in rows:
-            r["start_s"] = r["start_unix"] - replay_start
+            r["start_s"] = r["start_monotonic"] - replay_start
         records = records_from_rows(rows)
         n = len(records)
         steps = {"run_id": [run_id] * n, "engine": [TRANSFORMERS_CB.name] * n,
