@@ -51,39 +51,26 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
     """`transformers serve` in its own session, the client's replay, the server stopped."""
     import asyncio
 
-    import httpx
     import pandas as pd
 
     from servetune.data import synthetic_workload
+    from servetune.data.collect import ServedCollector, ServedOptions
+    from servetune.data.collect._served_runner import wait_healthy
+    from servetune.data.engines import TRANSFORMERS_CB
     from servetune.tuner.hardware._client import ClientOptions, replay
 
-    from servetune.data.engines import TRANSFORMERS_CB
-
-    flags = list(TRANSFORMERS_CB.check_launchable(served_config(device), unapplied="error").flags)
-    name, *sub = TRANSFORMERS_CB.program
-    serve_args = [str(model_dir), *TRANSFORMERS_CB.fixed_args, "--host", "127.0.0.1", "--port",
-                  str(PORT), "--dtype", "bfloat16", "--device", device,
-                  "--attn-implementation", "sdpa",  # CB serves it through the paged cache
-                  *flags]
-    # the same `transformers serve` command line, run by the collector's launcher that records
-    # the engine's steps in the server process (servetune.data.collect serve-recorded)
-    argv = [sys.executable, "-m", "servetune.data.collect", "serve-recorded", "--steps-out",
-            str(out / "served_steps.parquet"), "--", *serve_args]
+    # the same `transformers serve` command line the served collector runs: the launcher that
+    # records the engine's steps in the server process (servetune.data.collect serve-recorded),
+    # the configuration's flags and the model-level ones from the engine spec
+    served = ServedCollector(ServedOptions(model=str(model_dir), work_dir=str(out), device=device,
+                                           port=PORT))
+    argv = served.serve_argv(served_config(device), out / "served_steps.parquet")
     log = open(out / "serve.log", "w")
     server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         base = f"http://127.0.0.1:{PORT}"
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError(f"transformers serve exited: {server.returncode}")
-            time.sleep(2)
+        wait_healthy(base, server, 300.0, out / "serve.log")
         options = ClientOptions(model=str(model_dir), seed=SEED)
         warm = synthetic_workload("poisson:rate=20,n=8,input=const:32,output=const:8", 1)
         asyncio.run(replay(base, warm, options))
@@ -104,7 +91,7 @@ def serve_and_replay(model_dir: Path, out: Path, device: str) -> dict:
     return {"requests": len(rows), "ok": sum(r.status == "ok" for r in result.requests),
             "duration_s": result.duration_s, "replay_start_unix": replay_start_unix,
             "replay_start_monotonic": replay_start_monotonic,
-            "program": [name, *sub]}
+            "program": list(TRANSFORMERS_CB.program)}
 
 
 def collect(model_dir: Path, out: Path, device: str) -> None:

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 
@@ -23,24 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _helpers_hardware import free_port, make_tiny_model, session_alive  # noqa: E402
 
 from servetune.data import synthetic_workload  # noqa: E402
+from servetune.data.collect._served_runner import wait_healthy  # noqa: E402
 from servetune.tuner.hardware._client import ClientOptions, replay  # noqa: E402
 
 pytest.importorskip("uvicorn")
 WORKLOAD = "poisson:rate=20,n=10,input=const:24,output=const:8"
-
-
-def wait_ready(base: str, server: subprocess.Popen, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"serve-recorded exited early with {server.returncode}")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("serve-recorded did not answer /health in time")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +46,7 @@ def served(tmp_path_factory):
         env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_ready(base, server)
+        wait_healthy(base, server, 180.0)
         began = time.perf_counter()  # the host's monotonic clock, as start_monotonic
         result = asyncio.run(replay(base, synthetic_workload(WORKLOAD, 3),
                                     ClientOptions(model=str(model), seed=3)))

@@ -8,6 +8,8 @@ The click group lives here, not in :mod:`servetune.cli`, so that a GPU host can 
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 from pathlib import Path
 
 import click
@@ -20,6 +22,8 @@ from servetune.data.collect._plan import (
     load_sweep,
     parse_assignments,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["command", "build_plan"]
 
@@ -34,6 +38,57 @@ def command() -> None:
     """Collect real step/request/run traces from a serving engine (run on the GPU host)."""
 
 
+def sweep_options(function):
+    """The options every collector shares: the sweep, its measurement and its output."""
+    options = [
+        click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+                     help="A ContinuousBatchingConfig knob for every configuration "
+                          "(repeatable)."),
+        click.option("--config", "config_items", multiple=True, metavar="K=V,K=V",
+                     help="One configuration (repeatable; keys name= and repeat= are special)."),
+        click.option("--sweep", "sweep_file", type=click.Path(dir_okay=False), default=None,
+                     help="TOML sweep file: [defaults], [[config]], [[workload]]."),
+        click.option("--workload", "workload_texts", multiple=True, metavar="FILE|SPEC",
+                     help="A trace file or a synthetic spec such as "
+                          "'poisson:rate=4,n=200,input=lognormal:512:0.6,output=uniform:16:256'."),
+        click.option("--only-workload", "only_workloads", multiple=True, metavar="NAME",
+                     help="Run only these workloads of the sweep (repeatable), e.g. to split "
+                          "a sweep."),
+        click.option("--repeat", default=1, show_default=True, type=click.IntRange(1),
+                     help="Measurements per configuration and workload (for --config/--set "
+                          "runs)."),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="Seeds the weights, prompts and synthetic workloads."),
+        click.option("--warmup-requests", default=4, show_default=True,
+                     type=click.IntRange(0),
+                     help="Unrecorded requests sent through each fresh engine before the clock "
+                          "starts."),
+        click.option("--slo-ttft-ms", type=float, default=None, help="TTFT SLO for goodput."),
+        click.option("--slo-tpot-ms", type=float, default=None, help="TPOT SLO for goodput."),
+        click.option("--run-timeout", "run_timeout_s", default=900.0, show_default=True,
+                     type=float, help="Seconds after which an unfinished run is stopped (the "
+                                      "rest count as errors; the sweep goes on)."),
+        click.option("--label", default="", help="Prefix of every run id."),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+                     help="Directory for steps.parquet, requests.parquet and runs.parquet."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON summary."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def report_summary(summary, as_json: bool) -> None:
+    """A collected sweep: its JSON summary, or a line per run and the files written."""
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    for run in summary.runs:
+        click.echo(f"{run['run_id']}: {run['steps']} steps, {run['completed']}/{run['requests']} "
+                   f"requests ok, {run['output_throughput_tok_s'] or 0:.0f} output tok/s")
+    click.echo(f"wrote {', '.join(summary.files.values())}")
+
+
 @command.command("transformers-cb")
 @click.option("--model", default="llama-1b-like", show_default=True,
               help="Architecture preset (random weights, no download) or a local model directory.")
@@ -43,31 +98,7 @@ def command() -> None:
 @click.option("--attn", "attn_implementation", default="paged|sdpa", show_default=True,
               help="Attention implementation (transformers name).")
 @click.option("--device", default="cuda", show_default=True, help="torch device (cuda, cuda:1, cpu).")
-@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
-              help="A ContinuousBatchingConfig knob for every configuration (repeatable).")
-@click.option("--config", "config_items", multiple=True, metavar="K=V,K=V",
-              help="One configuration (repeatable; keys name= and repeat= are special).")
-@click.option("--sweep", "sweep_file", type=click.Path(dir_okay=False), default=None,
-              help="TOML sweep file: [defaults], [[config]], [[workload]].")
-@click.option("--workload", "workload_texts", multiple=True, metavar="FILE|SPEC",
-              help="A trace file or a synthetic spec such as "
-                   "'poisson:rate=4,n=200,input=lognormal:512:0.6,output=uniform:16:256'.")
-@click.option("--only-workload", "only_workloads", multiple=True, metavar="NAME",
-              help="Run only these workloads of the sweep (repeatable), e.g. to split a sweep.")
-@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1),
-              help="Measurements per configuration and workload (for --config/--set runs).")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seeds the weights, prompts and synthetic workloads.")
-@click.option("--warmup-requests", default=4, show_default=True, type=click.IntRange(0),
-              help="Unrecorded requests sent through each fresh engine before the clock starts.")
-@click.option("--slo-ttft-ms", type=float, default=None, help="TTFT SLO for goodput.")
-@click.option("--slo-tpot-ms", type=float, default=None, help="TPOT SLO for goodput.")
-@click.option("--run-timeout", "run_timeout_s", default=900.0, show_default=True, type=float,
-              help="Seconds after which an unfinished run is stopped (the rest count as errors).")
-@click.option("--label", default="", help="Prefix of every run id.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for steps.parquet, requests.parquet and runs.parquet.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@sweep_options
 def transformers_cb(model: str, dtype: str, attn_implementation: str, device: str,
                     set_items: tuple[str, ...], config_items: tuple[str, ...],
                     sweep_file: str | None, workload_texts: tuple[str, ...],
@@ -83,25 +114,20 @@ def transformers_cb(model: str, dtype: str, attn_implementation: str, device: st
     from servetune.data.collect._collect import collect_sweep
     from servetune.data.collect._runner import CollectorOptions
 
-    plan = build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed)
-    if only_workloads:
-        plan = plan.only_workloads(only_workloads)
+    plan = build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed,
+                      only_workloads)
     options = CollectorOptions(model=model, dtype=dtype, attn_implementation=attn_implementation,
                                device=device, seed=seed, warmup_requests=warmup_requests,
                                run_timeout_s=run_timeout_s, slo_ttft_ms=slo_ttft_ms,
                                slo_tpot_ms=slo_tpot_ms, label=label)
     summary = collect_sweep(plan, options, Path(out_dir), progress=True)
-    if as_json:
-        emit_json(summary.to_dict())
-        return
-    for run in summary.runs:
-        click.echo(f"{run['run_id']}: {run['steps']} steps, {run['completed']}/{run['requests']} "
-                   f"requests ok, {run['output_throughput_tok_s'] or 0:.0f} output tok/s")
-    click.echo(f"wrote {', '.join(summary.files.values())}")
+    report_summary(summary, as_json)
 
 
-def build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed) -> SweepPlan:
-    """The sweep described by the command-line flags (and an optional TOML file)."""
+def build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed,
+               only_workloads=()) -> SweepPlan:
+    """The sweep described by the command-line flags (and an optional TOML file), restricted
+    to ``only_workloads`` when given."""
     base = parse_assignments(set_items)
     if sweep_file:
         plan = load_sweep(sweep_file, base_knobs=base)
@@ -126,7 +152,8 @@ def build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed
     if not workloads:
         raise InputError("no workload: give --workload FILE|SPEC or [[workload]] in --sweep",
                          field="--workload")
-    return SweepPlan(tuple(configs), tuple(workloads))
+    plan = SweepPlan(tuple(configs), tuple(workloads))
+    return plan.only_workloads(only_workloads) if only_workloads else plan
 
 
 @command.command("transformers-serve")
@@ -140,34 +167,12 @@ def build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed
               help="transformers serve --attn-implementation (continuous batching pages it).")
 @click.option("--device", default="cuda", show_default=True,
               help="transformers serve --device (cuda, cuda:1, cpu).")
-@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
-              help="A ContinuousBatchingConfig knob for every configuration (repeatable).")
-@click.option("--config", "config_items", multiple=True, metavar="K=V,K=V",
-              help="One configuration (repeatable; keys name= and repeat= are special).")
-@click.option("--sweep", "sweep_file", type=click.Path(dir_okay=False), default=None,
-              help="TOML sweep file: [defaults], [[config]], [[workload]].")
-@click.option("--workload", "workload_texts", multiple=True, metavar="FILE|SPEC",
-              help="A trace file or a synthetic spec (as transformers-cb).")
-@click.option("--only-workload", "only_workloads", multiple=True, metavar="NAME",
-              help="Run only these workloads of the sweep (repeatable).")
-@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1),
-              help="Measurements per configuration and workload (for --config/--set runs).")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seeds the prompt words, synthetic workloads and a preset's weights.")
-@click.option("--warmup-requests", default=4, show_default=True, type=click.IntRange(0),
-              help="Unrecorded requests sent once the server is healthy.")
-@click.option("--slo-ttft-ms", type=float, default=None, help="TTFT SLO for goodput.")
-@click.option("--slo-tpot-ms", type=float, default=None, help="TPOT SLO for goodput.")
-@click.option("--run-timeout", "run_timeout_s", default=900.0, show_default=True, type=float,
-              help="Seconds for one replay (the run fails past it; the sweep goes on).")
 @click.option("--port", default=8321, show_default=True, type=click.IntRange(1, 65535),
               help="The server's port on 127.0.0.1.")
-@click.option("--label", default="", help="Prefix of every run id.")
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False),
-              help="Server logs, recorded steps and a preset's model (default: --out/served).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for steps.parquet, requests.parquet and runs.parquet.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+              help="Server logs, recorded steps and a preset's model (gigabytes for the larger "
+                   "presets); default: a new directory under the system's temporary directory.")
+@sweep_options
 def transformers_serve(model, dtype, attn_implementation, device, set_items, config_items,
                        sweep_file, workload_texts, only_workloads, repeat, seed,
                        warmup_requests, slo_ttft_ms, slo_tpot_ms, run_timeout_s, port, label,
@@ -183,25 +188,20 @@ def transformers_serve(model, dtype, attn_implementation, device, set_items, con
     from servetune.data.collect._served_runner import ServedCollector, ServedOptions
     from servetune.data.engines import TRANSFORMERS_CB
 
-    plan = build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed)
-    if only_workloads:
-        plan = plan.only_workloads(only_workloads)
+    plan = build_plan(set_items, config_items, sweep_file, workload_texts, repeat, seed,
+                      only_workloads)
     for config in plan.configs:  # every configuration launchable, before anything starts
         TRANSFORMERS_CB.check_launchable(config.knobs, unapplied="error")
-    options = ServedOptions(model=model, work_dir=work_dir or str(Path(out_dir) / "served"),
+    work_dir = work_dir or tempfile.mkdtemp(prefix="servetune-serve-")
+    log.info("server logs and recorded steps in %s", work_dir)
+    options = ServedOptions(model=model, work_dir=work_dir,
                             device=device, dtype=dtype,
                             attn_implementation=attn_implementation, port=port, seed=seed,
                             warmup_requests=warmup_requests, run_timeout_s=run_timeout_s,
                             slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, label=label)
     summary = collect_sweep(plan, None, Path(out_dir), progress=True,
                             collector=ServedCollector(options))
-    if as_json:
-        emit_json(summary.to_dict())
-        return
-    for run in summary.runs:
-        click.echo(f"{run['run_id']}: {run['steps']} steps, {run['completed']}/{run['requests']} "
-                   f"requests ok, {run['output_throughput_tok_s'] or 0:.0f} output tok/s")
-    click.echo(f"wrote {', '.join(summary.files.values())}")
+    report_summary(summary, as_json)
 
 
 @command.command("serve-recorded", context_settings={"ignore_unknown_options": True,

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from servetune.data.collect._plan import EngineConfig
 from servetune.data.collect._recorder import records_from_rows, step_columns
 
-__all__ = ["ServedOptions", "ServedCollector"]
+__all__ = ["ServedOptions", "ServedCollector", "wait_healthy"]
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class ServedCollector:
                                       stdin=subprocess.DEVNULL, start_new_session=True,
                                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
             try:
-                self._wait_healthy(base, server, work)
+                wait_healthy(base, server, o.health_timeout_s, work / "serve.log")
                 if o.warmup_requests:
                     n = min(o.warmup_requests, len(workload))
                     head = workload.head(n)
@@ -189,35 +189,22 @@ class ServedCollector:
                 _stop(server)
         return result, replay_start
 
-    def _wait_healthy(self, base: str, server: subprocess.Popen, work: Path) -> None:
-        import httpx
-
-        deadline = time.monotonic() + self.options.health_timeout_s
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with {server.returncode} before "
-                                   f"it was healthy; see {work / 'serve.log'}")
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"transformers serve was not healthy within "
-                           f"{self.options.health_timeout_s:g}s; see {work / 'serve.log'}")
-
     # -- rows ----------------------------------------------------------------------------------
 
     def _tables(self, run_id, config, workload, repeat, argv, result, replay_start: float,
                 steps_path: Path) -> dict:
         from servetune.data._schemas import conform
         from servetune.data.engines import TRANSFORMERS_CB
-        from servetune.tuner.hardware._records import aggregate_metrics, measurement_tables
+        from servetune.tuner.hardware._records import (
+            aggregate_metrics,
+            measurement_tables,
+            model_label,
+        )
 
         o = self.options
         fingerprint = self.fingerprint()
         hardware = fingerprint.get("gpu_name") or "cpu"
-        model = o.model if not Path(o.model).is_dir() else Path(o.model).name
+        model = model_label(o.model)  # a preset's name, or a directory's last component
         metrics = aggregate_metrics(result.requests, {"ttft_ms": o.slo_ttft_ms,
                                                       "tpot_ms": o.slo_tpot_ms})
         tables, _ = measurement_tables(
@@ -244,6 +231,28 @@ class ServedCollector:
         tables["steps"] = conform(steps, "steps", path=f"served run {run_id}")
         log.info("%s: %d steps recorded, %d requests", run_id, n, len(result.requests))
         return tables
+
+
+def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float,
+                 log_path: Path | None = None) -> None:
+    """Wait until the server answers ``GET /health`` with 200 (``/v1/models`` would scan the
+    Hugging Face cache and fail without one). Raises ``RuntimeError`` when it exits first,
+    ``TimeoutError`` past ``timeout_s``; both name ``log_path``."""
+    import httpx
+
+    see = f"; see {log_path}" if log_path else ""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with {server.returncode} before it "
+                               f"was healthy{see}")
+        try:
+            if httpx.get(base_url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"transformers serve was not healthy within {timeout_s:g}s{see}")
 
 
 def _stop(server: subprocess.Popen) -> None:
